@@ -1,0 +1,27 @@
+# Quickstart: `make demo` and `make test` on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[test,bench]"
+	touch $@
+
+demo: setup
+	$(VENV)/bin/lungtumor demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_preprocess.py
+
+clean:
+	rm -rf $(VENV) demo_run

@@ -1,0 +1,10 @@
+"""lungtumor: lung tumour segmentation in chest CT.
+
+The Python API is the product; the ``lungtumor`` command line only wraps it.
+"""
+
+from lungtumor.errors import LungTumorError
+from lungtumor.volume import Volume, read_nifti, read_volume, write_nifti
+
+__all__ = ["LungTumorError", "Volume", "read_nifti", "read_volume", "write_nifti"]
+__version__ = "0.1.0"

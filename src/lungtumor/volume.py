@@ -1,0 +1,261 @@
+"""The Volume type (array + affine) and NIfTI reading/writing.
+
+Axis convention (documented once, here): ``Volume.array`` is indexed ``[i, j, k]`` and
+``Volume.affine`` is the 4x4 nibabel affine mapping voxel indices ``(i, j, k, 1)`` to RAS+
+millimetres (+x towards the patient's left, +y anterior, +z superior). DICOM's LPS is converted to
+RAS once, in the DICOM reader. CT arrays hold Hounsfield units.
+
+Reorientation (:func:`reorient`) only permutes and flips axes (no resampling) and returns the
+orientation transform so that :func:`undo_reorient` restores the exact original array and
+affine.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as nio
+
+from lungtumor.errors import GeometryError, InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D voxel array with its geometry.
+
+    Attributes:
+        array: voxel values, shape (I, J, K); CT in HU, masks uint8 {0, 1}.
+        affine: 4x4 float64, voxel index -> RAS+ mm (nibabel convention).
+        meta: free-form metadata (source path, DICOM series UID, ...).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise GeometryError(
+                f"{self.meta.get('path', 'volume')}: expected a 3D volume, found {self.array.ndim}D "
+                f"shape {tuple(self.array.shape)}; pass a single 3D CT (squeeze or split 4D series first)"
+            )
+        aff = np.asarray(self.affine, dtype=np.float64)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise GeometryError(f"{self.meta.get('path', 'volume')}: affine must be a finite 4x4 matrix, got {aff!r}")
+        if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+            raise GeometryError(
+                f"{self.meta.get('path', 'volume')}: affine is singular, the orientation is unknown; "
+                "fix the file's sform/qform (or DICOM orientation tags)"
+            )
+        object.__setattr__(self, "affine", aff)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (I, J, K)."""
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size along i, j, k in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        """Closest anatomical axis codes, e.g. ('L', 'A', 'S')."""
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+    def with_array(self, array: np.ndarray, **meta: Any) -> "Volume":
+        """Same geometry, new voxels (shape must match)."""
+        if array.shape != self.array.shape:
+            raise GeometryError(f"new array shape {array.shape} differs from the volume's {self.array.shape}")
+        return replace(self, array=array, meta={**self.meta, **meta})
+
+    def same_grid(self, other: "Volume", atol: float = 1e-4) -> bool:
+        """True when shape and affine agree (affine to ``atol`` mm)."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+
+# --------------------------------------------------------------------------------------------
+# Orientation
+
+
+def orientation_transform(affine: np.ndarray, axcodes: tuple[str, ...]) -> np.ndarray:
+    """nibabel orientation transform taking an array with ``affine`` to ``axcodes``."""
+    try:
+        current = nio.io_orientation(affine)
+    except Exception as exc:  # nibabel raises for degenerate affines
+        raise GeometryError(f"cannot determine the orientation of affine {affine!r}: {exc}") from exc
+    if np.any(np.isnan(current)):
+        raise GeometryError(f"the orientation of affine {affine.tolist()} is unknown (an axis has no direction)")
+    return nio.ornt_transform(current, nio.axcodes2ornt(axcodes))
+
+
+def reorient(volume: Volume, axcodes: tuple[str, ...]) -> tuple[Volume, np.ndarray]:
+    """Permute/flip the array (no resampling) so its closest orientation is ``axcodes``.
+
+    Returns:
+        The reoriented Volume (a view where possible) and the orientation transform to pass
+        to :func:`undo_reorient`.
+    """
+    ornt = orientation_transform(volume.affine, axcodes)
+    array = nio.apply_orientation(volume.array, ornt)
+    affine = volume.affine @ nio.inv_ornt_aff(ornt, volume.array.shape)
+    return Volume(array, affine, dict(volume.meta)), ornt
+
+
+def undo_reorient_array(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Map an array on the reoriented grid back onto the original grid (layout only)."""
+    return nio.apply_orientation(array, _invert_ornt(ornt))
+
+
+def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """Inverse of a nibabel orientation transform (a signed permutation)."""
+    inv = np.zeros_like(ornt)
+    for src_axis, (dst_axis, flip) in enumerate(ornt):
+        inv[int(dst_axis)] = (src_axis, flip)
+    return inv
+
+
+def undo_reorient(volume: Volume, ornt: np.ndarray) -> Volume:
+    """Inverse of :func:`reorient`: exact original array layout and affine."""
+    inverse = _invert_ornt(ornt)
+    array = nio.apply_orientation(volume.array, inverse)
+    affine = volume.affine @ nio.inv_ornt_aff(inverse, volume.array.shape)
+    return Volume(array, affine, dict(volume.meta))
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI
+
+
+def is_nifti(path: str | os.PathLike[str]) -> bool:
+    """True for ``.nii`` / ``.nii.gz`` file names."""
+    name = str(path).lower()
+    return name.endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | os.PathLike[str]) -> str:
+    """File name without ``.nii`` / ``.nii.gz``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def read_nifti(path: str | os.PathLike[str], dtype: Any = None, *, allow_nan: bool = False) -> Volume:
+    """Read a 3D NIfTI file.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        dtype: numpy dtype to return (default: the file's on-disk dtype, scaling applied only
+            when the header has a non-trivial slope/intercept).
+        allow_nan: when False, NaN/inf voxels are an error.
+
+    Raises:
+        InputError: missing, unreadable or corrupt file, non-finite voxels.
+        GeometryError: not 3D, or an affine with unknown orientation.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: file not found; check the path")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, expected a .nii or .nii.gz file")
+    try:
+        img = nib.load(str(p))
+    except Exception as exc:
+        raise InputError(f"{p}: not a readable NIfTI file ({type(exc).__name__}: {exc}); re-export it as .nii.gz") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{p}: not a NIfTI image ({type(img).__name__}); convert it to .nii.gz")
+    shape = img.shape
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise GeometryError(f"{p}: expected a 3D volume, found {len(img.shape)}D shape {tuple(img.shape)}; pass a single 3D volume")
+    try:
+        slope, inter = img.dataobj.slope, img.dataobj.inter
+        if dtype is None and (slope in (1.0, None) or np.isnan(slope)) and (inter in (0.0, None) or np.isnan(inter)):
+            array = np.asarray(img.dataobj.get_unscaled())
+        elif dtype is None:
+            array = np.asarray(img.dataobj)
+        else:
+            raw = img.dataobj
+            array = np.asarray(raw).astype(dtype, copy=False)
+    except Exception as exc:
+        raise InputError(f"{p}: corrupt or truncated NIfTI data ({type(exc).__name__}: {exc}); re-export the file") from exc
+    array = array.reshape(shape)
+    if not allow_nan and array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        n = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(f"{p}: {n} voxels are NaN or infinite; fix or mask them before use")
+    affine = _nifti_affine(img, p)
+    return Volume(array, affine, {"path": str(p)})
+
+
+def _nifti_affine(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The image's affine, preferring a valid sform, then a qform; refuse unknown orientation."""
+    sform, scode = img.get_sform(coded=True)
+    qform, qcode = img.get_qform(coded=True)
+    if scode and sform is not None:
+        return np.asarray(sform, dtype=np.float64)
+    if qcode and qform is not None:
+        return np.asarray(qform, dtype=np.float64)
+    raise GeometryError(
+        f"{path}: neither sform nor qform is set (both codes 0), so the orientation is unknown; "
+        "write the file with a valid affine (e.g. nibabel's set_sform/set_qform with code 1)"
+    )
+
+
+def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: Any = None) -> Path:
+    """Write ``volume`` to ``path`` atomically, with sform and qform both set to its affine.
+
+    The qform can only hold rigid + scaling; for a sheared affine the qform is the closest
+    rigid one and the sform (code 1, preferred by every reader) keeps the exact affine.
+    """
+    p = Path(path)
+    if not is_nifti(p):
+        raise InputError(f"{p}: output must end in .nii or .nii.gz")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    array = volume.array if dtype is None else volume.array.astype(dtype, copy=False)
+    img = nib.Nifti1Image(array, volume.affine)
+    img.set_sform(volume.affine, code=1)
+    img.set_qform(volume.affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    if array.dtype.kind in "iu":
+        img.header.set_slope_inter(1.0, 0.0)
+    suffix = ".nii.gz" if str(p).lower().endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    try:
+        nib.save(img, tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return p
+
+
+def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) -> Volume:
+    """Read a CT from a NIfTI file or a DICOM series folder (HU, RAS affine)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: not found; pass a .nii/.nii.gz file or a DICOM series folder")
+    if p.is_dir():
+        from lungtumor.dicom import read_dicom_series
+
+        return read_dicom_series(p, series_uid=series_uid)
+    if is_nifti(p):
+        return read_nifti(p)
+    raise InputError(f"{p}: unknown input type; pass a .nii/.nii.gz file or a DICOM series folder")
