@@ -89,6 +89,27 @@ def _canonical_axial_stack(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(array, 2, 0))
 
 
+#: Slices converted and resized at a time: bounds the float32 working memory of a big scan.
+CHUNK_SLICES = 32
+
+
+def _prepare_stack(canonical: np.ndarray, start: int, cfg: PreprocessConfig, *, is_mask: bool) -> np.ndarray:
+    """Canonical (I, J, K) array -> (K - start, S, S) resized axial slices, in chunks."""
+    depth = canonical.shape[2] - start
+    out = np.empty((depth, cfg.size, cfg.size), dtype=np.uint8 if is_mask else np.float32)
+    for c0 in range(0, depth, CHUNK_SLICES):
+        c1 = min(depth, c0 + CHUNK_SLICES)
+        chunk = _canonical_axial_stack(canonical[:, :, start + c0 : start + c1]).astype(np.float32)
+        if is_mask:
+            out[c0:c1] = _resize_slices(chunk, cfg.size, cfg.mask_interpolation) > 0.5
+        else:
+            if cfg.clip_hu is not None:
+                np.clip(chunk, cfg.clip_hu[0], cfg.clip_hu[1], out=chunk)
+            chunk /= np.float32(cfg.hu_scale)
+            out[c0:c1] = _resize_slices(chunk, cfg.size, cfg.image_interpolation)
+    return out
+
+
 def prepare_ct(ct: Volume, cfg: PreprocessConfig) -> PreparedCT:
     """Apply the preprocessing recipe to a CT in HU.
 
@@ -102,42 +123,44 @@ def prepare_ct(ct: Volume, cfg: PreprocessConfig) -> PreparedCT:
             f"{ct.meta.get('path', 'CT')}: has {depth} axial slices, not more than the "
             f"{cfg.skip_inferior_slices} the recipe drops; use --skip-inferior-slices smaller than {depth}"
         )
-    kept = canon.array[:, :, cfg.skip_inferior_slices :]
-    stack = _canonical_axial_stack(kept).astype(np.float32)
-    if cfg.clip_hu is not None:
-        np.clip(stack, cfg.clip_hu[0], cfg.clip_hu[1], out=stack)
-    stack /= np.float32(cfg.hu_scale)
-    slices = _resize_slices(stack, cfg.size, cfg.image_interpolation)
+    slices = _prepare_stack(canon.array, cfg.skip_inferior_slices, cfg, is_mask=False)
     return PreparedCT(slices, ornt, canon.shape, cfg.skip_inferior_slices)
 
 
 def prepare_mask(mask: Volume, cfg: PreprocessConfig) -> np.ndarray:
     """The label counterpart of :func:`prepare_ct`: (D, S, S) uint8 {0, 1}."""
     canon, _ = reorient(mask, cfg.axcodes)
-    kept = _canonical_axial_stack(canon.array[:, :, cfg.skip_inferior_slices :]).astype(np.float32)
-    out = _resize_slices(kept, cfg.size, cfg.mask_interpolation)
-    return (out > 0.5).astype(np.uint8)
+    return _prepare_stack(canon.array, cfg.skip_inferior_slices, cfg, is_mask=True)
 
 
-def restore_probabilities(probs: np.ndarray, prepared: PreparedCT, original_shape: tuple[int, ...]) -> np.ndarray:
+def restore_slices(
+    probs: np.ndarray, prepared: PreparedCT, original_shape: tuple[int, ...], threshold: float | None = None
+) -> np.ndarray:
     """Inverse of :func:`prepare_ct` for a (D, S, S) probability stack.
 
     Probabilities (not binary masks) are resized back bilinearly to the canonical in-plane
     size, slices the recipe dropped are put back as zeros, and the reorientation is undone.
+    With ``threshold`` the result is a uint8 mask ``prob > threshold`` (thresholded after
+    resizing, chunk by chunk, so no full-size float copy is made); else float32 probabilities.
 
     Returns:
-        float32 array with exactly ``original_shape``.
+        Array with exactly ``original_shape``.
     """
-    ci, cj, ck = prepared.canonical_shape
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)).unsqueeze(1)
-    if t.shape[-2:] != (ci, cj):
-        t = F.interpolate(t, size=(ci, cj), mode="bilinear", align_corners=False)
-    resized = t.squeeze(1).numpy()  # (D, I, J)
-    canon = np.zeros((ci, cj, ck), dtype=np.float32)
-    canon[:, :, prepared.kept_start : prepared.kept_start + resized.shape[0]] = np.moveaxis(resized, 0, 2)
+    ci, cj, ck = prepared.canonical_shape
+    canon = np.zeros((ci, cj, ck), dtype=np.float32 if threshold is None else np.uint8)
+    depth = probs.shape[0]
+    for c0 in range(0, depth, CHUNK_SLICES):
+        c1 = min(depth, c0 + CHUNK_SLICES)
+        t = torch.from_numpy(np.ascontiguousarray(probs[c0:c1], dtype=np.float32)).unsqueeze(1)
+        if t.shape[-2:] != (ci, cj):
+            t = F.interpolate(t, size=(ci, cj), mode="bilinear", align_corners=False)
+        chunk = t.squeeze(1).numpy()  # (n, I, J)
+        if threshold is not None:
+            chunk = chunk > threshold
+        canon[:, :, prepared.kept_start + c0 : prepared.kept_start + c1] = np.moveaxis(chunk, 0, 2)
     out = undo_reorient_array(canon, prepared.ornt)
     if out.shape != tuple(original_shape):
         raise GeometryError(f"internal: restored shape {out.shape} != original {tuple(original_shape)}")

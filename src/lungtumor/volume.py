@@ -2,7 +2,7 @@
 
 Axis convention (documented once, here): ``Volume.array`` is indexed ``[i, j, k]`` and
 ``Volume.affine`` is the 4x4 nibabel affine mapping voxel indices ``(i, j, k, 1)`` to RAS+
-millimetres (+x towards the patient's left, +y anterior, +z superior). DICOM's LPS is converted to
+millimetres (+x towards the patient's right, +y anterior, +z superior). DICOM's LPS is converted to
 RAS once, in the DICOM reader. CT arrays hold Hounsfield units.
 
 Reorientation (:func:`reorient`) only permutes and flips axes (no resampling) and returns the

@@ -1,0 +1,302 @@
+"""The ``lungtumor`` command line: a thin layer over the Python API.
+
+User mistakes (bad paths, bad files, bad options) end in one line on stderr and exit code 2;
+nothing is half-written because every writer in the library is atomic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lungtumor.errors import LungTumorError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_phantom(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("phantom", help="write a synthetic Task06-shaped dataset (built-in data)")
+    p.add_argument("out_dir")
+    p.add_argument("--cases", type=int, default=10, help="training cases with labels (default 10)")
+    p.add_argument("--test-cases", type=int, default=2, help="test cases without labels (default 2)")
+    p.add_argument("--size", choices=["SMALL", "FULL", "small", "full"], default="SMALL", help="SMALL for tests/demos, FULL is MSD-like 512x512")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_phantom)
+
+
+def _cmd_phantom(a: argparse.Namespace) -> None:
+    from lungtumor.phantom import write_phantom_dataset
+
+    t0 = time.perf_counter()
+    out = write_phantom_dataset(a.out_dir, cases=a.cases, test_cases=a.test_cases, size=a.size.upper(), seed=a.seed, progress=True)
+    print(f"wrote {a.cases} training + {a.test_cases} test cases to {out} in {time.perf_counter() - t0:.1f} s")
+
+
+def _add_preprocess(sub: argparse._SubParsersAction) -> None:
+    from lungtumor.config import PreprocessConfig
+
+    d = PreprocessConfig()
+    p = sub.add_parser("preprocess", help="MSD-layout folder -> slice store for training")
+    p.add_argument("task_dir")
+    p.add_argument("store_dir")
+    p.add_argument("--size", type=int, default=d.size, help=f"in-plane slice size (default {d.size}, the seed's)")
+    p.add_argument("--skip-inferior-slices", type=int, default=d.skip_inferior_slices, help=f"drop this many most inferior slices (default {d.skip_inferior_slices})")
+    p.add_argument("--clip-hu", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="clip HU before scaling (default: no clip, as the seed)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--val-cases", type=int, default=None, help="the seed's preset: last N cases (sorted) are validation, e.g. 6")
+    g.add_argument("--fold", type=int, default=None, help="k-fold: this fold is validation (default 0 of 5, seeded shuffle)")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1, help="processes, parallel over cases")
+    p.add_argument("--skip-bad", action="store_true", help="warn and skip bad cases instead of stopping")
+    p.set_defaults(func=_cmd_preprocess)
+
+
+def _cmd_preprocess(a: argparse.Namespace) -> None:
+    from lungtumor.config import PreprocessConfig, SplitConfig
+    from lungtumor.preprocess import preprocess_task
+
+    cfg = PreprocessConfig(size=a.size, skip_inferior_slices=a.skip_inferior_slices, clip_hu=tuple(a.clip_hu) if a.clip_hu else None)
+    split = SplitConfig(folds=a.folds, fold=a.fold or 0, seed=a.split_seed, val_cases=a.val_cases)
+    t0 = time.perf_counter()
+    s = preprocess_task(a.task_dir, a.store_dir, cfg, split, workers=a.workers, skip_bad=a.skip_bad)
+    n = len(s["splits"]["train"]) + len(s["splits"]["val"])
+    print(
+        f"store {a.store_dir}: {n} cases ({len(s['splits']['train'])} train, {len(s['splits']['val'])} val), "
+        f"{s['slices']['train']} train slices ({s['tumour_slices']['train']} with tumour), {s['slices']['val']} val slices, "
+        f"{len(s['skipped'])} skipped, {time.perf_counter() - t0:.1f} s"
+    )
+
+
+def _add_import_dicom(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-dicom", help="DICOM CT series (+ RTSTRUCT ROI) -> NIfTI for training")
+    p.add_argument("dicom_dir")
+    p.add_argument("out", help="output CT .nii.gz")
+    p.add_argument("--series-uid", default=None, help="which series, where the folder holds several")
+    p.add_argument("--rtstruct", default=None, help="RTSTRUCT file")
+    p.add_argument("--roi", default=None, help="ROI name in the RTSTRUCT, e.g. GTV-1")
+    p.add_argument("--label-out", default=None, help="output label .nii.gz")
+    p.set_defaults(func=_cmd_import_dicom)
+
+
+def _cmd_import_dicom(a: argparse.Namespace) -> None:
+    from lungtumor.dicom import import_dicom
+
+    r = import_dicom(a.dicom_dir, a.out, rtstruct=a.rtstruct, roi=a.roi, label_out=a.label_out, series_uid=a.series_uid)
+    print(json.dumps(r, indent=2, default=str))
+
+
+TRAIN_HELP = {
+    "epochs": "epochs (default 30, the seed's)",
+    "lr": "Adam learning rate (default 1e-4)",
+    "batch_size": "slices per batch (default 8)",
+    "loss": "bce (default, the seed's), dice or bce+dice",
+    "width": "U-Net base width (default 64, the seed's)",
+    "depth": "number of pools (default 3)",
+    "norm": "none (default), batch or instance",
+    "upsample": "bilinear (default) or transpose",
+    "context": "2.5D: neighbouring slices on each side as channels (default 0)",
+    "size": "train at this slice size (<= the store's; default the store's)",
+    "tumour_fraction": "target fraction of tumour slices per batch (default: the seed's n_neg/n_pos weights)",
+    "samples_per_epoch": "draws per epoch (default: number of training slices)",
+    "num_workers": "DataLoader workers (default 2)",
+    "accelerator": "Lightning accelerator: auto, cpu, gpu",
+    "devices": "Lightning devices: auto, N or a list",
+    "strategy": "Lightning strategy: auto, ddp, ...",
+    "num_nodes": "Lightning nodes",
+    "precision": "Lightning precision (default bf16-mixed where supported, else 32-true)",
+    "max_minutes": "stop after this many minutes of training",
+    "seed": "seed for sampling, augmentation and initialisation",
+    "early_stopping_patience": "stop after this many validations without improvement of val/dice_case",
+    "limit_train_batches": "Lightning limit_train_batches (fraction or count)",
+    "limit_val_batches": "Lightning limit_val_batches (fraction or count)",
+    "image_every_n_steps": "TensorBoard image panel every N steps (0 = off)",
+    "log_every_n_steps": "log scalars every N steps",
+    "val_every_n_epochs": "validate every N epochs",
+    "threshold": "probability threshold of the validation Dice",
+}
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from lungtumor.training import TrainConfig
+
+    p = sub.add_parser("train", help="train a U-Net on a slice store")
+    p.add_argument("store", nargs="?", default=None, help="slice store from `lungtumor preprocess`")
+    p.add_argument("--out", default=None, help="run folder (checkpoints, logs, curves)")
+    p.add_argument("--config", default=None, help="YAML/JSON file with any of these options")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR/last.ckpt with its config")
+    defaults = TrainConfig()
+    for name, help_ in TRAIN_HELP.items():
+        default = getattr(defaults, name)
+        typ: Callable[[str], Any] = type(default) if default is not None and not isinstance(default, bool) else str
+        if name in ("tumour_fraction", "max_minutes", "limit_train_batches", "limit_val_batches"):
+            typ = float
+        if name in ("size", "samples_per_epoch", "early_stopping_patience"):
+            typ = int
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None, help="turn augmentation off")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None)
+    p.add_argument("--fast-dev-run", dest="fast_dev_run", action="store_const", const=True, default=None)
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    import yaml
+
+    from lungtumor.errors import ConfigError
+    from lungtumor.training import TrainConfig, load_config_file, train
+
+    options: dict[str, Any] = {}
+    if a.resume:
+        saved = Path(a.resume) / "config.yaml"
+        if not saved.exists():
+            raise ConfigError(f"{saved}: not found; --resume takes a run folder written by `lungtumor train`")
+        options.update(yaml.safe_load(saved.read_text()) or {})
+    if a.config:
+        options.update(load_config_file(a.config))
+    given = {k: v for k, v in vars(a).items() if k in TrainConfig.field_names() and v is not None}
+    options.update(given)
+    if a.store:
+        options["store"] = a.store
+    if a.out:
+        options["out"] = a.out
+    if a.resume:
+        options["out"] = a.resume
+    cfg = TrainConfig.from_dict(options)
+    summary = train(cfg, resume=bool(a.resume))
+    print(json.dumps(summary, indent=2))
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="segment a CT (NIfTI file, folder of NIfTI, or DICOM series folder)")
+    p.add_argument("checkpoint")
+    p.add_argument("input")
+    p.add_argument("output", help="output .nii.gz (or a folder when INPUT is a folder of NIfTI files)")
+    p.add_argument("--probabilities", action="store_true", help="also write a float32 probability map (NAME_prob.nii.gz)")
+    p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the checkpoint's, 0.5)")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--series-uid", default=None, help="DICOM series to use where the folder holds several")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from lungtumor.inference import predict_path
+
+    results = predict_path(
+        a.checkpoint,
+        a.input,
+        a.output,
+        probabilities=a.probabilities,
+        threshold=a.threshold,
+        tta=a.tta,
+        batch_size=a.batch_size,
+        device=a.device,
+        series_uid=a.series_uid,
+    )
+    for r in results:
+        print(f"{r['input']} -> {r['output']}  shape {tuple(r['shape'])}  tumour {r['volume_ml']:.2f} ml  {r['seconds']:.1f} s")
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="per-case metrics of predicted masks against reference labels")
+    p.add_argument("pred_dir")
+    p.add_argument("label_dir")
+    p.add_argument("--out", default=None, help="output folder (default PRED_DIR/evaluation)")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance (default 2 mm)")
+    p.add_argument("--prob-dir", default=None, help="probability maps for the seed's pooled soft Dice")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from lungtumor.evaluate import evaluate_folder, format_table
+
+    out = a.out or str(Path(a.pred_dir) / "evaluation")
+    result = evaluate_folder(a.pred_dir, a.label_dir, out_dir=out, tolerance_mm=a.tolerance_mm, prob_dir=a.prob_dir)
+    print(format_table(result))
+    print(f"wrote {out}/metrics.csv and {out}/summary.json")
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("visualize", help="GIF animation or PNG montage of a mask over the CT")
+    p.add_argument("ct")
+    p.add_argument("mask", nargs="?", default=None)
+    p.add_argument("--reference", default=None, help="reference label drawn in another colour")
+    p.add_argument("--out", required=True, help="FILE.gif (animation) or FILE.png (montage)")
+    p.add_argument("--all-slices", action="store_true", help="animate the whole scan, not only the tumour range")
+    p.add_argument("--every", type=int, default=1, help="every N-th slice")
+    p.add_argument("--series-uid", default=None)
+    p.set_defaults(func=_cmd_visualize)
+
+
+def _cmd_visualize(a: argparse.Namespace) -> None:
+    from lungtumor.visualize import visualize
+    from lungtumor.volume import read_nifti, read_volume
+
+    ct = read_volume(a.ct, series_uid=a.series_uid)
+    mask = read_nifti(a.mask) if a.mask else None
+    ref = read_nifti(a.reference) if a.reference else None
+    out = visualize(ct, mask, a.out, reference=ref, mode="all" if a.all_slices else "tumour", every=a.every)
+    print(f"wrote {out}")
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data (or --task-dir)")
+    p.add_argument("--workdir", default="demo_run", help="where everything is written (default ./demo_run)")
+    p.add_argument("--task-dir", default=None, help="run on a real MSD-layout folder instead of the phantom")
+    p.add_argument("--cases", type=int, default=None, help="phantom training cases")
+    p.add_argument("--test-cases", type=int, default=None)
+    p.add_argument("--train-minutes", type=float, default=None, help="training time budget")
+    p.add_argument("--size", type=int, default=None, help="slice size")
+    p.add_argument("--width", type=int, default=None, help="U-Net base width")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from lungtumor.demo import DemoConfig, run_demo
+
+    overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "train_minutes", "size", "width", "epochs") if getattr(a, k) is not None}
+    cfg = DemoConfig(workdir=a.workdir, task_dir=a.task_dir, seed=a.seed, **overrides)
+    run_demo(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="lungtumor", description="Lung tumour segmentation in chest CT.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_visualize, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lungtumor`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        args.func(args)
+    except LungTumorError as exc:
+        if args.verbose:
+            raise
+        print(f"lungtumor {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"lungtumor {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""Slice dataset over a store, tumour-oversampling sampler, and the LightningDataModule.
+
+The dataset returns raw (un-augmented) slices; augmentation runs batched on the device in the
+LightningModule (``on_after_batch_transfer``), so a GPU is not starved by CPU-side
+per-sample augmentation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from lungtumor.config import PreprocessConfig
+from lungtumor.errors import ConfigError, InputError
+from lungtumor.preprocess import STORE_FORMAT
+
+
+class SliceStore:
+    """Read-only view of a slice store (see :mod:`lungtumor.preprocess`).
+
+    Per-case arrays are memory-mapped lazily, once per process (DataLoader workers each
+    open their own maps).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        summary_path = self.root / "store.json"
+        manifest_path = self.root / "manifest.json"
+        if not summary_path.exists() or not manifest_path.exists():
+            raise InputError(
+                f"{self.root}: not a finished slice store (store.json/manifest.json missing); "
+                "run `lungtumor preprocess TASK_DIR STORE_DIR` first"
+            )
+        self.summary: dict[str, Any] = json.loads(summary_path.read_text())
+        if self.summary.get("format") != STORE_FORMAT:
+            raise InputError(f"{summary_path}: not a lungtumor slice store")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        self.preprocess = PreprocessConfig.from_dict(self.summary["preprocess"])
+        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """Case ids per split (``train``, ``val``)."""
+        return self.summary["splits"]
+
+    def n_slices(self, case: str) -> int:
+        """Number of stored slices of ``case``."""
+        return int(self.manifest["cases"][case]["n_slices"])
+
+    def tumour_voxels(self, case: str) -> np.ndarray:
+        """Tumour voxels per stored slice of ``case`` (from the manifest, no data read)."""
+        return np.asarray(self.manifest["cases"][case]["tumour_voxels"], dtype=np.int64)
+
+    def arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        """Memory-mapped (image (D,S,S) float16, mask (D,S,S) uint8) of ``case``."""
+        maps = self._maps.get(case)
+        if maps is None:
+            d = self.root / "cases" / case
+            maps = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / "mask.npy", mmap_mode="r"))
+            self._maps[case] = maps
+        return maps
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps are reopened in each worker process rather than pickled.
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
+
+
+class SliceDataset(Dataset):
+    """Axial slices of some cases of a store.
+
+    Item ``n`` is ``(ct (C, S, S) float32, mask (1, S, S) float32, index int64)`` where
+    C = 2 * context + 1 neighbouring slices of the same case (edge slices repeated) and the
+    centre channel is the slice itself.
+    """
+
+    def __init__(self, store: SliceStore, cases: Sequence[str], context: int = 0) -> None:
+        if context < 0:
+            raise ConfigError(f"context must be >= 0 (slices on each side), got {context}")
+        self.store = store
+        self.cases = list(cases)
+        self.context = int(context)
+        counts = np.array([store.n_slices(c) for c in self.cases], dtype=np.int64)
+        self.case_index = np.repeat(np.arange(len(self.cases)), counts)  # slice -> case position
+        self.slice_index = np.concatenate([np.arange(n) for n in counts]) if len(counts) else np.zeros(0, np.int64)
+        self.counts = counts
+
+    def __len__(self) -> int:
+        return int(self.case_index.shape[0])
+
+    def tumour_voxels(self) -> np.ndarray:
+        """Tumour voxels of every item, in item order, from the manifest."""
+        if not self.cases:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self.store.tumour_voxels(c) for c in self.cases])
+
+    def channel_indices(self, d: int, depth: int) -> np.ndarray:
+        """Slice indices used as channels for slice ``d`` of a case with ``depth`` slices."""
+        return np.clip(np.arange(d - self.context, d + self.context + 1), 0, depth - 1)
+
+    def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        case = self.cases[int(self.case_index[n])]
+        d = int(self.slice_index[n])
+        image, mask = self.store.arrays(case)
+        if self.context:
+            ct = np.asarray(image[self.channel_indices(d, image.shape[0])], dtype=np.float32)
+        else:
+            ct = np.asarray(image[d], dtype=np.float32)[None]
+        m = np.asarray(mask[d], dtype=np.float32)[None]
+        return torch.from_numpy(ct), torch.from_numpy(m), n
+
+
+def oversampling_weights(tumour_voxels: np.ndarray, target_fraction: float | None = None) -> np.ndarray:
+    """Per-slice sampling weights that oversample tumour slices.
+
+    Default (the seed's): tumour slices weigh ``n_negative / n_positive``, others 1, so that
+    about half of the draws contain tumour. With ``target_fraction`` f, tumour slices weigh
+    ``f / (1 - f) * n_negative / n_positive`` so a fraction f of draws contain tumour.
+    """
+    positive = np.asarray(tumour_voxels) > 0
+    n_pos = int(positive.sum())
+    n_neg = int(positive.size - n_pos)
+    weights = np.ones(positive.size, dtype=np.float64)
+    if n_pos == 0 or n_neg == 0:
+        return weights
+    ratio = n_neg / n_pos
+    if target_fraction is not None:
+        if not 0.0 < target_fraction < 1.0:
+            raise ConfigError(f"tumour fraction must be between 0 and 1 (exclusive), got {target_fraction}")
+        ratio *= target_fraction / (1.0 - target_fraction)
+    weights[positive] = ratio
+    return weights
+
+
+class TumourOversampler(Sampler[int]):
+    """``WeightedRandomSampler`` semantics, reproducible per epoch, and sharded across ranks.
+
+    Draws ``num_samples`` indices with replacement from ``torch.multinomial`` seeded with
+    ``seed + epoch`` (Lightning calls :meth:`set_epoch`), so a resumed run draws what the
+    uninterrupted run would have. Under DDP every rank draws the same sequence and keeps
+    every ``world_size``-th index starting at its rank, so ranks see disjoint shares.
+    """
+
+    def __init__(self, weights: np.ndarray, num_samples: int | None = None, seed: int = 0) -> None:
+        self.weights = torch.as_tensor(weights, dtype=torch.double)
+        self.num_samples = int(num_samples if num_samples is not None else len(weights))
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draw :meth:`__iter__` yields."""
+        self.epoch = int(epoch)
+
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        rank, world = self._rank_world()
+        return math.ceil(self.num_samples / world) if world > 1 else self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=g)
+        rank, world = self._rank_world()
+        if world > 1:
+            total = len(self) * world
+            draws = torch.cat([draws, draws[: total - self.num_samples]])[rank::world]
+        return iter(draws.tolist())
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Data loading options.
+
+    Attributes:
+        context: neighbouring slices on each side as extra channels (2.5D); 0 = the seed's 2D.
+        batch_size: slices per batch (the seed: 8).
+        num_workers: DataLoader worker processes (the seed: 2).
+        tumour_fraction: None = the seed's weights (n_neg / n_pos); else the target fraction.
+        samples_per_epoch: None = as many draws as training slices (the seed's).
+        seed: sampler seed.
+    """
+
+    context: int = 0
+    batch_size: int = 8
+    num_workers: int = 2
+    tumour_fraction: float | None = None
+    samples_per_epoch: int | None = None
+    seed: int = 0
+
+
+def _worker_init(_: int) -> None:
+    # One thread per loader worker: the main process owns the cores for the model.
+    torch.set_num_threads(1)
+
+
+def make_datamodule(store_dir: str | os.PathLike[str], cfg: DataConfig):  # type: ignore[no-untyped-def]
+    """A LightningDataModule over the store's train/val split."""
+    import lightning as L
+
+    class SliceDataModule(L.LightningDataModule):
+        """Store + split + oversampling sampler + loaders."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.store = SliceStore(store_dir)
+            self.cfg = cfg
+            self.train_set = SliceDataset(self.store, self.store.splits["train"], cfg.context)
+            self.val_set = SliceDataset(self.store, self.store.splits["val"], cfg.context)
+            if len(self.train_set) == 0:
+                raise InputError(f"{store_dir}: the training split has no slices; preprocess more cases")
+            self.sampler = TumourOversampler(
+                oversampling_weights(self.train_set.tumour_voxels(), cfg.tumour_fraction),
+                num_samples=cfg.samples_per_epoch or len(self.train_set),
+                seed=cfg.seed,
+            )
+
+        def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+            workers = self.cfg.num_workers
+            return DataLoader(
+                dataset,
+                batch_size=self.cfg.batch_size,
+                num_workers=workers,
+                pin_memory=torch.cuda.is_available(),
+                persistent_workers=workers > 0,
+                worker_init_fn=_worker_init if workers > 0 else None,
+                **kw,
+            )
+
+        def train_dataloader(self) -> DataLoader:
+            return self._loader(self.train_set, sampler=self.sampler, drop_last=False)
+
+        def val_dataloader(self) -> DataLoader:
+            return self._loader(self.val_set, shuffle=False)
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"sampler_epoch": self.sampler.epoch, "sampler_seed": self.sampler.seed}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.sampler.seed = int(state.get("sampler_seed", self.sampler.seed))
+            self.sampler.set_epoch(int(state.get("sampler_epoch", 0)))
+
+    return SliceDataModule()
