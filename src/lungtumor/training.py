@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -296,10 +297,10 @@ def write_curves_png(run_dir: Path) -> Path | None:
     """Plot train/val loss and val Dice from the CSV log into ``run_dir/curves.png``."""
     import csv
 
-    csv_path = run_dir / "logs" / "csv" / "metrics.csv"
-    if not csv_path.exists():
-        return None
-    rows = list(csv.DictReader(csv_path.open()))
+    rows: list[dict[str, str]] = []
+    for csv_path in sorted((run_dir / "logs" / "csv").glob("session-*/metrics.csv"), key=lambda p: int(p.parent.name.split("-")[1])):
+        with csv_path.open() as f:
+            rows += list(csv.DictReader(f))
     if not rows:
         return None
     import matplotlib
@@ -366,6 +367,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
     run_dir.mkdir(parents=True, exist_ok=True)
 
+    # Known, harmless Lightning notices that would only confuse users.
+    warnings.filterwarnings("ignore", message=r".*overridden `on_after_batch_transfer`.*")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = make_datamodule(
         cfg.store,
@@ -414,9 +421,12 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     ]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/dice_case", mode="max", patience=cfg.early_stopping_patience))
+    # Lightning's CSV logger overwrites its file, so every (resumed) session gets its own;
+    # the curves read them all in order.
+    session = len(list((run_dir / "logs" / "csv").glob("session-*"))) if resume else 0
     loggers = [
         TensorBoardLogger(save_dir=run_dir / "logs", name="tensorboard", version="", default_hp_metric=False),
-        CSVLogger(save_dir=run_dir / "logs", name="csv", version=""),
+        CSVLogger(save_dir=run_dir / "logs" / "csv", name="", version=f"session-{session}"),
     ]
     trainer = L.Trainer(
         max_epochs=cfg.epochs,

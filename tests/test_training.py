@@ -1,0 +1,133 @@
+"""Trainer: fast_dev_run, learning, resume, checkpoints with safe loading, config files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from storefix import make_store
+
+from lungtumor.checkpoint import load_model, read_checkpoint
+from lungtumor.errors import CheckpointError, ConfigError
+from lungtumor.losses import make_loss
+from lungtumor.model import ModelConfig, UNet
+from lungtumor.training import TrainConfig, load_config_file, train
+
+FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_steps=2, log_every_n_steps=1)
+
+
+def test_fast_dev_run(tmp_path) -> None:
+    store = make_store(tmp_path)
+    summary = train(TrainConfig(store=str(store), out=str(tmp_path / "run"), fast_dev_run=True, **FAST))
+    assert summary["global_step"] == 1
+
+
+def test_train_writes_checkpoints_logs_curves_and_resumes(tmp_path) -> None:
+    store = make_store(tmp_path)
+    run = tmp_path / "run"
+    cfg = TrainConfig(store=str(store), out=str(run), epochs=2, samples_per_epoch=8, **FAST)
+    s1 = train(cfg)
+    assert s1["global_step"] == 4 and s1["best_val_dice_case"] is not None
+    for name in ("best.ckpt", "last.ckpt", "config.yaml", "curves.png"):
+        assert (run / name).exists(), name
+    assert list((run / "logs" / "tensorboard").glob("events.out.tfevents.*"))
+    header = (run / "logs" / "csv" / "session-0" / "metrics.csv").read_text().splitlines()[0]
+    assert "val/dice_case" in header and "val/dice_pooled_soft_seed" in header
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["epochs"] == 2 and resolved["precision"] in ("bf16-mixed", "32-true")
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg)
+    s2 = train(TrainConfig(**{**cfg.__dict__, "epochs": 4}), resume=True)
+    assert s2["global_step"] == 8  # continued, not restarted
+    ck = read_checkpoint(run / "last.ckpt")
+    assert ck["global_step"] == 8 and "optimizer_states" in ck
+
+
+def test_checkpoint_round_trip_is_safe_and_complete(tmp_path) -> None:
+    store = make_store(tmp_path)
+    run = tmp_path / "run"
+    train(TrainConfig(store=str(store), out=str(run), epochs=1, samples_per_epoch=4, context=1, **FAST))
+    loaded = load_model(run / "best.ckpt")
+    assert loaded.context == 1 and loaded.preprocess.size == 32
+    assert loaded.info["model"]["in_channels"] == 3 and loaded.info["model"]["width"] == 4
+    ck = torch.load(run / "best.ckpt", map_location="cpu", weights_only=True)
+    net = UNet(ModelConfig(**ck["lungtumor"]["model"]))
+    x = torch.randn(1, 3, 32, 32)
+    net.load_state_dict({k[len("net.") :]: v for k, v in ck["state_dict"].items()})
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x), net.eval()(x))
+
+
+class _Evil:
+    def __reduce__(self):  # would run code if unpickled unsafely
+        return (print, ("unsafe!",))
+
+
+def test_corrupt_foreign_and_unsafe_checkpoints_are_refused(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(tmp_path / "missing.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"\x00garbage")
+    with pytest.raises(CheckpointError, match="bad.ckpt"):
+        load_model(bad)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a lungtumor checkpoint"):
+        load_model(foreign)
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"lungtumor": {"format": "lungtumor-checkpoint"}, "state_dict": {}, "x": _Evil()}, evil)
+    with pytest.raises(CheckpointError, match="evil.ckpt"):
+        load_model(evil)
+
+
+def test_config_file_and_unknown_options(tmp_path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("epochs: 3\nbatch-size: 2\nloss: bce+dice\n")
+    cfg = TrainConfig.from_dict(load_config_file(p))
+    assert cfg.epochs == 3 and cfg.batch_size == 2 and cfg.loss == "bce+dice"
+    with pytest.raises(ConfigError, match="unknown training options"):
+        TrainConfig.from_dict({"epochz": 3})
+    j = tmp_path / "c.json"
+    j.write_text(json.dumps({"lr": 0.01}))
+    assert TrainConfig.from_dict(load_config_file(j)).lr == 0.01
+
+
+def test_training_size_must_fit_the_store(tmp_path) -> None:
+    store = make_store(tmp_path)
+    with pytest.raises(ConfigError, match="larger than the store"):
+        train(TrainConfig(store=str(store), out=str(tmp_path / "r"), size=64, **FAST))
+    s = train(TrainConfig(store=str(store), out=str(tmp_path / "r2"), size=16, epochs=1, samples_per_epoch=4, **FAST))
+    assert load_model(s["best_checkpoint"]).preprocess.size == 16
+
+
+def test_a_small_unet_learns_a_few_slices() -> None:
+    """Learning test: a small U-Net fits a few slices with a lesion to Dice >= 0.9 within 200 steps."""
+    g = torch.Generator().manual_seed(0)
+    n, size = 4, 48
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    ct = torch.full((n, 1, size, size), -850 / 3071.0) + 0.01 * torch.randn(n, 1, size, size, generator=g)
+    mask = torch.zeros(n, 1, size, size)
+    for i in range(n):
+        cy, cx, r = 12 + 6 * i, 30 - 4 * i, 4 + i
+        blob = ((yy - cy) ** 2 + (xx - cx) ** 2) <= r * r
+        mask[i, 0][blob] = 1
+        ct[i, 0][blob] = 40 / 3071.0
+        ct[i, 0][(yy - 40) ** 2 + (xx - 8 - 8 * i) ** 2 <= 4] = 40 / 3071.0  # a vessel-like distractor, not tumour
+    torch.manual_seed(0)
+    net = UNet(ModelConfig(width=8, depth=2))
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    loss_fn = make_loss("bce+dice")
+    for step in range(200):
+        opt.zero_grad()
+        loss = loss_fn(net(ct), mask)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            pred = (net(ct) > 0).float()
+            dice = (2 * (pred * mask).sum() / (pred.sum() + mask.sum())).item()
+        if dice >= 0.9:
+            break
+    assert dice >= 0.9, f"Dice {dice:.3f} after {step + 1} steps"
