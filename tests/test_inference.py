@@ -1,0 +1,124 @@
+"""Whole-scan inference keeps the input's exact grid; CLI error paths of predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import affine_for
+
+from lungtumor.checkpoint import LoadedModel, checkpoint_metadata
+from lungtumor.config import HU_SCALE, PreprocessConfig
+from lungtumor.inference import predict_path, segment
+from lungtumor.model import ModelConfig
+from lungtumor.volume import Volume, read_nifti, reorient, write_nifti
+
+THRESHOLD_HU = -300.0
+
+
+class ThresholdNet(torch.nn.Module):
+    """Stub model: 'tumour' wherever the centre channel is brighter than -300 HU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centre = x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]
+        return 1000.0 * (centre - THRESHOLD_HU / HU_SCALE)
+
+
+def stub_model(size: int, context: int = 0) -> LoadedModel:
+    pre = PreprocessConfig(size=size)
+    return LoadedModel(net=ThresholdNet(), preprocess=pre, context=context, info={"threshold": 0.5})
+
+
+def stub_checkpoint(path, size: int) -> None:
+    """A real lungtumor checkpoint file (tiny U-Net, random weights)."""
+    from lungtumor.model import UNet
+
+    cfg = ModelConfig(width=2, depth=2)
+    net = UNet(cfg)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(size=size).to_dict(), 0, threshold=0.5),
+        },
+        path,
+    )
+
+
+def _ct(shape, codes, seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(-800, 20, shape).astype(np.int16)
+    arr[4:9, 5:11, :] = 50  # a bright bar through every slice
+    return Volume(arr, affine_for(codes))
+
+
+@pytest.mark.parametrize("codes", ["LAS", "LPS", "RPI", "oblique"])
+def test_mask_has_the_input_grid_and_dropped_slices_are_zero(codes: str) -> None:
+    ct = _ct((16, 16, 40), codes)
+    canon_ct, _ = reorient(ct, ("L", "A", "S"))
+    # In-plane size equal to the store size: resizing is the identity, so the stub's mask is exact.
+    mask, prob = segment(ct, stub_model(size=16), return_probabilities=True)
+    assert mask.shape == ct.shape and np.array_equal(mask.affine, ct.affine)
+    assert mask.array.dtype == np.uint8 and prob.array.dtype == np.float32
+    assert prob.shape == ct.shape and np.array_equal(prob.affine, ct.affine)
+    canon_mask, _ = reorient(mask, ("L", "A", "S"))
+    expected = (canon_ct.array > THRESHOLD_HU).astype(np.uint8)
+    expected[:, :, :30] = 0  # the 30 most inferior slices are dropped by the recipe
+    np.testing.assert_array_equal(canon_mask.array, expected)
+
+
+def test_resize_back_from_a_smaller_model_grid() -> None:
+    ct = _ct((32, 24, 36), "LPS")
+    mask = segment(ct, stub_model(size=16))
+    assert mask.shape == ct.shape
+    canon, _ = reorient(mask, ("L", "A", "S"))
+    assert canon.array[:, :, :30].sum() == 0 and canon.array[:, :, 30:].sum() > 0
+
+
+def test_context_tta_and_fp32_paths() -> None:
+    ct = _ct((16, 16, 34), "LAS")
+    a = segment(ct, stub_model(16, context=2), tta="flip", precision="fp32")
+    b = segment(ct, stub_model(16), precision="fp32")
+    np.testing.assert_array_equal(a.array, b.array)
+
+
+def test_predict_files_folders_and_errors(tmp_path) -> None:
+    ckpt = tmp_path / "m.ckpt"
+    stub_checkpoint(ckpt, size=16)
+    src = tmp_path / "in"
+    for i, codes in enumerate(["LAS", "LPS"]):
+        write_nifti(_ct((16, 16, 34), codes, seed=i), src / f"case_{i}.nii.gz")
+    res = predict_path(ckpt, src, tmp_path / "out", probabilities=True, progress=False)
+    assert len(res) == 2
+    for i in range(2):
+        m = read_nifti(tmp_path / "out" / f"case_{i}.nii.gz")
+        c = read_nifti(src / f"case_{i}.nii.gz")
+        assert m.shape == c.shape and np.allclose(m.affine, c.affine, atol=1e-5) and m.array.dtype == np.uint8
+        p = read_nifti(tmp_path / "out" / "probabilities" / f"case_{i}.nii.gz")
+        assert p.array.dtype == np.float32 and p.shape == c.shape
+    one = predict_path(ckpt, src / "case_0.nii.gz", tmp_path / "one.nii.gz", probabilities=True)
+    assert (tmp_path / "one.nii.gz").exists() and (tmp_path / "one_prob.nii.gz").exists() and one[0]["shape"] == (16, 16, 34)
+
+    from lungtumor.errors import CheckpointError, GeometryError, InputError
+
+    with pytest.raises(InputError, match="not found"):
+        predict_path(ckpt, tmp_path / "nope.nii.gz", tmp_path / "x.nii.gz")
+    with pytest.raises(InputError, match="must be a folder"):
+        predict_path(ckpt, src, tmp_path / "x.nii.gz")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError):
+        predict_path(bad, src / "case_0.nii.gz", tmp_path / "x.nii.gz")
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.int16), np.eye(4)), str(tmp_path / "4d.nii.gz"))
+    with pytest.raises(GeometryError, match="3D"):
+        predict_path(ckpt, tmp_path / "4d.nii.gz", tmp_path / "x.nii.gz")
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_cli_predict_error_is_one_line(tmp_path, capsys) -> None:
+    from lungtumor.cli import main
+
+    rc = main(["predict", str(tmp_path / "none.ckpt"), str(tmp_path / "in.nii.gz"), str(tmp_path / "o.nii.gz")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "not found" in err and "Traceback" not in err
