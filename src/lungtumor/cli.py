@@ -82,13 +82,19 @@ def _add_import_dicom(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rtstruct", default=None, help="RTSTRUCT file")
     p.add_argument("--roi", default=None, help="ROI name in the RTSTRUCT, e.g. GTV-1")
     p.add_argument("--label-out", default=None, help="output label .nii.gz")
+    p.add_argument(
+        "--fill-rule",
+        choices=["pillow", "centre"],
+        default="pillow",
+        help="contour fill: pillow (default, edge pixels included, as the NSCLC reference labels) or centre (pixel centres inside)",
+    )
     p.set_defaults(func=_cmd_import_dicom)
 
 
 def _cmd_import_dicom(a: argparse.Namespace) -> None:
     from lungtumor.dicom import import_dicom
 
-    r = import_dicom(a.dicom_dir, a.out, rtstruct=a.rtstruct, roi=a.roi, label_out=a.label_out, series_uid=a.series_uid)
+    r = import_dicom(a.dicom_dir, a.out, rtstruct=a.rtstruct, roi=a.roi, label_out=a.label_out, series_uid=a.series_uid, fill_rule=a.fill_rule)
     print(json.dumps(r, indent=2, default=str))
 
 
