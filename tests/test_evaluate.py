@@ -1,0 +1,263 @@
+"""Folder evaluation on tiny synthetic NIfTI masks with hand-computed values."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lungtumor.errors import GeometryError, InputError
+from lungtumor.evaluate import (
+    CSV_COLUMNS,
+    METRICS_CSV,
+    POOLED_SOFT_DICE_LABEL,
+    SUMMARY_JSON,
+    evaluate_folder,
+    format_table,
+    match_cases,
+)
+from lungtumor.volume import Volume, write_nifti
+
+SHAPE = (12, 10, 8)
+SPACING = (0.5, 0.5, 2.0)  # voxel = 0.5 mm^3
+AFFINE = np.diag([-SPACING[0], SPACING[1], SPACING[2], 1.0])  # LAS, like MSD Task06
+AFFINE[:3, 3] = (10.0, -20.0, 30.0)
+
+
+def _mask(*boxes: tuple[slice, slice, slice]) -> np.ndarray:
+    m = np.zeros(SHAPE, dtype=np.uint8)
+    for box in boxes:
+        m[box] = 1
+    return m
+
+
+def _write(folder: Path, name: str, array: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
+    return write_nifti(Volume(array, affine), folder / name)
+
+
+@pytest.fixture()
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    """Four cases: a partial overlap, an exact match, one empty prediction, both empty."""
+    pred, label = tmp_path / "pred", tmp_path / "labels"
+    cube = (slice(2, 6), slice(2, 6), slice(2, 4))  # 4*4*2 = 32 voxels = 16 mm^3
+    shifted = (slice(4, 8), slice(2, 6), slice(2, 4))  # half of it overlaps `cube`
+    far = (slice(10, 11), slice(8, 9), slice(6, 7))  # 1 voxel, separate lesion
+    _write(label, "case_a.nii.gz", _mask(cube))
+    _write(pred, "case_a.nii.gz", _mask(shifted, far))
+    _write(label, "case_b.nii.gz", _mask(cube))
+    _write(pred, "case_b.nii", _mask(cube))  # .nii matches .nii.gz by name
+    _write(label, "case_c.nii.gz", _mask(cube))
+    _write(pred, "case_c.nii.gz", _mask())
+    _write(label, "case_d.nii.gz", _mask())
+    _write(pred, "case_d.nii.gz", _mask())
+    (pred / "._case_a.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")  # ignored
+    return pred, label
+
+
+def test_values_by_hand(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    pred, label = folders
+    result = evaluate_folder(pred, label, tmp_path / "out", tolerance_mm=1.0, progress=False)
+    rows = {r["case"]: r for r in result.rows}
+    assert list(rows) == ["case_a", "case_b", "case_c", "case_d"]
+
+    a = rows["case_a"]
+    # |P| = 32 + 1, |R| = 32, |P∩R| = 16.
+    assert a["dice"] == pytest.approx(2 * 16 / 65)
+    assert a["volume_ref_ml"] == pytest.approx(32 * 0.5 / 1000)
+    assert a["volume_pred_ml"] == pytest.approx(33 * 0.5 / 1000)
+    assert a["volume_abs_diff_ml"] == pytest.approx(0.5 / 1000)
+    assert (a["lesions_ref"], a["lesions_found"], a["false_positive_lesions"]) == (1, 1, 1)
+    # Every voxel of a 4x4x2 box is a surface voxel. The 2-voxel shift along i (0.5 mm voxels)
+    # puts the farthest box surface voxels 1 mm from the other surface; the far voxel (about
+    # 6.7 mm away) is 1 of 33 predicted surface distances, above the 95th percentile's rank
+    # (linear interpolation between the 31st and 32nd of 33 sorted values, both 1 mm).
+    assert a["hd95_mm"] == pytest.approx(1.0)
+
+    b = rows["case_b"]
+    assert (b["dice"], b["surface_dice"], b["hd95_mm"]) == (1.0, 1.0, 0.0)
+
+    c = rows["case_c"]  # prediction empty
+    assert c["dice"] == 0.0 and c["surface_dice"] == 0.0 and c["hd95_mm"] == math.inf
+    assert (c["lesions_ref"], c["lesions_found"], c["false_positive_lesions"]) == (1, 0, 0)
+
+    d = rows["case_d"]  # both empty
+    assert math.isnan(d["dice"]) and math.isnan(d["surface_dice"]) and math.isnan(d["hd95_mm"])
+
+    s = result.summary
+    assert s["cases"] == 4 and s["cases_both_empty"] == 1 and s["cases_one_empty"] == 1
+    assert s["dice_cases"] == 3
+    dices = [2 * 16 / 65, 1.0, 0.0]
+    assert s["dice_mean"] == pytest.approx(np.mean(dices))  # case_d excluded
+    assert s["dice_median"] == pytest.approx(np.median(dices))
+    lo, hi = s["dice_ci95"]
+    assert 0.0 <= lo <= s["dice_mean"] <= hi <= 1.0
+    assert s["hd95_median_mm"] == pytest.approx(1.0)  # median of [1, 0, inf]
+    assert s["lesion_sensitivity"] == pytest.approx(2 / 3)
+    assert s["false_positive_lesions_per_scan"] == pytest.approx(1 / 4)
+    assert s["tolerance_mm"] == 1.0
+    assert "dice_pooled_soft_seed" not in s
+
+
+def test_output_files(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    pred, label = folders
+    out = tmp_path / "eval"
+    result = evaluate_folder(pred, label, out, progress=False)
+    assert sorted(p.name for p in result.files) == [METRICS_CSV, SUMMARY_JSON]
+    assert sorted(p.name for p in out.iterdir()) == [METRICS_CSV, SUMMARY_JSON]  # no temp files left
+
+    with open(out / METRICS_CSV, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames or ()) == CSV_COLUMNS
+        rows = {r["case"]: r for r in reader}
+    assert rows["case_c"]["hd95_mm"] == "inf"
+    assert rows["case_d"]["dice"] == "nan"
+    assert float(rows["case_b"]["dice"]) == 1.0
+    assert rows["case_a"]["lesions_found"] == "1"
+
+    summary = json.loads((out / SUMMARY_JSON).read_text())  # strict JSON: no NaN/Infinity
+    assert summary["cases"] == 4 and summary["cases_both_empty"] == 1
+    assert summary["dice_mean"] == pytest.approx(result.summary["dice_mean"])
+    assert len(summary["dice_ci95"]) == 2
+
+    text = format_table(result)
+    assert "case_a" in text and "inf" in text and "excluded from Dice" in text
+
+
+def test_no_output_when_out_dir_none(folders: tuple[Path, Path]) -> None:
+    pred, label = folders
+    result = evaluate_folder(pred, label, None, progress=False)
+    assert result.files == []
+    assert not (pred / METRICS_CSV).exists()
+
+
+def test_progress_bar_runs(folders: tuple[Path, Path]) -> None:
+    pred, label = folders
+    assert len(evaluate_folder(pred, label, None, progress=True).rows) == 4
+
+
+def test_json_inf_and_null(tmp_path: Path) -> None:
+    # Only a both-empty case: nothing is defined, so means and the CI are null in the JSON.
+    # Then only a one-empty case: Dice is 0 and the HD95 median is inf, written as "inf".
+    pred, label = tmp_path / "p", tmp_path / "l"
+    _write(label, "x.nii.gz", _mask())
+    _write(pred, "x.nii.gz", _mask())
+    summary = evaluate_folder(pred, label, tmp_path / "o", progress=False).summary
+    assert math.isnan(summary["dice_mean"])
+    on_disk = json.loads((tmp_path / "o" / SUMMARY_JSON).read_text())
+    assert on_disk["dice_mean"] is None and on_disk["dice_ci95"] == [None, None]
+    assert on_disk["lesion_sensitivity"] is None
+
+    _write(label, "x.nii.gz", _mask((slice(1, 3), slice(1, 3), slice(1, 2))))
+    evaluate_folder(pred, label, tmp_path / "o", progress=False)
+    on_disk = json.loads((tmp_path / "o" / SUMMARY_JSON).read_text())
+    assert on_disk["hd95_median_mm"] == "inf" and on_disk["dice_mean"] == 0.0
+
+
+def test_missing_counterparts_are_listed(tmp_path: Path) -> None:
+    pred, label = tmp_path / "p", tmp_path / "l"
+    for name in ("a", "b", "only_pred"):
+        _write(pred, f"{name}.nii.gz", _mask())
+    for name in ("a", "b", "only_label1", "only_label2"):
+        _write(label, f"{name}.nii.gz", _mask())
+    with pytest.raises(InputError) as info:
+        match_cases(pred, label)
+    message = str(info.value)
+    assert "1 prediction(s)" in message and "only_pred" in message
+    assert "2 label(s)" in message and "only_label1, only_label2" in message
+    assert "\n" not in message
+
+
+def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "l", "a.nii.gz", _mask())
+    with pytest.raises(InputError, match="not found"):
+        evaluate_folder(tmp_path / "nope", tmp_path / "l", None, progress=False)
+    with pytest.raises(InputError, match="no .nii"):
+        evaluate_folder(tmp_path / "empty", tmp_path / "l", None, progress=False)
+
+
+def test_duplicate_names_rejected(tmp_path: Path) -> None:
+    _write(tmp_path / "p", "a.nii.gz", _mask())
+    _write(tmp_path / "p", "a.nii", _mask())
+    _write(tmp_path / "l", "a.nii.gz", _mask())
+    with pytest.raises(InputError, match="two prediction files"):
+        match_cases(tmp_path / "p", tmp_path / "l")
+
+
+@pytest.mark.parametrize("what", ["shape", "affine"])
+def test_grid_mismatch_raises(tmp_path: Path, what: str) -> None:
+    pred, label = tmp_path / "p", tmp_path / "l"
+    _write(label, "a.nii.gz", _mask())
+    if what == "shape":
+        _write(pred, "a.nii.gz", np.zeros((12, 10, 9), dtype=np.uint8))
+    else:
+        shifted = AFFINE.copy()
+        shifted[2, 3] += 0.01  # 10 micrometres: above the 1e-3 mm tolerance
+        _write(pred, "a.nii.gz", _mask(), shifted)
+    with pytest.raises(GeometryError) as info:
+        evaluate_folder(pred, label, None, progress=False)
+    message = str(info.value)
+    assert str(pred / "a.nii.gz") in message and str(label / "a.nii.gz") in message
+    assert "(12, 10, 8)" in message
+
+
+def test_tiny_affine_difference_is_accepted(tmp_path: Path) -> None:
+    pred, label = tmp_path / "p", tmp_path / "l"
+    _write(label, "a.nii.gz", _mask())
+    nudged = AFFINE.copy()
+    nudged[0, 3] += 1e-5  # float32 round-off in a header
+    _write(pred, "a.nii.gz", _mask(), nudged)
+    assert evaluate_folder(pred, label, None, progress=False).summary["cases"] == 1
+
+
+def test_non_binary_mask_rejected(tmp_path: Path) -> None:
+    pred, label = tmp_path / "p", tmp_path / "l"
+    _write(label, "a.nii.gz", _mask())
+    bad = _mask((slice(1, 3), slice(1, 3), slice(1, 2)))
+    bad[1, 1, 1] = 2
+    _write(pred, "a.nii.gz", bad)
+    with pytest.raises(InputError, match="only 0 and 1.*found values 0, 1, 2"):
+        evaluate_folder(pred, label, None, progress=False)
+    _write(pred, "a.nii.gz", np.full(SHAPE, 0.5, dtype=np.float32))
+    with pytest.raises(InputError, match="only 0 and 1"):
+        evaluate_folder(pred, label, None, progress=False)
+
+
+def test_float_binary_mask_accepted(tmp_path: Path) -> None:
+    pred, label = tmp_path / "p", tmp_path / "l"
+    box = (slice(1, 3), slice(1, 3), slice(1, 2))
+    _write(label, "a.nii.gz", _mask(box).astype(np.float32))
+    _write(pred, "a.nii.gz", _mask(box))
+    assert evaluate_folder(pred, label, None, progress=False).rows[0]["dice"] == 1.0
+
+
+def test_pooled_soft_dice_with_prob_dir(tmp_path: Path) -> None:
+    pred, label = tmp_path / "p", tmp_path / "l"
+    box = (slice(1, 3), slice(1, 3), slice(1, 2))  # 4 voxels
+    for name in ("a", "b"):
+        _write(label, f"{name}.nii.gz", _mask(box))
+        _write(pred, f"{name}.nii.gz", _mask(box))
+    prob_a = _mask(box).astype(np.float32) * 0.5  # sum p*y = 2, sum p = 2
+    prob_b = _mask(box).astype(np.float32)  # sum p*y = 4, sum p = 4
+    # Probability maps beside the masks, NAME_prob: not mistaken for predictions.
+    _write(pred, "a_prob.nii.gz", prob_a)
+    _write(pred, "b_prob.nii.gz", prob_b)
+    result = evaluate_folder(pred, label, None, prob_dir=pred, progress=False)
+    assert result.summary["cases"] == 2
+    # 2 * (2 + 4) / ((2 + 4) + (4 + 4))
+    assert result.summary["dice_pooled_soft_seed"] == pytest.approx(12 / 14)
+    assert result.summary["dice_pooled_soft_seed_label"] == POOLED_SOFT_DICE_LABEL
+    assert "pooled (seed's definition)" in format_table(result)
+
+    # A separate folder with plain NAME files works too; a missing one is an error.
+    probs = tmp_path / "probs"
+    _write(probs, "a.nii.gz", prob_a)
+    with pytest.raises(InputError, match="no probability map for 1 case.*b"):
+        evaluate_folder(label, label, None, prob_dir=probs, progress=False)
+    _write(probs, "b.nii.gz", prob_b * 300)  # not probabilities
+    with pytest.raises(InputError, match=r"must lie in \[0, 1\]"):
+        evaluate_folder(label, label, None, prob_dir=probs, progress=False)
