@@ -1,0 +1,198 @@
+"""Tests for lungtumor.augment: same transform for CT channels and mask, binary masks,
+reproducibility, padding with air, and the scipy (seed-style) per-sample variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lungtumor.augment import (
+    CT_FILL_AIR,
+    AugmentConfig,
+    BatchAugment,
+    augment_batch,
+    augment_sample_numpy,
+    elastic_displacement,
+)
+from lungtumor.config import HU_AIR, HU_SCALE
+from lungtumor.errors import ConfigError, InputError
+
+SIZE = 64
+DISK_VALUE = 1.0
+
+
+def _disk(size: int = SIZE, centre: tuple[float, float] = (27.0, 37.0), radius: float = 11.0) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) <= radius**2).float()
+
+
+def _pair(n: int, channels: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """CT = air + (c + 1) * DISK_VALUE inside an off-centre disk, mask = the disk."""
+    disk = _disk()
+    scale = torch.arange(1, channels + 1, dtype=torch.float32).view(1, channels, 1, 1)
+    ct = CT_FILL_AIR + DISK_VALUE * scale * disk.expand(n, channels, SIZE, SIZE)
+    mask = disk.expand(n, 1, SIZE, SIZE).clone()
+    return ct.contiguous(), mask
+
+
+def _iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.bool(), b.bool()
+    return (a & b).sum().item() / max((a | b).sum().item(), 1)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_air_fill_constant() -> None:
+    assert CT_FILL_AIR == HU_AIR / HU_SCALE
+    assert AugmentConfig().ct_fill == pytest.approx(-1000 / 3071)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_mask_follows_every_ct_channel(channels: int) -> None:
+    ct, mask = _pair(8, channels)
+    ct_aug, mask_aug = augment_batch(ct, mask, AugmentConfig(), _gen(0))
+    assert ct_aug.shape == ct.shape and mask_aug.shape == mask.shape
+    assert set(mask_aug.unique().tolist()) <= {0.0, 1.0}
+    for i in range(ct.shape[0]):
+        assert mask_aug[i].sum() > 50  # the disk is still (mostly) in view
+        for c in range(channels):
+            # Bilinear CT thresholded half-way equals the nearest-sampled mask except at
+            # pixel-boundary corners; a different transform would give a far lower IoU.
+            level = CT_FILL_AIR + DISK_VALUE * (c + 1) / 2
+            assert _iou(ct_aug[i, c] > level, mask_aug[i, 0]) > 0.97
+        # All channels are moved identically: the normalised channels agree to float precision.
+        norm = (ct_aug[i] - CT_FILL_AIR) / torch.arange(1, channels + 1).view(channels, 1, 1)
+        assert torch.allclose(norm, norm[:1].expand_as(norm), atol=1e-5)
+
+
+def test_different_samples_get_different_transforms() -> None:
+    ct, mask = _pair(6)
+    _, mask_aug = augment_batch(ct, mask, AugmentConfig(), _gen(1))
+    for i in range(6):
+        for j in range(i + 1, 6):
+            assert _iou(mask_aug[i], mask_aug[j]) < 0.95
+
+
+def test_reproducible_with_seeded_generator() -> None:
+    ct, mask = _pair(4)
+    a = augment_batch(ct, mask, AugmentConfig(), _gen(7))
+    b = augment_batch(ct, mask, AugmentConfig(), _gen(7))
+    c = augment_batch(ct, mask, AugmentConfig(), _gen(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+    # Inputs are not modified.
+    ref_ct, ref_mask = _pair(4)
+    assert torch.equal(ct, ref_ct) and torch.equal(mask, ref_mask)
+
+
+def test_fixed_shift_pads_ct_with_air_and_mask_with_zero() -> None:
+    shift_px = 16
+    cfg = AugmentConfig(translate=shift_px / SIZE, translate_fixed=True, scale=(1.0, 1.0), rotate_deg=0.0, elastic_p=0.0)
+    torch.manual_seed(0)
+    ct = torch.rand(2, 2, SIZE, SIZE)  # HU 0..3071 range, never air
+    mask = torch.ones(2, 1, SIZE, SIZE, dtype=torch.uint8)
+    ct_aug, mask_aug = augment_batch(ct, mask, cfg, _gen(0))
+    assert mask_aug.dtype == torch.uint8
+    # Content moves +x (right) and +y (down), as imgaug's positive translate_percent.
+    assert torch.allclose(ct_aug[..., shift_px:, shift_px:], ct[..., :-shift_px, :-shift_px], atol=1e-5)
+    assert torch.allclose(ct_aug[..., :shift_px, :], torch.full_like(ct_aug[..., :shift_px, :], CT_FILL_AIR))
+    assert torch.allclose(ct_aug[..., :, :shift_px], torch.full_like(ct_aug[..., :, :shift_px], CT_FILL_AIR))
+    assert mask_aug[..., :shift_px, :].sum() == 0 and mask_aug[..., :, :shift_px].sum() == 0
+    assert mask_aug[..., shift_px:, shift_px:].all()
+
+
+def test_disabled_and_probability() -> None:
+    ct, mask = _pair(16)
+    out = augment_batch(ct, mask, AugmentConfig(enabled=False), _gen(0))
+    assert out[0] is ct and out[1] is mask
+    out = augment_batch(ct, mask, AugmentConfig(p=0.0), _gen(0))
+    assert torch.equal(out[0], ct) and torch.equal(out[1], mask)
+    ct_aug, mask_aug = augment_batch(ct, mask, AugmentConfig(p=0.5), _gen(3))
+    unchanged = [torch.equal(ct_aug[i], ct[i]) for i in range(16)]
+    assert 0 < sum(unchanged) < 16
+    for i in range(16):
+        assert unchanged[i] == torch.equal(mask_aug[i], mask[i])
+
+
+def test_batch_augment_module() -> None:
+    ct, mask = _pair(3)
+    a = BatchAugment(seed=5)(ct, mask)
+    b = BatchAugment(seed=5)(ct, mask)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    module = BatchAugment(seed=5)
+    first = module(ct, mask)
+    second = module(ct, mask)
+    assert not torch.equal(first[0], second[0])  # the private generator advances
+    module.eval()
+    out = module(ct, mask)
+    assert out[0] is ct and out[1] is mask
+
+
+def test_elastic_field_statistics() -> None:
+    """Displacement std of a Gaussian-smoothed uniform(-1, 1) field: alpha / (sqrt(12 pi) sigma)."""
+    n, size = 8, 128
+    for sigma in (4.0, 8.0):
+        alpha = torch.full((n,), 40.0)
+        field = elastic_displacement(n, size, size, alpha, torch.full((n,), sigma), _gen(0))
+        expected = 40.0 / (np.sqrt(12 * np.pi) * sigma)
+        assert field.shape == (n, 2, size, size)
+        assert field.std().item() == pytest.approx(expected, rel=0.1)
+    zero = elastic_displacement(2, size, size, torch.zeros(2), torch.full((2,), 4.0), _gen(0))
+    assert torch.count_nonzero(zero) == 0
+
+
+def test_input_checks() -> None:
+    ct, mask = _pair(2)
+    with pytest.raises(InputError, match=r"\(N, 1, H, W\)"):
+        augment_batch(ct, mask[:, 0])
+    with pytest.raises(InputError, match="differ in batch size"):
+        augment_batch(ct, mask[:1])
+
+
+def test_config_round_trip_and_validation() -> None:
+    cfg = AugmentConfig(translate=0.1, scale=(0.9, 1.1), elastic_alpha=(0.0, 20.0), p=0.5)
+    assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    assert AugmentConfig.from_dict(AugmentConfig().to_dict()) == AugmentConfig()
+    with pytest.raises(ConfigError, match="unknown augmentation keys"):
+        AugmentConfig.from_dict({"flip": True})
+    with pytest.raises(ConfigError, match="low <= high"):
+        AugmentConfig(scale=(1.2, 0.8))
+    with pytest.raises(ConfigError, match="low <= high"):
+        AugmentConfig(scale=1.1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="probability"):
+        AugmentConfig(p=1.5)
+    with pytest.raises(ConfigError, match="elastic_sigma"):
+        AugmentConfig(elastic_sigma=(0.0, 1.0))
+
+
+def test_numpy_variant_same_transform_and_reproducible() -> None:
+    ct, mask = _pair(1, channels=2)
+    ct_np, mask_np = ct[0].numpy(), mask[0].numpy().astype(np.uint8)
+    a_ct, a_mask = augment_sample_numpy(ct_np, mask_np, AugmentConfig(), np.random.default_rng(0))
+    b_ct, b_mask = augment_sample_numpy(ct_np, mask_np, AugmentConfig(), np.random.default_rng(0))
+    c_ct, _ = augment_sample_numpy(ct_np, mask_np, AugmentConfig(), np.random.default_rng(1))
+    assert a_ct.shape == ct_np.shape and a_mask.shape == mask_np.shape and a_mask.dtype == np.uint8
+    assert np.array_equal(a_ct, b_ct) and np.array_equal(a_mask, b_mask)
+    assert not np.array_equal(a_ct, c_ct)
+    assert set(np.unique(a_mask).tolist()) <= {0, 1}
+    for c in range(2):
+        level = CT_FILL_AIR + DISK_VALUE * (c + 1) / 2
+        assert _iou(torch.from_numpy(a_ct[c] > level), torch.from_numpy(a_mask[0])) > 0.9
+    with pytest.raises(InputError):
+        augment_sample_numpy(ct_np[0], mask_np, AugmentConfig(), np.random.default_rng(0))
+
+
+def test_numpy_and_torch_use_the_same_geometry() -> None:
+    """With every random range collapsed, both ways compute the same affine image."""
+    cfg = AugmentConfig(translate=0.1, translate_fixed=True, scale=(1.1, 1.1), rotate_deg=0.0, elastic_p=0.0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
+    smooth = torch.cos(2 * yy) * torch.sin(3 * xx + 0.5)  # smooth, so interpolation errors are small
+    ct = smooth.view(1, 1, SIZE, SIZE)
+    mask = (smooth > 0).float().view(1, 1, SIZE, SIZE)
+    t_ct, t_mask = augment_batch(ct, mask, cfg, _gen(0))
+    n_ct, n_mask = augment_sample_numpy(ct[0].numpy(), mask[0].numpy(), cfg, np.random.default_rng(0))
+    assert np.allclose(t_ct[0].numpy(), n_ct, atol=1e-4)
+    assert (t_mask[0].numpy() != n_mask).mean() < 0.01
