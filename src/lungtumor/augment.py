@@ -46,7 +46,7 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
-from lungtumor.config import HU_AIR, HU_SCALE
+from lungtumor.config import HU_AIR, HU_SCALE, check_known_keys
 from lungtumor.errors import ConfigError, InputError
 
 #: Padding value of the CT outside the image: air, in the seed's normalisation (HU / 3071).
@@ -139,10 +139,7 @@ class AugmentConfig:
         Raises:
             ConfigError: on unknown keys or invalid values.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown augmentation keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, d, "augmentation")
         d = dict(d)
         for name in ("scale", "elastic_alpha", "elastic_sigma"):
             if name in d:

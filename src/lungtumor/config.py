@@ -20,6 +20,16 @@ SEED_SLICE_SIZE = 256
 #: ('L','A','S') is the MSD Task06 files' own orientation, so MSD data is not flipped at all,
 #: the last axis is axial and index 0 is the most inferior slice.
 CANONICAL_AXCODES = ("L", "A", "S")
+def check_known_keys(cls: type, d: dict[str, Any], what: str) -> None:
+    """Raise ConfigError when ``d`` has keys that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        from lungtumor.errors import ConfigError
+
+        raise ConfigError(f"unknown {what} keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+
+
 #: Hounsfield units of air, used to pad and as the value outside the body.
 HU_AIR = -1000
 #: Lung window for display (centre, width) in HU.
@@ -58,12 +68,7 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            from lungtumor.errors import ConfigError
-
-            raise ConfigError(f"unknown preprocessing keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, d, "preprocessing")
         d = dict(d)
         if "axcodes" in d:
             d["axcodes"] = tuple(d["axcodes"])

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from lungtumor.config import check_known_keys
 from lungtumor.errors import ConfigError
 
 NormName = Literal["none", "batch", "instance"]
@@ -92,10 +93,7 @@ class ModelConfig:
         Raises:
             ConfigError: on unknown keys or invalid values.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown model config keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, d, "model config")
         return cls(**d)
 
 

@@ -196,6 +196,8 @@ class TrainConfig:
     """Every option of ``lungtumor train``. The defaults are the seed's recipe.
 
     ``None`` for ``precision`` means bfloat16 mixed where the hardware supports it, else 32-bit.
+    ``augment_options`` overrides fields of :class:`~lungtumor.augment.AugmentConfig` (e.g.
+    ``{"rotate_deg": 15, "elastic_p": 0}``; config files only).
     """
 
     store: str = ""
@@ -211,6 +213,7 @@ class TrainConfig:
     context: int = 0
     size: int | None = None
     augment: bool = True
+    augment_options: dict[str, Any] = field(default_factory=dict)
     tumour_fraction: float | None = None
     samples_per_epoch: int | None = None
     num_workers: int = 2
@@ -372,6 +375,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*not supported by the model summary.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = make_datamodule(
@@ -400,7 +405,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         preprocess=pre.to_dict(),
         loss=cfg.loss,
         lr=cfg.lr,
-        augment=AugmentConfig(enabled=cfg.augment).to_dict(),
+        augment=AugmentConfig.from_dict({**cfg.augment_options, "enabled": cfg.augment}).to_dict(),
         context=cfg.context,
         train_size=size if size != store_pre.size else None,
         image_every_n_steps=cfg.image_every_n_steps,

@@ -1,0 +1,82 @@
+"""The command line: every subcommand on tiny data, one-line errors, and a tiny demo end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from lungtumor.cli import main
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_phantom_preprocess_and_errors(tmp_path, capsys) -> None:
+    rc, out, _ = _run(capsys, "phantom", str(tmp_path / "task"), "--cases", "3", "--test-cases", "1")
+    assert rc == 0 and "3 training + 1 test" in out
+    ds = json.loads((tmp_path / "task" / "dataset.json").read_text())
+    assert ds["numTraining"] == 3 and ds["numTest"] == 1
+    rc, out, _ = _run(capsys, "preprocess", str(tmp_path / "task"), str(tmp_path / "store"), "--size", "64", "--val-cases", "1")
+    assert rc == 0 and "3 cases (2 train, 1 val)" in out
+    # a different config on the same store: one line, exit 2
+    rc, _, err = _run(capsys, "preprocess", str(tmp_path / "task"), str(tmp_path / "store"), "--size", "32")
+    assert rc == 2 and err.count("\n") == 1 and "different config" in err
+    rc, _, err = _run(capsys, "preprocess", str(tmp_path / "missing"), str(tmp_path / "s2"))
+    assert rc == 2 and "missing" in err and "Traceback" not in err
+
+
+def test_train_errors_are_one_line(tmp_path, capsys) -> None:
+    rc, _, err = _run(capsys, "train", str(tmp_path / "nostore"), "--out", str(tmp_path / "run"))
+    assert rc == 2 and "not a finished slice store" in err and err.count("\n") == 1
+    rc, _, err = _run(capsys, "train", "--resume", str(tmp_path / "norun"))
+    assert rc == 2 and "config.yaml" in err
+    bad = tmp_path / "c.yaml"
+    bad.write_text("epochz: 3\n")
+    rc, _, err = _run(capsys, "train", str(tmp_path / "nostore"), "--out", str(tmp_path / "r"), "--config", str(bad))
+    assert rc == 2 and "unknown training options" in err
+
+
+def test_evaluate_and_visualize_errors(tmp_path, capsys) -> None:
+    from conftest import affine_for
+
+    from lungtumor.volume import Volume, write_nifti
+
+    m = np.zeros((8, 8, 8), np.uint8)
+    m[2:5, 2:5, 2:5] = 1
+    write_nifti(Volume(m, affine_for("LAS")), tmp_path / "pred" / "a.nii.gz")
+    write_nifti(Volume(m, affine_for("LPS")), tmp_path / "ref" / "a.nii.gz")
+    rc, _, err = _run(capsys, "evaluate", str(tmp_path / "pred"), str(tmp_path / "ref"))
+    assert rc == 2 and err.count("\n") == 1 and "a.nii.gz" in err
+    assert not (tmp_path / "pred" / "evaluation" / "metrics.csv").exists()
+    rc, _, err = _run(capsys, "visualize", str(tmp_path / "nope.nii.gz"), "--out", str(tmp_path / "x.png"))
+    assert rc == 2 and "not found" in err
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
+    from lungtumor.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(workdir=str(tmp_path / "demo"), cases=3, test_cases=1, val_cases=1, size=64, width=4, epochs=1, train_minutes=1.0, samples_per_epoch=16, batch_size=8)
+    result = run_demo(cfg)
+    out = capsys.readouterr().out
+    work = tmp_path / "demo"
+    summary = json.loads((work / "evaluation" / "summary.json").read_text())
+    assert summary["cases"] == 1 and "dice_mean" in summary
+    assert (work / "evaluation" / "metrics.csv").exists()
+    assert list((work / "figures").glob("*.gif")) and list((work / "figures").glob("*.png"))
+    assert list((work / "predictions" / "test").glob("*.nii.gz"))
+    for stage in ("phantom", "preprocess", "train", "predict", "evaluate", "figures"):
+        assert stage in out
+    # every prediction sits on its input's grid
+    from lungtumor.volume import read_nifti
+
+    for pred in (work / "predictions" / "val").glob("*.nii.gz"):
+        ct = read_nifti(work / "data" / "imagesTr" / pred.name)
+        mask = read_nifti(pred)
+        assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-5)
+    assert result["checkpoint"]
