@@ -131,3 +131,12 @@ def test_a_small_unet_learns_a_few_slices() -> None:
         if dice >= 0.9:
             break
     assert dice >= 0.9, f"Dice {dice:.3f} after {step + 1} steps"
+
+
+def test_last_checkpoint_is_the_last_epoch_even_when_best_stalls(tmp_path) -> None:
+    store = make_store(tmp_path)
+    run = tmp_path / "run"
+    # lr 0: the validation score never improves after the first epoch, so "best" stays at epoch 0
+    train(TrainConfig(store=str(store), out=str(run), epochs=3, samples_per_epoch=4, lr=0.0, **FAST))
+    assert read_checkpoint(run / "best.ckpt")["epoch"] == 0
+    assert read_checkpoint(run / "last.ckpt")["epoch"] == 2

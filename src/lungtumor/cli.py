@@ -101,6 +101,7 @@ def _cmd_import_dicom(a: argparse.Namespace) -> None:
 TRAIN_HELP = {
     "epochs": "epochs (default 30, the seed's)",
     "lr": "Adam learning rate (default 1e-4)",
+    "lr_schedule": "constant (default, the seed's) or cosine (decays to 0 at the last planned step)",
     "batch_size": "slices per batch (default 8)",
     "loss": "bce (default, the seed's), dice or bce+dice",
     "width": "U-Net base width (default 64, the seed's)",

@@ -18,6 +18,11 @@ from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import InputError
 
 
+#: Milder augmentation than the seed's for a few minutes of CPU training on small phantom
+#: data: +-15 degrees, 0.9-1.1 zoom, 10 % shift, no elastic warp.
+DEMO_AUGMENT: tuple[tuple[str, Any], ...] = (("rotate_deg", 15.0), ("scale", (0.9, 1.1)), ("translate", 0.1), ("elastic_p", 0.0))
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Demo options; the defaults fit a 2-core laptop in well under 15 minutes.
@@ -29,23 +34,33 @@ class DemoConfig:
         val_cases: held-out labelled cases (the last ones in sorted order).
         size: slice size of the store and the model.
         width: U-Net base width (the seed's is 64; 16 costs 1/16 of it).
+        context: 2.5D neighbouring slices on each side. 2D alone cannot tell a tumour from the
+            dome of the liver rising into the lung base; 5 slices can.
+        norm, loss: batch norm and BCE + Dice converge within minutes; the seed's plain BCE
+            without normalisation needs far longer.
         epochs, train_minutes: training length (whichever ends first).
-        batch_size, lr: optimiser settings.
+        batch_size, lr, lr_schedule: optimiser settings (cosine: the last checkpoint is settled).
+        augment_options: overrides of the augmentation config.
         seed: seed of the phantom and the training.
     """
 
     workdir: str = "demo_run"
     task_dir: str | None = None
-    cases: int = 14
+    cases: int = 16
     test_cases: int = 2
-    val_cases: int = 4
+    val_cases: int = 5
     size: int = 128
     width: int = 16
-    epochs: int = 40
-    train_minutes: float = 7.0
+    context: int = 2
+    norm: str = "batch"
+    loss: str = "bce+dice"
+    epochs: int = 28
+    train_minutes: float = 8.0
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 2e-3
+    lr_schedule: str = "cosine"
     samples_per_epoch: int | None = 400
+    augment_options: tuple[tuple[str, Any], ...] = DEMO_AUGMENT
     seed: int = 0
 
 
@@ -113,8 +128,13 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         epochs=cfg.epochs,
         max_minutes=cfg.train_minutes,
         width=cfg.width,
+        context=cfg.context,
+        norm=cfg.norm,
+        loss=cfg.loss,
         batch_size=cfg.batch_size,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
+        augment_options=dict(cfg.augment_options),
         samples_per_epoch=cfg.samples_per_epoch,
         num_workers=1,
         seed=cfg.seed,
@@ -122,8 +142,14 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         log_every_n_steps=5,
     )
     train_summary = _stage("3/6 train", timings)(lambda: {**train(tcfg), "where": str(run_dir)})
-    ckpt = train_summary["best_checkpoint"] or train_summary["last_checkpoint"]
-    print(f"   best val Dice per case (store resolution) {train_summary['best_val_dice_case']}, checkpoint {ckpt}")
+    # The last checkpoint, not the best: picking the best epoch on the held-out cases and then
+    # reporting their Dice would flatter the model. The cosine schedule makes the last settle.
+    ckpt = train_summary["last_checkpoint"]
+    best = train_summary["best_val_dice_case"]
+    print(
+        f"   {train_summary['epochs']} epochs, {train_summary['global_step']} steps; best val Dice per case "
+        f"during training {'n/a' if best is None else f'{best:.3f}'}; using {ckpt}"
+    )
 
     cases = {c.case_id: c for c in find_cases(task)}
     pred_val = work / "predictions" / "val"

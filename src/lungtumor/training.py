@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 #: Probability threshold that turns the sigmoid into a mask (the seed thresholds at 0.5).
 DEFAULT_THRESHOLD = 0.5
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class SegmentationModule(L.LightningModule):
@@ -47,6 +48,8 @@ class SegmentationModule(L.LightningModule):
             ``size`` set to the training size), embedded in every checkpoint.
         loss: ``bce`` (seed), ``dice`` or ``bce+dice``.
         lr: Adam learning rate.
+        lr_schedule: ``constant`` (the seed's) or ``cosine`` (per step, down to 0 at the last
+            planned step, so the last checkpoint is a settled one).
         augment: :class:`~lungtumor.augment.AugmentConfig` as a dict.
         context: 2.5D neighbouring slices on each side.
         train_size: resize batches to this size on the device (None = the store's size).
@@ -62,6 +65,7 @@ class SegmentationModule(L.LightningModule):
         preprocess: dict[str, Any],
         loss: str = "bce",
         lr: float = 1e-4,
+        lr_schedule: str = "constant",
         augment: dict[str, Any] | None = None,
         context: int = 0,
         train_size: int | None = None,
@@ -159,8 +163,13 @@ class SegmentationModule(L.LightningModule):
         self.log("val/dice_pooled_soft_seed", pooled.float())
         self._last_val_dice = dice.detach().cpu().numpy()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        if self.hparams.lr_schedule == "constant":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints carry everything inference needs ---------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -204,6 +213,7 @@ class TrainConfig:
     out: str = ""
     epochs: int = 30
     lr: float = 1e-4
+    lr_schedule: str = "constant"
     batch_size: int = 8
     loss: str = "bce"
     width: int = 64
@@ -362,6 +372,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         raise ConfigError("no store given; pass STORE_DIR (made by `lungtumor preprocess`)")
     if not cfg.out:
         raise ConfigError("no run folder given; pass --out RUN_DIR")
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"--lr-schedule {cfg.lr_schedule!r}: expected one of {LR_SCHEDULES}")
     run_dir = Path(cfg.out)
     last = run_dir / "last.ckpt"
     if resume and not last.exists():
@@ -405,6 +417,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         preprocess=pre.to_dict(),
         loss=cfg.loss,
         lr=cfg.lr,
+        lr_schedule=cfg.lr_schedule,
         augment=AugmentConfig.from_dict({**cfg.augment_options, "enabled": cfg.augment}).to_dict(),
         context=cfg.context,
         train_size=size if size != store_pre.size else None,
@@ -421,9 +434,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
     os.replace(tmp, run_dir / "config.yaml")
 
-    callbacks: list[Any] = [
-        ModelCheckpoint(dirpath=run_dir, filename="best", monitor="val/dice_case", mode="max", save_last=True, save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
-    ]
+    # Two callbacks: with one (save_last=True), this Lightning refreshes last.ckpt only when the
+    # best improves, so "last" could silently be an old epoch.
+    best_cb = ModelCheckpoint(
+        dirpath=run_dir, filename="best", monitor="val/dice_case", mode="max", save_top_k=1,
+        auto_insert_metric_name=False, enable_version_counter=False,
+    )
+    last_cb = ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    callbacks: list[Any] = [best_cb, last_cb]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/dice_case", mode="max", patience=cfg.early_stopping_patience))
     # Lightning's CSV logger overwrites its file, so every (resumed) session gets its own;
@@ -457,7 +475,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     seconds = time.perf_counter() - t0
-    ckpt_cb = callbacks[0]
+    ckpt_cb = best_cb
     curves = write_curves_png(run_dir) if trainer.is_global_zero else None
     best_score = ckpt_cb.best_model_score
     summary = {
