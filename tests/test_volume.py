@@ -112,3 +112,15 @@ def test_folder_of_wrong_type(tmp_path) -> None:
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(InputError, match="unknown input type"):
         read_volume(tmp_path / "x.txt")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        p = write_nifti(Volume(np.zeros((2, 2, 2), np.uint8), np.eye(4)), tmp_path / "m.nii.gz")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o644

@@ -261,6 +261,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task-dir", default=None, help="run on a real MSD-layout folder instead of the phantom")
     p.add_argument("--cases", type=int, default=None, help="phantom training cases")
     p.add_argument("--test-cases", type=int, default=None)
+    p.add_argument("--val-cases", type=int, default=None, help="held-out labelled cases (the last ones in sorted order)")
     p.add_argument("--train-minutes", type=float, default=None, help="training time budget")
     p.add_argument("--size", type=int, default=None, help="slice size")
     p.add_argument("--width", type=int, default=None, help="U-Net base width")
@@ -272,7 +273,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(a: argparse.Namespace) -> None:
     from lungtumor.demo import DemoConfig, run_demo
 
-    overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "train_minutes", "size", "width", "epochs") if getattr(a, k) is not None}
+    overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "val_cases", "train_minutes", "size", "width", "epochs") if getattr(a, k) is not None}
     cfg = DemoConfig(workdir=a.workdir, task_dir=a.task_dir, seed=a.seed, **overrides)
     run_demo(cfg)
 

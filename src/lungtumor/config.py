@@ -7,7 +7,7 @@ resize every axial slice to 256x256 (bilinear CT, nearest mask).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 #: The seed divides HU by this (the top of the 12-bit CT range), no clipping, no mean/std.

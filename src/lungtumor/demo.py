@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,7 +30,9 @@ class DemoConfig:
     Attributes:
         workdir: where every output goes.
         task_dir: a real MSD-layout folder instead of the phantom (None = phantom).
-        cases, test_cases: phantom training (labelled) and test cases.
+        cases, test_cases: phantom training (labelled) and test cases. Many cases matter more
+            than many epochs: with 11 training cases the model overfits (held-out Dice about
+            0.7), with 56 it generalises (about 0.87); generating them takes seconds.
         val_cases: held-out labelled cases (the last ones in sorted order).
         size: slice size of the store and the model.
         width: U-Net base width (the seed's is 64; 16 costs 1/16 of it).
@@ -46,15 +48,15 @@ class DemoConfig:
 
     workdir: str = "demo_run"
     task_dir: str | None = None
-    cases: int = 16
+    cases: int = 64
     test_cases: int = 2
-    val_cases: int = 5
+    val_cases: int = 8
     size: int = 128
     width: int = 16
     context: int = 2
     norm: str = "batch"
     loss: str = "bce+dice"
-    epochs: int = 28
+    epochs: int = 42
     train_minutes: float = 8.0
     batch_size: int = 16
     lr: float = 2e-3
@@ -86,7 +88,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     from lungtumor.preprocess import find_cases, preprocess_task
     from lungtumor.training import TrainConfig, train
     from lungtumor.visualize import visualize
-    from lungtumor.volume import nifti_stem, read_nifti, write_nifti
+    from lungtumor.volume import read_nifti, write_nifti
 
     work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)

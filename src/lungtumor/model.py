@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from lungtumor.config import check_known_keys
 from lungtumor.errors import ConfigError

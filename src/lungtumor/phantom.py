@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +65,7 @@ import numpy as np
 from scipy import ndimage, special
 
 from lungtumor.config import HU_AIR, SEED_SKIP_INFERIOR_SLICES
+from lungtumor.atomic import write_text_atomic
 from lungtumor.errors import ConfigError
 from lungtumor.volume import Volume, write_nifti
 
@@ -1307,12 +1307,4 @@ def write_phantom_dataset(
 
 
 def _write_json_atomic(obj: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=4)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, json.dumps(obj, indent=4) + "\n")

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from lungtumor.config import PreprocessConfig, SplitConfig
+from lungtumor.atomic import publish_permissions, write_text_atomic
 from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorError
 from lungtumor.volume import Volume, is_nifti, nifti_stem, read_nifti, reorient, undo_reorient_array
 
@@ -248,17 +249,6 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
     return ct, label.with_array(label.array.astype(np.uint8, copy=False))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> dict[str, Any]:
     """Preprocess one case into ``store_dir/cases/<case>/``, atomically.
 
@@ -293,6 +283,9 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
         np.save(tmp / "image.npy", prepared.slices.astype(np.float16))
         np.save(tmp / "mask.npy", mask)
         (tmp / "meta.json").write_text(json.dumps(meta))
+        for f in tmp.iterdir():
+            publish_permissions(f)
+        publish_permissions(tmp, directory=True)
         final = cases_dir / case.case_id
         if final.exists():
             shutil.rmtree(final)
@@ -373,7 +366,7 @@ def _check_or_write_config(store: Path, cfg: PreprocessConfig) -> None:
         return
     if any(store.iterdir()):
         raise ConfigError(f"{store}: folder is not empty and is not a lungtumor store; choose an empty or new folder")
-    _atomic_write_text(path, json.dumps(wanted, indent=2))
+    write_text_atomic(path, json.dumps(wanted, indent=2))
 
 
 def preprocess_task(
@@ -473,14 +466,14 @@ def write_manifest(
             for cid in sorted(metas)
         }
     }
-    _atomic_write_text(store / "manifest.json", json.dumps(manifest))
+    write_text_atomic(store / "manifest.json", json.dumps(manifest))
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["case", "slice", "original_index", "tumour_voxels", "split"])
     for cid, m in manifest["cases"].items():
         for d, n in enumerate(m["tumour_voxels"]):
             w.writerow([cid, d, m["kept_start"] + d, n, m["split"]])
-    _atomic_write_text(store / "manifest.csv", buf.getvalue())
+    write_text_atomic(store / "manifest.csv", buf.getvalue())
     n_slices = {s: sum(manifest["cases"][c]["n_slices"] for c in ids) for s, ids in splits.items()}
     n_tumour = {
         s: sum(int(np.count_nonzero(manifest["cases"][c]["tumour_voxels"])) for c in ids) for s, ids in splits.items()
@@ -495,5 +488,5 @@ def write_manifest(
         "tumour_slices": n_tumour,
         "skipped": skipped,
     }
-    _atomic_write_text(store / "store.json", json.dumps(summary, indent=2))
+    write_text_atomic(store / "store.json", json.dumps(summary, indent=2))
     return summary

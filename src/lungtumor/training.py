@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -20,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lungtumor.atomic import atomic_output, write_text_atomic
 from lungtumor.augment import AugmentConfig, augment_batch
 from lungtumor.checkpoint import checkpoint_metadata
-from lungtumor.config import PreprocessConfig
 from lungtumor.data import DataConfig, make_datamodule
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.losses import make_loss
@@ -347,10 +345,9 @@ def write_curves_png(run_dir: Path) -> Path | None:
     ax2.legend()
     fig.tight_layout()
     out = run_dir / "curves.png"
-    tmp = run_dir / ".curves.tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, out)
     return out
 
 
@@ -430,9 +427,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     resolved = dataclasses.asdict(cfg)
     precision = resolve_precision(cfg)
     resolved["precision"] = precision
-    tmp = run_dir / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-    os.replace(tmp, run_dir / "config.yaml")
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     # Two callbacks: with one (save_last=True), this Lightning refreshes last.ckpt only when the
     # best improves, so "last" could silently be an old epoch.

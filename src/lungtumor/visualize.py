@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from lungtumor.config import LUNG_WINDOW_HU
+from lungtumor.atomic import atomic_output
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.volume import Volume, reorient
 
@@ -276,14 +276,6 @@ def _new_figure(width_px: int, height_px: int, n_rows: int = 1, n_cols: int = 1)
     return fig, axes
 
 
-def _atomic_target(out_path: Path) -> str:
-    """A temporary file beside ``out_path`` with the same suffix (so writers pick the format)."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.stem}.", suffix=out_path.suffix, dir=out_path.parent)
-    os.close(fd)
-    return tmp
-
-
 def _write_gif(
     ct: np.ndarray,
     pred: np.ndarray | None,
@@ -308,14 +300,9 @@ def _write_gif(
     # 40 % smaller than a per-frame adaptive palette on real CT.
     palette = frames[len(frames) // 2].quantize(colors=_GIF_COLOURS, method=Image.Quantize.MEDIANCUT)
     frames = [frame.quantize(palette=palette, dither=Image.Dither.NONE) for frame in frames]
-    tmp = _atomic_target(out_path)
-    try:
+    with atomic_output(out_path) as tmp:
         duration_ms = int(round(1000 / fps))
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _write_montage(
@@ -338,13 +325,8 @@ def _write_montage(
         ax.set_axis_off()
     for ax, d in zip(axes, slices):
         _draw(ax, ct[d], _slice_or_none(pred, d), _slice_or_none(ref, d), _caption(geometry, d), font_pt)
-    tmp = _atomic_target(out_path)
-    try:
+    with atomic_output(out_path) as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI, facecolor="black")
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ affine.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from lungtumor.atomic import atomic_output
 from lungtumor.errors import GeometryError, InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -236,14 +236,8 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: Any = None)
     if array.dtype.kind in "iu":
         img.header.set_slope_inter(1.0, 0.0)
     suffix = ".nii.gz" if str(p).lower().endswith(".gz") else ".nii"
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
-    os.close(fd)
-    try:
-        nib.save(img, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(p, suffix=suffix) as tmp:
+        nib.save(img, str(tmp))
     return p
 
 

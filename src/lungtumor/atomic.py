@@ -1,0 +1,58 @@
+"""Atomic file output: readers see the old file or the complete new one, never a partial one.
+
+Everything lungtumor writes goes through :func:`atomic_output`: the data is written to a
+temporary file in the target's folder and renamed over the target only on success. The
+temporary file gets the permissions an ordinary ``open()`` would give (``mkstemp`` makes it
+owner-only), so masks and reports stay readable by the people they are shared with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish_permissions(path: str | os.PathLike[str], *, directory: bool = False) -> None:
+    """Give ``path`` the mode a normal file (0666) or folder (0777) would get under the umask."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    Args:
+        path: the final file.
+        suffix: suffix of the temporary file (default: ``path``'s full suffix, so writers that
+            choose the format from the name, such as nibabel's ``.nii.gz``, still do).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if suffix is None:
+        suffix = "".join(target.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        publish_permissions(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically."""
+    with atomic_output(path, suffix=".tmp") as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+    return Path(path)
