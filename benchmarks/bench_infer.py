@@ -68,15 +68,35 @@ def bare_forward(net: torch.nn.Module, batch: int, n_batches: int, bf16: bool) -
     return batch * n_batches / (time.perf_counter() - t0)
 
 
-def peak_memory_child(depth: int, width: int) -> None:
-    """Run in a fresh process: segment a 512x512xdepth CT, print peak RSS in GB."""
+def peak_memory_child(path: str, width: int) -> None:
+    """Run in a fresh process: read a CT NIfTI and segment it, print peak RSS in GB.
+
+    ru_maxrss only grows, so the CT is made by the parent and written to disk: the peak then
+    covers exactly what ``lungtumor predict`` does (read, preprocess, forward, restore).
+    """
+    from lungtumor.volume import read_nifti
+
     torch.manual_seed(0)
-    ct = make_ct(depth)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     model = LoadedModel(UNet(ModelConfig(width=width)).eval(), PreprocessConfig(), 0, {"threshold": 0.5})
     t0 = time.perf_counter()
-    mask = segment(ct, model)
-    print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "rss_after_ct_gb": before, "seconds": time.perf_counter() - t0, "shape": list(mask.shape)}))
+    mask = segment(read_nifti(path), model)
+    print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "rss_after_imports_gb": base, "seconds": time.perf_counter() - t0, "shape": list(mask.shape)}))
+
+
+def peak_memory(depth: int, width: int) -> dict:
+    """Peak memory of segmenting a 512x512xdepth CT, measured in a fresh process."""
+    import tempfile
+
+    from lungtumor.volume import write_nifti
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "ct.nii.gz")
+        write_nifti(make_ct(depth), path)
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", path, "--memory-width", str(width)], capture_output=True, text=True, check=True
+        )
+    return json.loads(child.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -86,10 +106,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--memory-slices", type=int, default=600)
     ap.add_argument("--memory-width", type=int, default=64)
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-memory measurement")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        peak_memory_child(a.memory_slices, a.memory_width)
+        peak_memory_child(a.child, a.memory_width)
+        return
+    if a.memory_only:
+        mem = peak_memory(a.memory_slices, a.memory_width)
+        print(json.dumps({"machine": machine(), "ct_shape": [512, 512, a.memory_slices], "memory": mem}, indent=2))
+        print(f"{'PASS' if mem['peak_rss_gb'] < 3.0 else 'FAIL'}  peak memory < 3 GB for 512x512x{a.memory_slices}")
         return
     torch.manual_seed(0)
     net = UNet(ModelConfig()).eval()
@@ -114,13 +140,7 @@ def main() -> None:
     p32 = predict_slices(model, sub, precision="fp32", device="cpu")
     p16 = predict_slices(model, sub, precision="bf16", device="cpu")
     gflop = flops_per_slice(ModelConfig(), SEED_SLICE_SIZE, SEED_SLICE_SIZE) / 1e9
-    child = subprocess.run(
-        [sys.executable, __file__, "--child", "--memory-slices", str(a.memory_slices), "--memory-width", str(a.memory_width)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    mem = json.loads(child.stdout.strip().splitlines()[-1])
+    mem = peak_memory(a.memory_slices, a.memory_width)
     report = {
         "machine": machine(),
         "ct_shape": list(ct.shape),

@@ -98,7 +98,7 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
-        write_phantom_dataset(work / "task", cases=3, test_cases=0, size="SMALL", seed=0)
+        write_phantom_dataset(work / "task", cases=6, test_cases=0, size="SMALL", seed=0)
         preprocess_task(work / "task", work / "store", PreprocessConfig(size=SIZE), SplitConfig(val_cases=1), progress=False)
         store = SliceStore(work / "store")
         ds = SliceDataset(store, store.splits["train"])
@@ -123,7 +123,12 @@ def main() -> None:
 
         # our data path alone: loader + batched augmentation
         gen = torch.Generator().manual_seed(1)
-        it = iter(dm.train_dataloader())
+
+        def endless():  # type: ignore[no-untyped-def]
+            while True:
+                yield from dm.train_dataloader()
+
+        it = endless()
         next(it)
         n, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < 3.0:
