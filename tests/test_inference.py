@@ -122,3 +122,33 @@ def test_cli_predict_error_is_one_line(tmp_path, capsys) -> None:
     rc = main(["predict", str(tmp_path / "none.ckpt"), str(tmp_path / "in.nii.gz"), str(tmp_path / "o.nii.gz")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and "not found" in err and "Traceback" not in err
+
+
+def test_real_dicom_and_nifti_predictions_sit_on_the_input_grid(real_data, tmp_path) -> None:
+    """LUNG1-001 (DICOM series, LPS) and LUNG1-002 (NIfTI, LPS): masks on exactly the input grid."""
+    import nibabel as nib
+
+    from lungtumor.dicom import read_dicom_series
+
+    ckpt = tmp_path / "m.ckpt"
+    stub_checkpoint(ckpt, size=64)
+    out1 = tmp_path / "lung1_001.nii.gz"
+    predict_path(ckpt, real_data / "LUNG1-001" / "dicom", out1, probabilities=True, progress=False)
+    series = read_dicom_series(real_data / "LUNG1-001" / "dicom")
+    mask = read_nifti(out1)
+    assert mask.shape == series.shape == (512, 512, 134)
+    np.testing.assert_allclose(mask.affine, series.affine, atol=1e-4)
+    # the DICOM geometry: origin (LPS) and spacing of the series, direction as LPS cosines
+    lps = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(lps @ mask.affine[:3, 3], series.meta["origin_lps"], atol=1e-3)
+    np.testing.assert_allclose(mask.spacing_mm, series.meta["spacing_mm"], atol=1e-4)
+    reference = read_nifti(real_data / "LUNG1-001" / "gtv1_label.nii.gz")
+    np.testing.assert_allclose(mask.affine, reference.affine, atol=1e-3)
+    assert read_nifti(tmp_path / "lung1_001_prob.nii.gz").shape == series.shape
+
+    src = real_data / "LUNG1-002" / "ct.nii.gz"
+    out2 = tmp_path / "lung1_002.nii.gz"
+    predict_path(ckpt, src, out2, progress=False)
+    a, b = nib.load(str(src)), nib.load(str(out2))
+    assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-5)
+    assert nib.aff2axcodes(b.affine) == ("L", "P", "S")
