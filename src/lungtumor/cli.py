@@ -130,6 +130,11 @@ TRAIN_HELP = {
 }
 
 
+def _count_or_fraction(text: str) -> int | float:
+    """Lightning's convention: an integer is a number of batches, a float a fraction."""
+    return int(text) if text.strip().isdigit() else float(text)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     from lungtumor.training import TrainConfig
 
@@ -142,8 +147,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     for name, help_ in TRAIN_HELP.items():
         default = getattr(defaults, name)
         typ: Callable[[str], Any] = type(default) if default is not None and not isinstance(default, bool) else str
-        if name in ("tumour_fraction", "max_minutes", "limit_train_batches", "limit_val_batches"):
+        if name in ("tumour_fraction", "max_minutes"):
             typ = float
+        if name in ("limit_train_batches", "limit_val_batches"):
+            typ = _count_or_fraction
         if name in ("size", "samples_per_epoch", "early_stopping_patience"):
             typ = int
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
