@@ -145,3 +145,10 @@ def test_last_checkpoint_is_the_last_epoch_even_when_best_stalls(tmp_path) -> No
     train(TrainConfig(store=str(store), out=str(run), epochs=3, samples_per_epoch=4, lr=0.0, **FAST))
     assert read_checkpoint(run / "best.ckpt")["epoch"] == 0
     assert read_checkpoint(run / "last.ckpt")["epoch"] == 2
+
+
+def test_last_checkpoint_exists_without_validation(tmp_path) -> None:
+    store = make_store(tmp_path)
+    run = tmp_path / "run"
+    s = train(TrainConfig(store=str(store), out=str(run), epochs=1, samples_per_epoch=4, val_every_n_epochs=3, **FAST))
+    assert s["last_checkpoint"] and read_checkpoint(run / "last.ckpt")["epoch"] == 0

@@ -335,14 +335,15 @@ def write_curves_png(run_dir: Path) -> Path | None:
     ax1.set_xlabel("step")
     ax1.set_ylabel("loss")
     ax1.set_yscale("log")
-    ax1.legend()
     for key, label in (("val/dice_case", "val Dice per 3D case (mean)"), ("val/dice_pooled_soft_seed", "val soft Dice, pooled (seed's)")):
         xs, ys = series(key)
         if xs:
             ax2.plot(xs, ys, label=label, marker=".")
     ax2.set_xlabel("step")
     ax2.set_ylim(0, 1)
-    ax2.legend()
+    for ax in (ax1, ax2):
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     out = run_dir / "curves.png"
     with atomic_output(out) as tmp:
@@ -435,7 +436,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         dirpath=run_dir, filename="best", monitor="val/dice_case", mode="max", save_top_k=1,
         auto_insert_metric_name=False, enable_version_counter=False,
     )
-    last_cb = ModelCheckpoint(dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False)
+    last_cb = ModelCheckpoint(
+        dirpath=run_dir, filename="last", save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True
+    )
     callbacks: list[Any] = [best_cb, last_cb]
     if cfg.early_stopping_patience:
         callbacks.append(EarlyStopping(monitor="val/dice_case", mode="max", patience=cfg.early_stopping_patience))
