@@ -80,3 +80,21 @@ def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
         mask = read_nifti(pred)
         assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-5)
     assert result["checkpoint"]
+
+
+def test_bad_trainer_and_device_options_are_one_line_errors(tmp_path, capsys) -> None:
+    from storefix import make_store
+
+    store = make_store(tmp_path)
+    rc, _, err = _run(capsys, "train", str(store), "--out", str(tmp_path / "r"), "--precision", "17-bogus", "--width", "4", "--no-progress")
+    assert rc == 2 and "invalid trainer option" in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "config.yaml").exists()
+    import torch
+
+    if not torch.cuda.is_available():
+        from test_inference import stub_checkpoint
+
+        stub_checkpoint(tmp_path / "m.ckpt", size=32)
+        ct = next((tmp_path / "task" / "imagesTr").glob("*.nii.gz"))
+        rc, _, err = _run(capsys, "predict", str(tmp_path / "m.ckpt"), str(ct), str(tmp_path / "o.nii.gz"), "--device", "cuda")
+        assert rc == 2 and "CUDA is not available" in err and not (tmp_path / "o.nii.gz").exists()

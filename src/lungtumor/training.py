@@ -352,6 +352,31 @@ def write_curves_png(run_dir: Path) -> Path | None:
     return out
 
 
+def _make_trainer(cfg: TrainConfig, precision: str, callbacks: list[Any], loggers: list[Any], run_dir: Path) -> L.Trainer:
+    """The Lightning Trainer for ``cfg``."""
+    return L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=_devices(cfg.devices),
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        precision=precision,
+        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
+        callbacks=callbacks,
+        logger=loggers,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        log_every_n_steps=cfg.log_every_n_steps,
+        check_val_every_n_epoch=cfg.val_every_n_epochs,
+        fast_dev_run=cfg.fast_dev_run,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=cfg.progress,
+        use_distributed_sampler=False,  # our sampler shards itself across ranks
+        default_root_dir=run_dir,
+        deterministic=False,
+    )
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train a U-Net on a slice store; write checkpoints, logs, curves and the resolved config.
 
@@ -428,7 +453,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     resolved = dataclasses.asdict(cfg)
     precision = resolve_precision(cfg)
     resolved["precision"] = precision
-    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
     # Two callbacks: with one (save_last=True), this Lightning refreshes last.ckpt only when the
     # best improves, so "last" could silently be an old epoch.
@@ -449,27 +473,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         TensorBoardLogger(save_dir=run_dir / "logs", name="tensorboard", version="", default_hp_metric=False),
         CSVLogger(save_dir=run_dir / "logs" / "csv", name="", version=f"session-{session}"),
     ]
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator=cfg.accelerator,
-        devices=_devices(cfg.devices),
-        strategy=cfg.strategy,
-        num_nodes=cfg.num_nodes,
-        precision=precision,
-        max_time={"minutes": cfg.max_minutes} if cfg.max_minutes else None,
-        callbacks=callbacks,
-        logger=loggers,
-        limit_train_batches=cfg.limit_train_batches,
-        limit_val_batches=cfg.limit_val_batches,
-        log_every_n_steps=cfg.log_every_n_steps,
-        check_val_every_n_epoch=cfg.val_every_n_epochs,
-        fast_dev_run=cfg.fast_dev_run,
-        enable_progress_bar=cfg.progress,
-        enable_model_summary=cfg.progress,
-        use_distributed_sampler=False,  # our sampler shards itself across ranks
-        default_root_dir=run_dir,
-        deterministic=False,
-    )
+    try:
+        trainer = _make_trainer(cfg, precision, callbacks, loggers, run_dir)
+    except (ValueError, TypeError, RuntimeError) as exc:  # Lightning's MisconfigurationException is a ValueError
+        raise ConfigError(f"invalid trainer option ({str(exc).splitlines()[0]}); see `lungtumor train -h`") from exc
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
     seconds = time.perf_counter() - t0
