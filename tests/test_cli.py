@@ -98,3 +98,10 @@ def test_bad_trainer_and_device_options_are_one_line_errors(tmp_path, capsys) ->
         ct = next((tmp_path / "task" / "imagesTr").glob("*.nii.gz"))
         rc, _, err = _run(capsys, "predict", str(tmp_path / "m.ckpt"), str(ct), str(tmp_path / "o.nii.gz"), "--device", "cuda")
         assert rc == 2 and "CUDA is not available" in err and not (tmp_path / "o.nii.gz").exists()
+
+
+def test_file_system_errors_are_one_line(tmp_path, capsys) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    rc, _, err = _run(capsys, "phantom", str(blocker / "out"), "--cases", "1", "--test-cases", "0")
+    assert rc == 2 and "a_file" in err and "Traceback" not in err and err.strip().count("\n") == 0

@@ -307,6 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"lungtumor {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        # The file system said no (not a folder, permission denied, disk full): the user's to fix.
+        if args.verbose:
+            raise
+        where = exc.filename or "a file"
+        print(f"lungtumor {args.command}: error: {where}: {exc.strerror or exc}; check the path and its permissions", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"lungtumor {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

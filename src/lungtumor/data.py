@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -206,50 +207,54 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_datamodule(store_dir: str | os.PathLike[str], cfg: DataConfig):  # type: ignore[no-untyped-def]
+class SliceDataModule(L.LightningDataModule):
+    """Store + split + oversampling sampler + loaders.
+
+    Args:
+        store_dir: a slice store from :func:`~lungtumor.preprocess.preprocess_task`.
+        cfg: loading options.
+    """
+
+    def __init__(self, store_dir: str | os.PathLike[str], cfg: DataConfig) -> None:
+        super().__init__()
+        self.store = SliceStore(store_dir)
+        self.cfg = cfg
+        self.train_set = SliceDataset(self.store, self.store.splits["train"], cfg.context)
+        self.val_set = SliceDataset(self.store, self.store.splits["val"], cfg.context)
+        if len(self.train_set) == 0:
+            raise InputError(f"{store_dir}: the training split has no slices; preprocess more cases")
+        self.sampler = TumourOversampler(
+            oversampling_weights(self.train_set.tumour_voxels(), cfg.tumour_fraction),
+            num_samples=cfg.samples_per_epoch or len(self.train_set),
+            seed=cfg.seed,
+        )
+
+    def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            num_workers=workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=workers > 0,
+            worker_init_fn=_worker_init if workers > 0 else None,
+            **kw,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, sampler=self.sampler, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler_epoch": self.sampler.epoch, "sampler_seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.seed = int(state.get("sampler_seed", self.sampler.seed))
+        self.sampler.set_epoch(int(state.get("sampler_epoch", 0)))
+
+
+def make_datamodule(store_dir: str | os.PathLike[str], cfg: DataConfig) -> SliceDataModule:
     """A LightningDataModule over the store's train/val split."""
-    import lightning as L
-
-    class SliceDataModule(L.LightningDataModule):
-        """Store + split + oversampling sampler + loaders."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.store = SliceStore(store_dir)
-            self.cfg = cfg
-            self.train_set = SliceDataset(self.store, self.store.splits["train"], cfg.context)
-            self.val_set = SliceDataset(self.store, self.store.splits["val"], cfg.context)
-            if len(self.train_set) == 0:
-                raise InputError(f"{store_dir}: the training split has no slices; preprocess more cases")
-            self.sampler = TumourOversampler(
-                oversampling_weights(self.train_set.tumour_voxels(), cfg.tumour_fraction),
-                num_samples=cfg.samples_per_epoch or len(self.train_set),
-                seed=cfg.seed,
-            )
-
-        def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
-            workers = self.cfg.num_workers
-            return DataLoader(
-                dataset,
-                batch_size=self.cfg.batch_size,
-                num_workers=workers,
-                pin_memory=torch.cuda.is_available(),
-                persistent_workers=workers > 0,
-                worker_init_fn=_worker_init if workers > 0 else None,
-                **kw,
-            )
-
-        def train_dataloader(self) -> DataLoader:
-            return self._loader(self.train_set, sampler=self.sampler, drop_last=False)
-
-        def val_dataloader(self) -> DataLoader:
-            return self._loader(self.val_set, shuffle=False)
-
-        def state_dict(self) -> dict[str, Any]:
-            return {"sampler_epoch": self.sampler.epoch, "sampler_seed": self.sampler.seed}
-
-        def load_state_dict(self, state: dict[str, Any]) -> None:
-            self.sampler.seed = int(state.get("sampler_seed", self.sampler.seed))
-            self.sampler.set_epoch(int(state.get("sampler_epoch", 0)))
-
-    return SliceDataModule()
+    return SliceDataModule(store_dir, cfg)

@@ -143,11 +143,13 @@ def segment(
         raise InputError(f"{volume.meta.get('path', 'CT')}: contains NaN or infinite voxels; fix the CT first")
     prepared: PreparedCT = prepare_ct(volume, loaded.preprocess)
     probs = predict_slices(loaded, prepared.slices, batch_size=batch_size, device=device, tta=tta, precision=precision)
-    mask = Volume(restore_slices(probs, prepared, volume.shape, threshold=thr), volume.affine, dict(volume.meta))
     if not return_probabilities:
-        return mask
-    prob_vol = Volume(restore_slices(probs, prepared, volume.shape), volume.affine, dict(volume.meta))
-    return mask, prob_vol
+        # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
+        return Volume(restore_slices(probs, prepared, volume.shape, threshold=thr), volume.affine, dict(volume.meta))
+    prob = restore_slices(probs, prepared, volume.shape)
+    mask_vol = Volume((prob > thr).astype(np.uint8), volume.affine, dict(volume.meta))
+    prob_vol = Volume(prob, volume.affine, dict(volume.meta))
+    return mask_vol, prob_vol
 
 
 def _probability_path(mask_path: Path) -> Path:

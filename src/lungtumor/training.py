@@ -159,7 +159,6 @@ class SegmentationModule(L.LightningModule):
         self.log("val/dice_case", dice_case.float(), prog_bar=True)
         self.log("val/cases_both_empty", both_empty.sum().float())
         self.log("val/dice_pooled_soft_seed", pooled.float())
-        self._last_val_dice = dice.detach().cpu().numpy()
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
