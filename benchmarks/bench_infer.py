@@ -1,7 +1,7 @@
 """Inference benchmark: a 512x512x300 CT through the seed's full-width U-Net on this CPU.
 
 Seed's way: float32, contiguous memory, one slice at a time (normalise, OpenCV resize,
-forward, sigmoid). Ours: :func:`lungtumor.inference.segment` end to end (preprocess, batched
+forward, sigmoid). Ours: :func:`lungtumor.inference.segment.segment` end to end (preprocess, batched
 bf16 channels-last forward, resize back, threshold, undo orientation) with the same weights.
 Bare forward: the model alone on ready tensors at our precision and batch size.
 Peak memory: ``segment`` on a 512x512x600 CT in a fresh process (ru_maxrss).
@@ -25,16 +25,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from lungtumor.checkpoint import LoadedModel
+from lungtumor.model.checkpoint import LoadedModel
 from lungtumor.config import HU_SCALE, SEED_SKIP_INFERIOR_SLICES, SEED_SLICE_SIZE, PreprocessConfig
-from lungtumor.inference import segment, use_bf16
-from lungtumor.model import ModelConfig, UNet, flops_per_slice
-from lungtumor.volume import Volume
+from lungtumor.inference.segment import segment, use_bf16
+from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
+from lungtumor.io.volume import Volume
 
 
 def make_ct(depth: int, seed: int = 0) -> Volume:
     """A FULL phantom case stretched or cut to ``depth`` slices (512x512 in-plane)."""
-    from lungtumor.phantom import make_case
+    from lungtumor.phantom.dataset import make_case
 
     ct, _ = make_case(seed, size="FULL")
     idx = np.linspace(0, ct.shape[2] - 1, depth).round().astype(int)
@@ -74,7 +74,7 @@ def peak_memory_child(path: str, width: int) -> None:
     ru_maxrss only grows, so the CT is made by the parent and written to disk: the peak then
     covers exactly what ``lungtumor predict`` does (read, preprocess, forward, restore).
     """
-    from lungtumor.volume import read_nifti
+    from lungtumor.io.nifti import read_nifti
 
     torch.manual_seed(0)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -88,7 +88,7 @@ def peak_memory(depth: int, width: int) -> dict:
     """Peak memory of segmenting a 512x512xdepth CT, measured in a fresh process."""
     import tempfile
 
-    from lungtumor.volume import write_nifti
+    from lungtumor.io.nifti import write_nifti
 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "ct.nii.gz")
@@ -132,8 +132,8 @@ def main() -> None:
     ours_sps = kept / ours_s
     assert mask.shape == ct.shape
     # Agreement of bf16 and float32 probabilities on a few slices with these weights.
-    from lungtumor.inference import predict_slices
-    from lungtumor.preprocess import prepare_ct
+    from lungtumor.inference.segment import predict_slices
+    from lungtumor.preprocessing.recipe import prepare_ct
 
     prep = prepare_ct(ct, PreprocessConfig())
     sub = prep.slices[kept // 2 : kept // 2 + 8]

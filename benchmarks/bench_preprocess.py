@@ -2,7 +2,7 @@
 
 Seed's way (shared/seed/REFERENCE.md): nibabel ``get_fdata()`` (float64), / 3071, drop the 30
 most inferior slices, per-slice OpenCV resize to 256x256 (bilinear CT, nearest mask), one
-``.npy`` per slice for CT and mask. Ours: ``lungtumor.preprocess.preprocess_task`` (one
+``.npy`` per slice for CT and mask. Ours: ``lungtumor.preprocessing.store.preprocess_task`` (one
 process, then ``--workers 2``). Floor: reading and decompressing the NIfTI files as int16
 alone, with the same reader. Also: disk footprint and random slice reads per second.
 
@@ -26,10 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import du, machine  # noqa: E402
 
 from lungtumor.config import HU_SCALE, SEED_SKIP_INFERIOR_SLICES, SEED_SLICE_SIZE, PreprocessConfig, SplitConfig
-from lungtumor.data import SliceDataset, SliceStore
-from lungtumor.phantom import write_phantom_dataset
-from lungtumor.preprocess import find_cases, preprocess_task
-from lungtumor.volume import read_nifti
+from lungtumor.training.data import SliceDataset
+from lungtumor.preprocessing.store import SliceStore
+from lungtumor.phantom.dataset import write_phantom_dataset
+from lungtumor.io.datasets import find_cases
+from lungtumor.preprocessing.store import preprocess_task
+from lungtumor.io.nifti import read_nifti
 
 
 def seed_way(task: Path, out: Path) -> None:

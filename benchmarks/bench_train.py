@@ -27,13 +27,14 @@ from torch.utils.data import DataLoader, Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine  # noqa: E402
 
-from lungtumor.augment import AugmentConfig, augment_batch, augment_sample_numpy
+from lungtumor.training.augment import AugmentConfig, augment_batch, augment_sample_numpy
 from lungtumor.config import PreprocessConfig, SplitConfig
-from lungtumor.data import DataConfig, SliceDataset, SliceStore, make_datamodule
-from lungtumor.model import ModelConfig, UNet, flops_per_slice
-from lungtumor.phantom import write_phantom_dataset
-from lungtumor.preprocess import preprocess_task
-from lungtumor.training import bf16_supported
+from lungtumor.training.data import DataConfig, SliceDataset, make_datamodule
+from lungtumor.preprocessing.store import SliceStore
+from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
+from lungtumor.phantom.dataset import write_phantom_dataset
+from lungtumor.preprocessing.store import preprocess_task
+from lungtumor.training.trainer import bf16_supported
 
 BATCH = 8
 SIZE = 256

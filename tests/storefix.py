@@ -8,8 +8,9 @@ import numpy as np
 from conftest import affine_for
 
 from lungtumor.config import PreprocessConfig, SplitConfig
-from lungtumor.preprocess import preprocess_task
-from lungtumor.volume import Volume, write_nifti
+from lungtumor.preprocessing.store import preprocess_task
+from lungtumor.io.volume import Volume
+from lungtumor.io.nifti import write_nifti
 
 
 def make_task(root: Path, n: int = 4, shape=(32, 32, 40), seed: int = 0) -> Path:

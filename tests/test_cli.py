@@ -44,7 +44,8 @@ def test_train_errors_are_one_line(tmp_path, capsys) -> None:
 def test_evaluate_and_visualize_errors(tmp_path, capsys) -> None:
     from conftest import affine_for
 
-    from lungtumor.volume import Volume, write_nifti
+    from lungtumor.io.volume import Volume
+    from lungtumor.io.nifti import write_nifti
 
     m = np.zeros((8, 8, 8), np.uint8)
     m[2:5, 2:5, 2:5] = 1
@@ -73,7 +74,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
     for stage in ("phantom", "preprocess", "train", "predict", "evaluate", "figures"):
         assert stage in out
     # every prediction sits on its input's grid
-    from lungtumor.volume import read_nifti
+    from lungtumor.io.nifti import read_nifti
 
     for pred in (work / "predictions" / "val").glob("*.nii.gz"):
         ct = read_nifti(work / "data" / "imagesTr" / pred.name)

@@ -7,7 +7,8 @@ import pytest
 import torch
 from storefix import make_store
 
-from lungtumor.data import DataConfig, SliceDataset, SliceStore, TumourOversampler, make_datamodule, oversampling_weights
+from lungtumor.training.data import DataConfig, SliceDataset, TumourOversampler, make_datamodule, oversampling_weights
+from lungtumor.preprocessing.store import SliceStore
 from lungtumor.errors import ConfigError
 
 

@@ -7,11 +7,12 @@ import pytest
 import torch
 from conftest import affine_for
 
-from lungtumor.checkpoint import LoadedModel, checkpoint_metadata
+from lungtumor.model.checkpoint import LoadedModel, checkpoint_metadata
 from lungtumor.config import HU_SCALE, PreprocessConfig
-from lungtumor.inference import predict_path, segment
-from lungtumor.model import ModelConfig
-from lungtumor.volume import Volume, read_nifti, reorient, write_nifti
+from lungtumor.inference.segment import predict_path, segment
+from lungtumor.model.unet import ModelConfig
+from lungtumor.io.volume import Volume, reorient
+from lungtumor.io.nifti import read_nifti, write_nifti
 
 THRESHOLD_HU = -300.0
 
@@ -31,7 +32,7 @@ def stub_model(size: int, context: int = 0) -> LoadedModel:
 
 def stub_checkpoint(path, size: int) -> None:
     """A real lungtumor checkpoint file (tiny U-Net, random weights)."""
-    from lungtumor.model import UNet
+    from lungtumor.model.unet import UNet
 
     cfg = ModelConfig(width=2, depth=2)
     net = UNet(cfg)
@@ -128,7 +129,7 @@ def test_real_dicom_and_nifti_predictions_sit_on_the_input_grid(real_data, tmp_p
     """LUNG1-001 (DICOM series, LPS) and LUNG1-002 (NIfTI, LPS): masks on exactly the input grid."""
     import nibabel as nib
 
-    from lungtumor.dicom import read_dicom_series
+    from lungtumor.io.dicom import read_dicom_series
 
     ckpt = tmp_path / "m.ckpt"
     stub_checkpoint(ckpt, size=64)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lungtumor.errors import ConfigError
-from lungtumor.losses import DICE_SMOOTH, LOSS_NAMES, bce_dice_loss, bce_loss, make_loss, soft_dice_loss
+from lungtumor.training.losses import DICE_SMOOTH, LOSS_NAMES, bce_dice_loss, bce_loss, make_loss, soft_dice_loss
 
 BIG = 30.0  # logit whose sigmoid is 1 - 1e-13
 

@@ -10,15 +10,7 @@ import pytest
 from scipy import ndimage
 
 from lungtumor.errors import ConfigError, GeometryError
-from lungtumor.metrics import (
-    bootstrap_ci,
-    dice,
-    hd95,
-    lesion_detection,
-    soft_dice_pooled,
-    surface_dice,
-    volume_ml,
-)
+from lungtumor.evaluation.metrics import bootstrap_ci, dice, hd95, lesion_detection, soft_dice_pooled, surface_dice, volume_ml
 
 
 def _cube(shape: tuple[int, int, int], lo: tuple[int, int, int], size: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lungtumor.errors import ConfigError
-from lungtumor.model import ModelConfig, UNet, count_parameters, flops_per_slice, padded_size
+from lungtumor.model.unet import ModelConfig, UNet, count_parameters, flops_per_slice, padded_size
 
 SIZE = 64
 

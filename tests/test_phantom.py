@@ -12,8 +12,8 @@ from scipy import ndimage
 
 from lungtumor.config import HU_AIR, SEED_SKIP_INFERIOR_SLICES
 from lungtumor.errors import ConfigError
-from lungtumor.phantom import PHANTOM_SIZES, case_ids, make_case, write_phantom_dataset
-from lungtumor.volume import read_nifti
+from lungtumor.phantom.dataset import PHANTOM_SIZES, case_ids, make_case, write_phantom_dataset
+from lungtumor.io.nifti import read_nifti
 
 SEEDS_WITH_TUMOURS = (0, 1, 3)
 

@@ -10,10 +10,12 @@ import pytest
 from conftest import affine_for
 
 from lungtumor.config import HU_SCALE, PreprocessConfig, SplitConfig
-from lungtumor.data import SliceStore
+from lungtumor.preprocessing.store import SliceStore
 from lungtumor.errors import ConfigError, GeometryError, InputError
-from lungtumor.preprocess import prepare_ct, preprocess_task, restore_slices, split_cases
-from lungtumor.volume import Volume, reorient, write_nifti
+from lungtumor.preprocessing.recipe import prepare_ct, restore_slices
+from lungtumor.preprocessing.store import preprocess_task, split_cases
+from lungtumor.io.volume import Volume, reorient
+from lungtumor.io.nifti import write_nifti
 
 CFG = PreprocessConfig(size=32)
 

@@ -10,11 +10,11 @@ import torch
 import yaml
 from storefix import make_store
 
-from lungtumor.checkpoint import load_model, read_checkpoint
+from lungtumor.model.checkpoint import load_model, read_checkpoint
 from lungtumor.errors import CheckpointError, ConfigError
-from lungtumor.losses import make_loss
-from lungtumor.model import ModelConfig, UNet
-from lungtumor.training import TrainConfig, load_config_file, train
+from lungtumor.training.losses import make_loss
+from lungtumor.model.unet import ModelConfig, UNet
+from lungtumor.training.trainer import TrainConfig, load_config_file, train
 
 FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_steps=2, log_every_n_steps=1)
 
@@ -106,8 +106,8 @@ def test_training_size_must_fit_the_store(tmp_path) -> None:
 def test_a_small_unet_learns_a_few_phantom_slices() -> None:
     """Learning test: a small U-Net fits 4 phantom slices (vessels, heart, tumour) to Dice >= 0.9."""
     from lungtumor.config import PreprocessConfig
-    from lungtumor.phantom import make_case
-    from lungtumor.preprocess import prepare_ct, prepare_mask
+    from lungtumor.phantom.dataset import make_case
+    from lungtumor.preprocessing.recipe import prepare_ct, prepare_mask
 
     ct, label = make_case(7, size="SMALL", n_tumours=1)
     cfg = PreprocessConfig(size=64)

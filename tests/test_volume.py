@@ -10,7 +10,9 @@ import pytest
 from conftest import affine_for
 
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.volume import Volume, read_nifti, read_volume, reorient, undo_reorient, write_nifti
+from lungtumor.io.volume import Volume, reorient, undo_reorient
+from lungtumor.io.nifti import read_nifti, write_nifti
+from lungtumor.io.readers import read_volume
 
 ORIENTATIONS = ["LAS", "LPS", "RAS", "RPI", "ASL", "oblique"]
 

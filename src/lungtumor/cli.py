@@ -31,7 +31,7 @@ def _add_phantom(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_phantom(a: argparse.Namespace) -> None:
-    from lungtumor.phantom import write_phantom_dataset
+    from lungtumor.phantom.dataset import write_phantom_dataset
 
     t0 = time.perf_counter()
     out = write_phantom_dataset(a.out_dir, cases=a.cases, test_cases=a.test_cases, size=a.size.upper(), seed=a.seed, progress=True)
@@ -60,7 +60,7 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_preprocess(a: argparse.Namespace) -> None:
     from lungtumor.config import PreprocessConfig, SplitConfig
-    from lungtumor.preprocess import preprocess_task
+    from lungtumor.preprocessing.store import preprocess_task
 
     cfg = PreprocessConfig(size=a.size, skip_inferior_slices=a.skip_inferior_slices, clip_hu=tuple(a.clip_hu) if a.clip_hu else None)
     split = SplitConfig(folds=a.folds, fold=a.fold or 0, seed=a.split_seed, val_cases=a.val_cases)
@@ -92,7 +92,7 @@ def _add_import_dicom(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_dicom(a: argparse.Namespace) -> None:
-    from lungtumor.dicom import import_dicom
+    from lungtumor.io.importer import import_dicom
 
     r = import_dicom(a.dicom_dir, a.out, rtstruct=a.rtstruct, roi=a.roi, label_out=a.label_out, series_uid=a.series_uid, fill_rule=a.fill_rule)
     print(json.dumps(r, indent=2, default=str))
@@ -136,7 +136,7 @@ def _count_or_fraction(text: str) -> int | float:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from lungtumor.training import TrainConfig
+    from lungtumor.training.trainer import TrainConfig
 
     p = sub.add_parser("train", help="train a U-Net on a slice store")
     p.add_argument("store", nargs="?", default=None, help="slice store from `lungtumor preprocess`")
@@ -165,7 +165,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
     import yaml
 
     from lungtumor.errors import ConfigError
-    from lungtumor.training import TrainConfig, load_config_file, train
+    from lungtumor.training.trainer import TrainConfig, load_config_file, train
 
     options: dict[str, Any] = {}
     if a.resume:
@@ -203,7 +203,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
-    from lungtumor.inference import predict_path
+    from lungtumor.inference.segment import predict_path
 
     results = predict_path(
         a.checkpoint,
@@ -231,7 +231,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from lungtumor.evaluate import evaluate_folder, format_table
+    from lungtumor.evaluation.evaluate import evaluate_folder, format_table
 
     out = a.out or str(Path(a.pred_dir) / "evaluation")
     result = evaluate_folder(a.pred_dir, a.label_dir, out_dir=out, tolerance_mm=a.tolerance_mm, prob_dir=a.prob_dir)
@@ -252,8 +252,9 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_visualize(a: argparse.Namespace) -> None:
-    from lungtumor.visualize import visualize
-    from lungtumor.volume import read_nifti, read_volume
+    from lungtumor.reporting.figures import visualize
+    from lungtumor.io.nifti import read_nifti
+    from lungtumor.io.readers import read_volume
 
     ct = read_volume(a.ct, series_uid=a.series_uid)
     mask = read_nifti(a.mask) if a.mask else None

@@ -87,13 +87,14 @@ def _stage(name: str, log: list[tuple[str, float, str]]) -> Callable[[Callable[[
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole pipeline; returns the evaluation summary and output paths."""
-    from lungtumor.evaluate import evaluate_folder, format_table
-    from lungtumor.inference import segment
-    from lungtumor.checkpoint import load_model
-    from lungtumor.preprocess import find_cases, preprocess_task
-    from lungtumor.training import TrainConfig, train
-    from lungtumor.visualize import visualize
-    from lungtumor.volume import read_nifti, write_nifti
+    from lungtumor.evaluation.evaluate import evaluate_folder, format_table
+    from lungtumor.inference.segment import segment
+    from lungtumor.model.checkpoint import load_model
+    from lungtumor.io.datasets import find_cases
+    from lungtumor.preprocessing.store import preprocess_task
+    from lungtumor.training.trainer import TrainConfig, train
+    from lungtumor.reporting.figures import visualize
+    from lungtumor.io.nifti import read_nifti, write_nifti
 
     work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         task = work / "data"
 
         def make_data() -> dict[str, Any]:
-            from lungtumor.phantom import write_phantom_dataset
+            from lungtumor.phantom.dataset import write_phantom_dataset
 
             if (task / "dataset.json").exists():
                 print(f"   reusing {task}")

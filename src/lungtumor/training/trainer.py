@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from lungtumor.atomic import atomic_output, write_text_atomic
-from lungtumor.augment import AugmentConfig, augment_batch
-from lungtumor.checkpoint import checkpoint_metadata
-from lungtumor.data import DataConfig, make_datamodule
+from lungtumor.training.augment import AugmentConfig, augment_batch
+from lungtumor.model.checkpoint import checkpoint_metadata
+from lungtumor.training.data import DataConfig, make_datamodule
 from lungtumor.errors import ConfigError, InputError
-from lungtumor.losses import make_loss
-from lungtumor.model import ModelConfig, UNet
+from lungtumor.training.losses import make_loss
+from lungtumor.model.unet import ModelConfig, UNet
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,14 @@ class SegmentationModule(L.LightningModule):
     """U-Net + loss + batched on-device augmentation + per-case validation Dice.
 
     Args:
-        model: :class:`~lungtumor.model.ModelConfig` as a dict.
+        model: :class:`~lungtumor.model.unet.ModelConfig` as a dict.
         preprocess: the store's :class:`~lungtumor.config.PreprocessConfig` as a dict (with
             ``size`` set to the training size), embedded in every checkpoint.
         loss: ``bce`` (seed), ``dice`` or ``bce+dice``.
         lr: Adam learning rate.
         lr_schedule: ``constant`` (the seed's) or ``cosine`` (per step, down to 0 at the last
             planned step, so the last checkpoint is a settled one).
-        augment: :class:`~lungtumor.augment.AugmentConfig` as a dict.
+        augment: :class:`~lungtumor.training.augment.AugmentConfig` as a dict.
         context: 2.5D neighbouring slices on each side.
         train_size: resize batches to this size on the device (None = the store's size).
         image_every_n_steps: TensorBoard image panel period (0 = never).
@@ -202,7 +202,7 @@ class TrainConfig:
     """Every option of ``lungtumor train``. The defaults are the seed's recipe.
 
     ``None`` for ``precision`` means bfloat16 mixed where the hardware supports it, else 32-bit.
-    ``augment_options`` overrides fields of :class:`~lungtumor.augment.AugmentConfig` (e.g.
+    ``augment_options`` overrides fields of :class:`~lungtumor.training.augment.AugmentConfig` (e.g.
     ``{"rotate_deg": 15, "elastic_p": 0}``; config files only).
     """
 

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.checkpoint import LoadedModel, load_model
+from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.errors import ConfigError, InputError
-from lungtumor.preprocess import PreparedCT, prepare_ct, restore_slices
-from lungtumor.volume import Volume, is_nifti, nifti_stem, read_volume, write_nifti
+from lungtumor.preprocessing.recipe import PreparedCT, prepare_ct, restore_slices
+from lungtumor.io.volume import Volume
+from lungtumor.io.nifti import is_nifti, nifti_stem, write_nifti
+from lungtumor.io.readers import read_volume
 
 #: Default slices per forward pass on each kind of device.
 DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
@@ -79,8 +81,8 @@ def predict_slices(
     """Sigmoid probabilities (D, S, S) float32 for preprocessed slices (D, S, S).
 
     Args:
-        model: from :func:`~lungtumor.checkpoint.load_model`.
-        slices: output of :func:`~lungtumor.preprocess.prepare_ct`.
+        model: from :func:`~lungtumor.model.checkpoint.load_model`.
+        slices: output of :func:`~lungtumor.preprocessing.recipe.prepare_ct`.
         batch_size: slices per forward pass (default 4 on CPU, 32 on CUDA).
         device: torch device (default: CUDA if available).
         tta: ``none`` or ``flip`` (average with the left-right mirrored prediction).
@@ -123,7 +125,7 @@ def segment(
     """Segment tumours in a CT Volume (HU).
 
     Args:
-        volume: the CT, any orientation (from :func:`~lungtumor.volume.read_volume`).
+        volume: the CT, any orientation (from :func:`~lungtumor.io.readers.read_volume`).
         model: a loaded model or a checkpoint path.
         threshold: probability threshold (default: the checkpoint's, 0.5).
         tta, batch_size, device, precision: see :func:`predict_slices`.

@@ -7,11 +7,9 @@ per-sample augmentation.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import lightning as L
@@ -19,61 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from lungtumor.config import PreprocessConfig
 from lungtumor.errors import ConfigError, InputError
-from lungtumor.preprocess import STORE_FORMAT
-
-
-class SliceStore:
-    """Read-only view of a slice store (see :mod:`lungtumor.preprocess`).
-
-    Per-case arrays are memory-mapped lazily, once per process (DataLoader workers each
-    open their own maps).
-    """
-
-    def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root)
-        summary_path = self.root / "store.json"
-        manifest_path = self.root / "manifest.json"
-        if not summary_path.exists() or not manifest_path.exists():
-            raise InputError(
-                f"{self.root}: not a finished slice store (store.json/manifest.json missing); "
-                "run `lungtumor preprocess TASK_DIR STORE_DIR` first"
-            )
-        self.summary: dict[str, Any] = json.loads(summary_path.read_text())
-        if self.summary.get("format") != STORE_FORMAT:
-            raise InputError(f"{summary_path}: not a lungtumor slice store")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-        self.preprocess = PreprocessConfig.from_dict(self.summary["preprocess"])
-        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    @property
-    def splits(self) -> dict[str, list[str]]:
-        """Case ids per split (``train``, ``val``)."""
-        return self.summary["splits"]
-
-    def n_slices(self, case: str) -> int:
-        """Number of stored slices of ``case``."""
-        return int(self.manifest["cases"][case]["n_slices"])
-
-    def tumour_voxels(self, case: str) -> np.ndarray:
-        """Tumour voxels per stored slice of ``case`` (from the manifest, no data read)."""
-        return np.asarray(self.manifest["cases"][case]["tumour_voxels"], dtype=np.int64)
-
-    def arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
-        """Memory-mapped (image (D,S,S) float16, mask (D,S,S) uint8) of ``case``."""
-        maps = self._maps.get(case)
-        if maps is None:
-            d = self.root / "cases" / case
-            maps = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / "mask.npy", mmap_mode="r"))
-            self._maps[case] = maps
-        return maps
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Memory maps are reopened in each worker process rather than pickled.
-        state = dict(self.__dict__)
-        state["_maps"] = {}
-        return state
+from lungtumor.preprocessing.store import SliceStore
 
 
 class SliceDataset(Dataset):
@@ -211,7 +156,7 @@ class SliceDataModule(L.LightningDataModule):
     """Store + split + oversampling sampler + loaders.
 
     Args:
-        store_dir: a slice store from :func:`~lungtumor.preprocess.preprocess_task`.
+        store_dir: a slice store from :func:`~lungtumor.preprocessing.store.preprocess_task`.
         cfg: loading options.
     """
 

@@ -67,7 +67,8 @@ from scipy import ndimage, special
 from lungtumor.config import HU_AIR, SEED_SKIP_INFERIOR_SLICES
 from lungtumor.atomic import write_text_atomic
 from lungtumor.errors import ConfigError
-from lungtumor.volume import Volume, write_nifti
+from lungtumor.io.volume import Volume
+from lungtumor.io.nifti import write_nifti
 
 __all__ = ["PHANTOM_SIZES", "make_case", "write_phantom_dataset", "case_ids"]
 

@@ -1,0 +1,1 @@
+"""Per-case metrics and folder evaluation."""

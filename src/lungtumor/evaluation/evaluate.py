@@ -1,0 +1,497 @@
+"""Evaluate a folder of predicted masks against a folder of reference masks.
+
+Files are matched by name (``lung_001.nii.gz`` with ``lung_001.nii.gz``; ``.nii`` and
+``.nii.gz`` compare equal, ``._*`` files are ignored). Each case is scored in 3D at its own
+resolution and voxel spacing (no resampling: a prediction must be on its label's grid); see
+:mod:`lungtumor.metrics` for the definitions and edge cases. The per-case table goes to
+``metrics.csv`` and the summary to ``summary.json``, both written atomically.
+
+In ``summary.json`` an undefined value (NaN, e.g. the mean of no defined Dice) is ``null`` and
+an infinite distance is the string ``"inf"``; ``metrics.csv`` writes ``nan`` and ``inf``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungtumor.atomic import write_text_atomic
+from lungtumor.errors import GeometryError, InputError
+from lungtumor.evaluation.metrics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, bootstrap_ci, dice, hd95, lesion_detection, pooled_dice_from_terms, soft_dice_terms, surface_dice, volume_ml
+from lungtumor.io.volume import Volume
+from lungtumor.io.nifti import is_nifti, nifti_stem, read_nifti
+
+#: Default normalised-surface-Dice tolerance, mm.
+DEFAULT_TOLERANCE_MM = 2.0
+#: Two grids are the same when shapes agree and affines agree to this many mm.
+GRID_ATOL_MM = 1e-3
+#: A probability map for case NAME may be called NAME + this suffix (``NAME_prob.nii.gz``).
+PROB_SUFFIX = "_prob"
+#: Output file names inside ``out_dir``.
+METRICS_CSV = "metrics.csv"
+SUMMARY_JSON = "summary.json"
+#: Per-case columns, in CSV order.
+CSV_COLUMNS = (
+    "case",
+    "dice",
+    "surface_dice",
+    "hd95_mm",
+    "volume_ref_ml",
+    "volume_pred_ml",
+    "volume_abs_diff_ml",
+    "lesions_ref",
+    "lesions_found",
+    "false_positive_lesions",
+)
+#: How the seed's number is labelled wherever it appears.
+POOLED_SOFT_DICE_LABEL = "pooled (seed's definition), not comparable with per-case Dice"
+#: Names listed in full in an error message before "... and N more".
+_MAX_NAMES_IN_MESSAGE = 20
+#: Significant digits for floats in metrics.csv (float32 distances carry about 7).
+_CSV_SIGNIFICANT_DIGITS = 6
+#: Slack for probabilities written as float16/float32 slightly outside [0, 1].
+_PROB_RANGE_SLACK = 1e-3
+
+
+@dataclass
+class EvaluationResult:
+    """Per-case rows and the summary of one evaluation.
+
+    Attributes:
+        rows: one dict per case with the keys of :data:`CSV_COLUMNS` (sorted by case name).
+        summary: aggregate numbers (see :func:`summarize`).
+        files: paths written (``metrics.csv``, ``summary.json``); empty when not written.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+    files: list[Path] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------
+# Finding and matching files
+
+
+def _names(names: Iterable[str]) -> str:
+    """A short, sorted list of names for an error message."""
+    items = sorted(names)
+    shown = ", ".join(items[:_MAX_NAMES_IN_MESSAGE])
+    more = len(items) - _MAX_NAMES_IN_MESSAGE
+    return shown + (f" ... and {more} more" if more > 0 else "")
+
+
+def nifti_cases(folder: str | os.PathLike[str], role: str) -> dict[str, Path]:
+    """NIfTI files in ``folder`` keyed by name without suffix; skips ``._*`` and hidden files.
+
+    Args:
+        folder: folder to list (not recursive).
+        role: what the folder holds, for messages ("prediction", "label", ...).
+
+    Raises:
+        InputError: the folder is missing, or two files share a name (``a.nii`` and
+            ``a.nii.gz``).
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise InputError(f"{path}: {role} folder not found; pass a folder of .nii/.nii.gz files")
+    cases: dict[str, Path] = {}
+    for entry in sorted(path.iterdir()):
+        # "._x" files are macOS resource forks shipped inside the MSD archives, not volumes.
+        if entry.name.startswith(".") or not is_nifti(entry) or not entry.is_file():
+            continue
+        stem = nifti_stem(entry)
+        if stem in cases:
+            raise InputError(
+                f"{path}: two {role} files for case {stem!r} ({cases[stem].name}, {entry.name}); keep one of them"
+            )
+        cases[stem] = entry
+    return cases
+
+
+def probability_file(prob_dir: Path, name: str) -> Path | None:
+    """``NAME_prob.nii[.gz]`` if present, else ``NAME.nii[.gz]``, else None.
+
+    ``NAME_prob`` is tried first because a folder that holds both the masks and the
+    probabilities (the prediction folder) has ``NAME.nii.gz`` as the mask.
+    """
+    for stem in (name + PROB_SUFFIX, name):
+        for suffix in (".nii.gz", ".nii"):
+            candidate = prob_dir / (stem + suffix)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def match_cases(pred_dir: str | os.PathLike[str], label_dir: str | os.PathLike[str]) -> list[tuple[str, Path, Path]]:
+    """Pair predictions with labels by name.
+
+    A prediction-folder file ``NAME_prob`` is taken for a probability map, not a mask, when
+    ``NAME`` is also a prediction and no label is called ``NAME_prob``.
+
+    Returns:
+        ``[(name, prediction_path, label_path), ...]`` sorted by name.
+
+    Raises:
+        InputError: a folder is missing or empty, or a prediction has no label or a label has
+            no prediction (all such names are listed).
+    """
+    preds = nifti_cases(pred_dir, "prediction")
+    labels = nifti_cases(label_dir, "label")
+    preds = {
+        name: path
+        for name, path in preds.items()
+        if not (name.endswith(PROB_SUFFIX) and name[: -len(PROB_SUFFIX)] in preds and name not in labels)
+    }
+    if not preds:
+        raise InputError(f"{pred_dir}: no .nii/.nii.gz prediction files found; run predict into this folder first")
+    if not labels:
+        raise InputError(f"{label_dir}: no .nii/.nii.gz label files found; pass the folder of reference masks")
+    no_label = set(preds) - set(labels)
+    no_pred = set(labels) - set(preds)
+    if no_label or no_pred:
+        parts = []
+        if no_label:
+            parts.append(
+                f"{len(no_label)} prediction(s) in {pred_dir} have no label in {label_dir}: {_names(no_label)}"
+            )
+        if no_pred:
+            parts.append(f"{len(no_pred)} label(s) in {label_dir} have no prediction in {pred_dir}: {_names(no_pred)}")
+        raise InputError(
+            "; ".join(parts) + "; every case needs one file of the same name (without .nii/.nii.gz) in both folders"
+        )
+    return [(name, preds[name], labels[name]) for name in sorted(preds)]
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and checking
+
+
+def _binary(volume: Volume, role: str) -> np.ndarray:
+    """The volume's voxels as a bool mask; only 0 and 1 are accepted."""
+    array = volume.array
+    path = volume.meta.get("path", role)
+    if array.dtype == bool:
+        return array
+    if array.size:
+        lo, hi = array.min(), array.max()
+        # Integer masks: the range is enough. Float masks must also hold whole numbers.
+        not_binary = lo < 0 or hi > 1 or (array.dtype.kind == "f" and not np.all((array == 0) | (array == 1)))
+        if not_binary:
+            values = np.unique(array)
+            shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if values.size > 8 else "")
+            raise InputError(
+                f"{path}: {role} mask must hold only 0 and 1, found values {shown}; "
+                "threshold probabilities or map label values to {0, 1} first"
+            )
+    return array != 0
+
+
+def _check_same_grid(a: Volume, b: Volume, role_a: str, role_b: str) -> None:
+    """GeometryError naming both files when shapes or affines (to GRID_ATOL_MM) differ."""
+    if a.same_grid(b, atol=GRID_ATOL_MM):
+        return
+    path_a, path_b = a.meta.get("path", role_a), b.meta.get("path", role_b)
+    raise GeometryError(
+        f"{role_a} {path_a} (shape {a.shape}, affine {np.round(a.affine, 4).tolist()}) is not on the grid of "
+        f"{role_b} {path_b} (shape {b.shape}, affine {np.round(b.affine, 4).tolist()}); evaluation never "
+        "resamples: predict on the label's own CT so the mask has its exact shape and affine"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Per case and summary
+
+
+def evaluate_case(name: str, pred: Volume, label: Volume, tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> dict[str, Any]:
+    """Metrics of one case at its own resolution (see :mod:`lungtumor.metrics`).
+
+    Args:
+        name: case name for the ``case`` column.
+        pred: predicted mask (0/1) on the label's grid.
+        label: reference mask (0/1).
+        tolerance_mm: surface Dice tolerance, mm.
+
+    Returns:
+        A row with the keys of :data:`CSV_COLUMNS`.
+
+    Raises:
+        GeometryError: the grids differ. InputError: a mask is not binary.
+    """
+    _check_same_grid(pred, label, "prediction", "label")
+    p, r = _binary(pred, "prediction"), _binary(label, "label")
+    spacing = label.spacing_mm
+    vol_ref, vol_pred = volume_ml(r, spacing), volume_ml(p, spacing)
+    return {
+        "case": name,
+        "dice": dice(p, r),
+        "surface_dice": surface_dice(p, r, spacing, tolerance_mm),
+        "hd95_mm": hd95(p, r, spacing),
+        "volume_ref_ml": vol_ref,
+        "volume_pred_ml": vol_pred,
+        "volume_abs_diff_ml": abs(vol_pred - vol_ref),
+        **lesion_detection(p, r),
+    }
+
+
+def _defined(values: Iterable[float]) -> np.ndarray:
+    """The values that are not NaN (inf stays), as float64."""
+    v = np.asarray(list(values), dtype=np.float64)
+    return v[~np.isnan(v)]
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def summarize(rows: list[dict[str, Any]], tolerance_mm: float) -> dict[str, Any]:
+    """Aggregate per-case rows.
+
+    Dice, surface Dice and HD95 statistics are over the cases where the metric is defined
+    (both-empty cases are counted in ``cases_both_empty`` and left out); HD95's median keeps
+    the inf of one-empty cases. Lesion sensitivity pools lesions over cases (sum found / sum
+    reference lesions); false positives are per scan (sum / cases).
+    """
+    dices = _defined(r["dice"] for r in rows)
+    lo, hi = bootstrap_ci(dices)
+    n_cases = len(rows)
+    lesions_ref = sum(int(r["lesions_ref"]) for r in rows)
+    lesions_found = sum(int(r["lesions_found"]) for r in rows)
+    false_pos = sum(int(r["false_positive_lesions"]) for r in rows)
+    empty_ref = [r["volume_ref_ml"] == 0 for r in rows]
+    empty_pred = [r["volume_pred_ml"] == 0 for r in rows]
+    return {
+        "cases": n_cases,
+        "cases_both_empty": sum(a and b for a, b in zip(empty_ref, empty_pred)),
+        "cases_one_empty": sum(a != b for a, b in zip(empty_ref, empty_pred)),
+        "dice_cases": int(dices.size),
+        "dice_mean": _mean(dices),
+        "dice_median": _median(dices),
+        "dice_ci95": [lo, hi],
+        "dice_ci95_method": f"percentile bootstrap of the mean over cases, {BOOTSTRAP_RESAMPLES} resamples, "
+        f"level {BOOTSTRAP_LEVEL}, seed 0",
+        "surface_dice_mean": _mean(_defined(r["surface_dice"] for r in rows)),
+        "tolerance_mm": float(tolerance_mm),
+        "hd95_median_mm": _median(_defined(r["hd95_mm"] for r in rows)),
+        "volume_abs_diff_ml_mean": _mean(_defined(r["volume_abs_diff_ml"] for r in rows)),
+        "lesions_ref": lesions_ref,
+        "lesions_found": lesions_found,
+        "lesion_sensitivity": lesions_found / lesions_ref if lesions_ref else float("nan"),
+        "false_positive_lesions": false_pos,
+        "false_positive_lesions_per_scan": false_pos / n_cases if n_cases else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# The folder evaluation
+
+
+def _progress(items: list[Any], enabled: bool, description: str) -> Iterator[Any]:
+    """Iterate with a rich progress bar on stderr (stdout stays free for the table)."""
+    if not enabled:
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=len(items))
+        for item in items:
+            yield item
+            bar.advance(task)
+
+
+def evaluate_folder(
+    pred_dir: str | os.PathLike[str],
+    label_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str] | None,
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+    prob_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Score every prediction in ``pred_dir`` against the label of the same name.
+
+    Args:
+        pred_dir: folder of predicted masks (0/1 NIfTI).
+        label_dir: folder of reference masks with the same names.
+        out_dir: where ``metrics.csv`` and ``summary.json`` go (created if needed); None
+            writes nothing.
+        tolerance_mm: normalised surface Dice tolerance, mm.
+        prob_dir: optional folder of float probability maps, ``NAME_prob.nii.gz`` or
+            ``NAME.nii.gz`` per case, on the label's grid; adds the seed's pooled soft Dice to
+            the summary (``dice_pooled_soft_seed``), labelled as not comparable.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        The per-case rows and the summary.
+
+    Raises:
+        InputError: missing folder, unmatched names, unreadable or non-binary mask, missing or
+            out-of-range probability map.
+        GeometryError: a prediction (or probability map) is not on its label's grid.
+    """
+    pairs = match_cases(pred_dir, label_dir)
+    prob_files: dict[str, Path] = {}
+    if prob_dir is not None:
+        prob_root = Path(prob_dir)
+        if not prob_root.is_dir():
+            raise InputError(
+                f"{prob_root}: probability folder not found; pass the folder predict wrote probabilities to"
+            )
+        found = {name: probability_file(prob_root, name) for name, _, _ in pairs}
+        missing = [name for name, path in found.items() if path is None]
+        if missing:
+            raise InputError(
+                f"{prob_root}: no probability map for {len(missing)} case(s): {_names(missing)}; "
+                f"expected NAME{PROB_SUFFIX}.nii.gz or NAME.nii.gz for each, or leave out the probability folder"
+            )
+        prob_files = {name: path for name, path in found.items() if path is not None}
+
+    rows: list[dict[str, Any]] = []
+    pooled_terms = np.zeros(3)  # sum p*y, sum p, sum y over every case
+    for name, pred_path, label_path in _progress(pairs, progress, "evaluating"):
+        label = read_nifti(label_path)
+        pred = read_nifti(pred_path)
+        rows.append(evaluate_case(name, pred, label, tolerance_mm))
+        if prob_files:
+            pooled_terms += _prob_terms(prob_files[name], label)
+
+    summary = summarize(rows, tolerance_mm)
+    if prob_files:
+        summary["dice_pooled_soft_seed"] = pooled_dice_from_terms(*pooled_terms)
+        summary["dice_pooled_soft_seed_label"] = POOLED_SOFT_DICE_LABEL
+    result = EvaluationResult(rows=rows, summary=summary)
+    if out_dir is not None:
+        result.files = write_results(result, out_dir)
+    return result
+
+
+def _prob_terms(path: Path, label: Volume) -> np.ndarray:
+    """(sum p*y, sum p, sum y) of one probability map against its label."""
+    prob = read_nifti(path, dtype=np.float32)
+    _check_same_grid(prob, label, "probability map", "label")
+    lo, hi = float(prob.array.min()), float(prob.array.max())
+    if lo < -_PROB_RANGE_SLACK or hi > 1.0 + _PROB_RANGE_SLACK:
+        raise InputError(
+            f"{path}: probabilities must lie in [0, 1], found [{lo:g}, {hi:g}]; "
+            "pass sigmoid probabilities, not logits or masks scaled to 255"
+        )
+    return np.asarray(soft_dice_terms(prob.array, label.array != 0))
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder + os.replace."""
+    return write_text_atomic(path, text)
+
+
+def _csv_value(value: Any) -> Any:
+    """Floats with 6 significant digits; NaN -> 'nan', inf -> 'inf'."""
+    if isinstance(value, float):
+        return format(value, f".{_CSV_SIGNIFICANT_DIGITS}g")
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """JSON-safe: NaN -> null, +-inf -> "inf"/"-inf" (strict JSON has neither)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_value(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return _json_value(value.item())
+    return value
+
+
+def write_results(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``metrics.csv`` and ``summary.json`` into ``out_dir`` (atomically, each)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; pass a folder for the evaluation results")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in result.rows:
+        writer.writerow({k: _csv_value(row[k]) for k in CSV_COLUMNS})
+    csv_path = _atomic_write_text(out / METRICS_CSV, buffer.getvalue())
+    summary_text = json.dumps(_json_value(result.summary), indent=2, allow_nan=False) + "\n"
+    json_path = _atomic_write_text(out / SUMMARY_JSON, summary_text)
+    return [csv_path, json_path]
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    """Human formatting for the table: '-' for undefined, 'inf' for infinite."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        if math.isinf(value):
+            return "inf"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def format_table(result: EvaluationResult, width: int = 120) -> str:
+    """Per-case table and summary as plain text (rich layout, no colour codes).
+
+    Undefined values (both masks empty) show as ``-``.
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result.summary
+    tol = _fmt(s.get("tolerance_mm"), 1)
+    table = Table(title="Per-case metrics (3D, original resolution)")
+    headers = ("case", "Dice", f"NSD@{tol}mm", "HD95 mm", "vol ref ml", "vol pred ml", "lesions found/ref", "FP lesions")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "case" else "right")
+    for row in result.rows:
+        table.add_row(
+            row["case"],
+            _fmt(row["dice"]),
+            _fmt(row["surface_dice"]),
+            _fmt(row["hd95_mm"], 1),
+            _fmt(row["volume_ref_ml"], 1),
+            _fmt(row["volume_pred_ml"], 1),
+            f"{row['lesions_found']}/{row['lesions_ref']}",
+            str(row["false_positive_lesions"]),
+        )
+    lo, hi = s["dice_ci95"]
+    lines = [
+        f"cases: {s['cases']} (both masks empty: {s['cases_both_empty']}, excluded from Dice; "
+        f"one mask empty: {s['cases_one_empty']})",
+        f"Dice per case: mean {_fmt(s['dice_mean'])} (95% CI {_fmt(lo)}-{_fmt(hi)}), median {_fmt(s['dice_median'])}",
+        f"surface Dice @ {tol} mm: mean {_fmt(s['surface_dice_mean'])}; HD95 median {_fmt(s['hd95_median_mm'], 1)} mm; "
+        f"volume |difference| mean {_fmt(s['volume_abs_diff_ml_mean'], 1)} ml",
+        f"lesions: sensitivity {_fmt(s['lesion_sensitivity'])} ({s['lesions_found']}/{s['lesions_ref']}), "
+        f"false positives per scan {_fmt(s['false_positive_lesions_per_scan'], 2)}",
+    ]
+    if "dice_pooled_soft_seed" in s:
+        lines.append(f"soft Dice {s['dice_pooled_soft_seed_label']}: {_fmt(s['dice_pooled_soft_seed'], 4)}")
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(table)
+    for line in lines:
+        console.print(line, highlight=False, markup=False)
+    return console.file.getvalue()  # type: ignore[attr-defined]
+

@@ -1,0 +1,1 @@
+"""Input and output: the Volume type, NIfTI, DICOM series, RTSTRUCT, dataset discovery."""

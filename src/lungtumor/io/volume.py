@@ -1,0 +1,143 @@
+"""The Volume type (array + affine) and NIfTI reading/writing.
+
+Axis convention (documented once, here): ``Volume.array`` is indexed ``[i, j, k]`` and
+``Volume.affine`` is the 4x4 nibabel affine mapping voxel indices ``(i, j, k, 1)`` to RAS+
+millimetres (+x towards the patient's right, +y anterior, +z superior). DICOM's LPS is converted to
+RAS once, in the DICOM reader. CT arrays hold Hounsfield units.
+
+Reorientation (:func:`reorient`) only permutes and flips axes (no resampling) and returns the
+orientation transform so that :func:`undo_reorient` restores the exact original array and
+affine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as nio
+
+from lungtumor.errors import GeometryError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: sizeof_hdr of a NIfTI-2 header (NIfTI-1: 348).
+NIFTI2_HEADER_BYTES = 540
+
+try:  # optional fast inflate (a declared dependency; the stdlib path stays as a fallback)
+    from isal.igzip import decompress as _gunzip
+except ImportError:  # pragma: no cover
+    _gunzip = None
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D voxel array with its geometry.
+
+    Attributes:
+        array: voxel values, shape (I, J, K); CT in HU, masks uint8 {0, 1}.
+        affine: 4x4 float64, voxel index -> RAS+ mm (nibabel convention).
+        meta: free-form metadata (source path, DICOM series UID, ...).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.array.ndim != 3:
+            raise GeometryError(
+                f"{self.meta.get('path', 'volume')}: expected a 3D volume, found {self.array.ndim}D "
+                f"shape {tuple(self.array.shape)}; pass a single 3D CT (squeeze or split 4D series first)"
+            )
+        aff = np.asarray(self.affine, dtype=np.float64)
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise GeometryError(f"{self.meta.get('path', 'volume')}: affine must be a finite 4x4 matrix, got {aff!r}")
+        if abs(np.linalg.det(aff[:3, :3])) < 1e-12:
+            raise GeometryError(
+                f"{self.meta.get('path', 'volume')}: affine is singular, the orientation is unknown; "
+                "fix the file's sform/qform (or DICOM orientation tags)"
+            )
+        object.__setattr__(self, "affine", aff)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (I, J, K)."""
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        """Voxel size along i, j, k in mm."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        """Closest anatomical axis codes, e.g. ('L', 'A', 'S')."""
+        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+
+    def with_array(self, array: np.ndarray, **meta: Any) -> "Volume":
+        """Same geometry, new voxels (shape must match)."""
+        if array.shape != self.array.shape:
+            raise GeometryError(f"new array shape {array.shape} differs from the volume's {self.array.shape}")
+        return replace(self, array=array, meta={**self.meta, **meta})
+
+    def same_grid(self, other: "Volume", atol: float = 1e-4) -> bool:
+        """True when shape and affine agree (affine to ``atol`` mm)."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+
+# --------------------------------------------------------------------------------------------
+# Orientation
+
+
+def orientation_transform(affine: np.ndarray, axcodes: tuple[str, ...]) -> np.ndarray:
+    """nibabel orientation transform taking an array with ``affine`` to ``axcodes``."""
+    try:
+        current = nio.io_orientation(affine)
+    except Exception as exc:  # nibabel raises for degenerate affines
+        raise GeometryError(f"cannot determine the orientation of affine {affine!r}: {exc}") from exc
+    if np.any(np.isnan(current)):
+        raise GeometryError(f"the orientation of affine {affine.tolist()} is unknown (an axis has no direction)")
+    return nio.ornt_transform(current, nio.axcodes2ornt(axcodes))
+
+
+def reorient(volume: Volume, axcodes: tuple[str, ...]) -> tuple[Volume, np.ndarray]:
+    """Permute/flip the array (no resampling) so its closest orientation is ``axcodes``.
+
+    Returns:
+        The reoriented Volume (a view where possible) and the orientation transform to pass
+        to :func:`undo_reorient`.
+    """
+    ornt = orientation_transform(volume.affine, axcodes)
+    array = nio.apply_orientation(volume.array, ornt)
+    affine = volume.affine @ nio.inv_ornt_aff(ornt, volume.array.shape)
+    return Volume(array, affine, dict(volume.meta)), ornt
+
+
+def undo_reorient_array(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Map an array on the reoriented grid back onto the original grid (layout only)."""
+    return nio.apply_orientation(array, _invert_ornt(ornt))
+
+
+def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """Inverse of a nibabel orientation transform (a signed permutation)."""
+    inv = np.zeros_like(ornt)
+    for src_axis, (dst_axis, flip) in enumerate(ornt):
+        inv[int(dst_axis)] = (src_axis, flip)
+    return inv
+
+
+def undo_reorient(volume: Volume, ornt: np.ndarray) -> Volume:
+    """Inverse of :func:`reorient`: exact original array layout and affine."""
+    inverse = _invert_ornt(ornt)
+    array = nio.apply_orientation(volume.array, inverse)
+    affine = volume.affine @ nio.inv_ornt_aff(inverse, volume.array.shape)
+    return Volume(array, affine, dict(volume.meta))
+
+

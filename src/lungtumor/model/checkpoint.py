@@ -1,0 +1,112 @@
+"""Safe checkpoint loading for inference: nothing but the checkpoint is needed.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain Python
+containers only, never arbitrary pickled objects, so an untrusted file cannot run code.
+Every lungtumor checkpoint embeds, under the key ``"lungtumor"``, the model config, the
+preprocessing config of the store it was trained on, and the 2.5D context.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lungtumor.config import PreprocessConfig
+from lungtumor.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "lungtumor-checkpoint"
+CHECKPOINT_VERSION = 1
+#: Prefix of the U-Net's parameters inside the LightningModule's state dict.
+NET_PREFIX = "net."
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready for inference and everything needed to feed it.
+
+    Attributes:
+        net: the U-Net in eval mode.
+        preprocess: the preprocessing its training data went through.
+        context: neighbouring slices on each side used as channels (2.5D).
+        info: the checkpoint's embedded metadata (configs, epoch, metric).
+    """
+
+    net: torch.nn.Module
+    preprocess: PreprocessConfig
+    context: int
+    info: dict[str, Any]
+
+
+def checkpoint_metadata(model_cfg: dict[str, Any], preprocess: dict[str, Any], context: int, **extra: Any) -> dict[str, Any]:
+    """The plain-dict block embedded in every checkpoint under ``"lungtumor"``."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": dict(model_cfg),
+        "preprocess": dict(preprocess),
+        "context": int(context),
+        **extra,
+    }
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``weights_only=True``) and check it is ours.
+
+    Raises:
+        CheckpointError: missing, corrupt, unsafe or foreign file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: checkpoint not found; pass best.ckpt or last.ckpt from a `lungtumor train` run folder")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{p}: not a loadable checkpoint ({first[:200]}); it is corrupt or not a safe PyTorch file — "
+            "use a checkpoint written by `lungtumor train`"
+        ) from exc
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("lungtumor"), dict):
+        raise CheckpointError(f"{p}: not a lungtumor checkpoint (no 'lungtumor' metadata); use best.ckpt or last.ckpt from `lungtumor train`")
+    meta = ckpt["lungtumor"]
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{p}: unknown checkpoint format {meta.get('format')!r}")
+    if int(meta.get("version", 0)) > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint version {meta.get('version')} is newer than this lungtumor; upgrade lungtumor")
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"{p}: checkpoint has no weights (state_dict)")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
+    """Build the U-Net of a checkpoint and load its weights (safely).
+
+    Raises:
+        CheckpointError: see :func:`read_checkpoint`, or weights that do not fit the model.
+    """
+    from lungtumor.model.unet import ModelConfig, UNet
+
+    ckpt = read_checkpoint(path)
+    meta = ckpt["lungtumor"]
+    try:
+        model_cfg = ModelConfig.from_dict(meta["model"])
+        preprocess = PreprocessConfig.from_dict(meta["preprocess"])
+    except Exception as exc:
+        raise CheckpointError(f"{path}: invalid embedded configuration ({exc})") from exc
+    net = UNet(model_cfg)
+    state = {k[len(NET_PREFIX) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(NET_PREFIX)}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not match the embedded model config ({str(exc).splitlines()[0]})") from exc
+    net.eval().to(device)
+    info = {k: v for k, v in meta.items()}
+    info["epoch"] = ckpt.get("epoch")
+    info["global_step"] = ckpt.get("global_step")
+    return LoadedModel(net=net, preprocess=preprocess, context=int(meta.get("context", 0)), info=info)

@@ -1,0 +1,1 @@
+"""CT -> model slices: the slice recipe and the slice store (writer and reader)."""

@@ -1,0 +1,400 @@
+"""CT volume -> 2D slices, and an MSD-layout folder -> a memory-mappable slice store.
+
+The default :class:`~lungtumor.config.PreprocessConfig` reproduces the seed's recipe:
+reorient to one canonical orientation without resampling (('L','A','S'), the MSD files' own),
+HU / 3071, drop the 30 most inferior axial slices, resize every axial slice to 256x256
+(bilinear CT, nearest mask).
+
+Store layout (``STORE_DIR``)::
+
+    config.json          preprocessing config (a re-run with another config is refused)
+    cases/<case>/        one folder per case, renamed into place when complete (atomic)
+        image.npy        (D, S, S) float16, HU / hu_scale, slice d = canonical axial slice
+                         ``kept_start + d``; memory-mappable, one contiguous block per slice
+        mask.npy         (D, S, S) uint8 {0, 1}
+        meta.json        original shape/affine, orientation transform, kept range,
+                         tumour voxels per stored slice
+    manifest.json        every case's slice count, tumour voxels per slice, split; the
+                         training sampler needs nothing else
+    manifest.csv         the same, one row per slice (case, slice, original_index,
+                         tumour_voxels, split), for people
+    store.json           summary: config, split config, case lists per split, skipped cases
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import csv
+import io
+import json
+import logging
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from lungtumor.config import PreprocessConfig, SplitConfig
+from lungtumor.atomic import publish_permissions, write_text_atomic
+from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorError
+from lungtumor.io.volume import Volume
+from lungtumor.io.datasets import CaseFiles, find_cases
+from lungtumor.io.nifti import read_nifti
+from lungtumor.preprocessing.recipe import AFFINE_ATOL_MM, prepare_ct, prepare_mask
+
+log = logging.getLogger(__name__)
+
+STORE_FORMAT = "lungtumor-slice-store"
+STORE_VERSION = 1
+#: Affines of an image and its label may differ by float noise from re-saving; more is an error.
+def _is_binary(array: np.ndarray) -> bool:
+    """True when every value is 0 or 1 (min/max for integers: no sort of 80M voxels)."""
+    if array.dtype.kind in "iub":
+        return array.size == 0 or (int(array.min()) >= 0 and int(array.max()) <= 1)
+    return bool(np.all((array == 0) | (array == 1)))
+
+
+def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
+    """Read and validate one image/label pair.
+
+    Raises:
+        InputError / GeometryError: missing label, unreadable files, NaNs, non-3D data,
+            shape or affine mismatch, labels other than {0, 1}.
+    """
+    if case.label is None:
+        raise InputError(f"{case.image}: no label file labelsTr/{case.case_id}.nii.gz; add it or remove the image")
+    ct = read_nifti(case.image)
+    if ct.array.dtype.kind not in "iuf":
+        raise InputError(f"{case.image}: voxel type {ct.array.dtype} is not numeric; expected CT in HU")
+    label = read_nifti(case.label)
+    if label.shape != ct.shape:
+        raise GeometryError(
+            f"{case.label}: shape {label.shape} differs from its image {case.image.name} {ct.shape}; "
+            "the label must be on the image's grid"
+        )
+    if not np.allclose(label.affine, ct.affine, atol=AFFINE_ATOL_MM):
+        raise GeometryError(
+            f"{case.label}: affine differs from its image {case.image.name} "
+            f"(max difference {np.abs(label.affine - ct.affine).max():.4g} mm); the label must be on the image's grid"
+        )
+    if not _is_binary(label.array):
+        shown = ", ".join(str(v) for v in np.unique(label.array)[:8])
+        raise InputError(
+            f"{case.label}: label values {{{shown}}} are not binary; expected 0 = background, 1 = tumour "
+            "(merge or binarise the labels first)"
+        )
+    return ct, label.with_array(label.array.astype(np.uint8, copy=False))
+
+
+def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> dict[str, Any]:
+    """Preprocess one case into ``store_dir/cases/<case>/``, atomically.
+
+    Everything is written into a temporary folder that is renamed into place only when
+    complete, so an interrupted run leaves no half-written case.
+
+    Returns:
+        The case's metadata (also written as ``meta.json``).
+    """
+    ct, label = load_case(case)
+    prepared = prepare_ct(ct, cfg)
+    mask = prepare_mask(label, cfg)
+    tumour_voxels = mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=np.int64)
+    meta = {
+        "case": case.case_id,
+        "image": str(case.image),
+        "label": str(case.label),
+        "original_shape": list(ct.shape),
+        "original_affine": ct.affine.tolist(),
+        "spacing_mm": list(ct.spacing_mm),
+        "ornt": prepared.ornt.tolist(),
+        "canonical_shape": list(prepared.canonical_shape),
+        "kept_start": prepared.kept_start,
+        "n_slices": int(prepared.slices.shape[0]),
+        "tumour_voxels": tumour_voxels.tolist(),
+        "tumour_voxels_original": int(np.count_nonzero(label.array)),
+    }
+    cases_dir = Path(store_dir) / "cases"
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{case.case_id}-", dir=cases_dir))
+    try:
+        np.save(tmp / "image.npy", prepared.slices.astype(np.float16))
+        np.save(tmp / "mask.npy", mask)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        for f in tmp.iterdir():
+            publish_permissions(f)
+        publish_permissions(tmp, directory=True)
+        final = cases_dir / case.case_id
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _pool_context() -> Any:
+    """Worker processes that start fast and safely.
+
+    ``fork`` after torch has started threads can deadlock, and ``spawn`` re-imports torch in
+    every worker (seconds each). A fork server that has imported torch and this module once
+    forks ready workers from a single-threaded process.
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "lungtumor.preprocess"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _worker_init() -> None:
+    import torch
+
+    # Parallelism is over cases; one thread per worker avoids oversubscription.
+    torch.set_num_threads(1)
+
+
+def _process_case_safe(
+    case: CaseFiles, store_dir: str, cfg: PreprocessConfig
+) -> tuple[str, dict[str, Any] | None, LungTumorError | None]:
+    # User errors come back as values so that skip_bad can decide; anything else propagates.
+    try:
+        return case.case_id, process_case(case, store_dir, cfg), None
+    except LungTumorError as exc:
+        return case.case_id, None, exc
+
+
+# --------------------------------------------------------------------------------------------
+# Split
+
+
+def split_cases(case_ids: Iterable[str], split: SplitConfig) -> dict[str, list[str]]:
+    """Patient-level split of case ids into ``train`` and ``val``.
+
+    ``val_cases=N``: the last N ids in sorted order are validation (the seed's preset).
+    Otherwise the sorted ids are shuffled with ``numpy.random.default_rng(seed)`` and dealt
+    round-robin into ``folds`` folds; fold ``fold`` is validation.
+    """
+    ids = sorted(case_ids)
+    if split.val_cases is not None:
+        n = int(split.val_cases)
+        if not 0 <= n < len(ids):
+            raise ConfigError(f"--val-cases {n} must be at least 0 and less than the number of cases ({len(ids)})")
+        val = ids[len(ids) - n :] if n else []
+    else:
+        if split.folds < 2:
+            raise ConfigError(f"--folds {split.folds}: need at least 2 folds")
+        if not 0 <= split.fold < split.folds:
+            raise ConfigError(f"--fold {split.fold} must be in 0..{split.folds - 1}")
+        order = np.random.default_rng(split.seed).permutation(len(ids))
+        val = sorted(ids[i] for pos, i in enumerate(order) if pos % split.folds == split.fold)
+    val_set = set(val)
+    return {"train": [c for c in ids if c not in val_set], "val": val}
+
+
+# --------------------------------------------------------------------------------------------
+# Whole store
+
+
+def _check_or_write_config(store: Path, cfg: PreprocessConfig) -> None:
+    path = store / "config.json"
+    wanted = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocess": cfg.to_dict()}
+    if path.exists():
+        try:
+            have = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path}: unreadable store config ({exc}); delete the store folder and re-run") from exc
+        if have != wanted:
+            diff = {
+                k: (have.get("preprocess", {}).get(k), v)
+                for k, v in wanted["preprocess"].items()
+                if have.get("preprocess", {}).get(k) != v
+            }
+            raise ConfigError(
+                f"{store}: store was built with a different config (stored vs requested: {diff}); "
+                "use a new STORE_DIR or the options it was built with"
+            )
+        return
+    if any(store.iterdir()):
+        raise ConfigError(f"{store}: folder is not empty and is not a lungtumor store; choose an empty or new folder")
+    write_text_atomic(path, json.dumps(wanted, indent=2))
+
+
+def preprocess_task(
+    task_dir: str | os.PathLike[str],
+    store_dir: str | os.PathLike[str],
+    cfg: PreprocessConfig = PreprocessConfig(),
+    split: SplitConfig = SplitConfig(),
+    *,
+    workers: int = 1,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Preprocess an MSD-layout folder into a slice store (see the module docstring).
+
+    Finished cases are skipped on a re-run; a store built with another config is refused.
+
+    Args:
+        task_dir: folder with ``imagesTr/`` and ``labelsTr/``.
+        store_dir: output folder (created).
+        cfg: preprocessing recipe.
+        split: patient-level split.
+        workers: processes (1 = in this process).
+        skip_bad: warn and skip bad cases instead of stopping at the first.
+        progress: show a progress bar.
+
+    Returns:
+        The store summary (also written as ``store.json``).
+    """
+    cases = find_cases(task_dir)
+    store = Path(store_dir)
+    store.mkdir(parents=True, exist_ok=True)
+    _check_or_write_config(store, cfg)
+    # Left-overs of an interrupted run are never valid cases.
+    for tmp in (store / "cases").glob(".tmp-*") if (store / "cases").is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    metas: dict[str, dict[str, Any]] = {}
+    todo = []
+    for case in cases:
+        meta_path = store / "cases" / case.case_id / "meta.json"
+        if meta_path.exists():
+            metas[case.case_id] = json.loads(meta_path.read_text())
+        else:
+            todo.append(case)
+    skipped: dict[str, str] = {}
+
+    from lungtumor.progress import progress_bar
+
+    with progress_bar(total=len(cases), description="preprocess", enabled=progress, completed=len(metas)) as advance:
+        if workers <= 1 or len(todo) <= 1:
+            results: Iterable[tuple[str, dict[str, Any] | None, LungTumorError | None]] = (
+                _process_case_safe(c, str(store), cfg) for c in todo
+            )
+            _collect(results, metas, skipped, skip_bad, advance)
+        else:
+            ctx = _pool_context()
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+                futures = [pool.submit(_process_case_safe, c, str(store), cfg) for c in todo]
+                try:
+                    _collect((f.result() for f in cf.as_completed(futures)), metas, skipped, skip_bad, advance)
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+
+    if not metas:
+        raise InputError(f"{task_dir}: no case could be preprocessed ({len(skipped)} skipped)")
+    return write_manifest(store, cfg, split, metas, skipped)
+
+
+def _collect(results, metas, skipped, skip_bad, advance) -> None:  # type: ignore[no-untyped-def]
+    for cid, meta, err in results:
+        if err is not None:
+            if not skip_bad:
+                raise err
+            log.warning("skipping case %s: %s", cid, err)
+            skipped[cid] = str(err)
+        else:
+            metas[cid] = meta
+        advance()
+
+
+def write_manifest(
+    store: Path, cfg: PreprocessConfig, split: SplitConfig, metas: dict[str, dict[str, Any]], skipped: dict[str, str]
+) -> dict[str, Any]:
+    """Write ``manifest.json``, ``manifest.csv`` and ``store.json`` for the finished cases."""
+    splits = split_cases(metas.keys(), split)
+    split_of = {c: s for s, ids in splits.items() for c in ids}
+    manifest = {
+        "cases": {
+            cid: {
+                "n_slices": metas[cid]["n_slices"],
+                "kept_start": metas[cid]["kept_start"],
+                "tumour_voxels": metas[cid]["tumour_voxels"],
+                "split": split_of[cid],
+            }
+            for cid in sorted(metas)
+        }
+    }
+    write_text_atomic(store / "manifest.json", json.dumps(manifest))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["case", "slice", "original_index", "tumour_voxels", "split"])
+    for cid, m in manifest["cases"].items():
+        for d, n in enumerate(m["tumour_voxels"]):
+            w.writerow([cid, d, m["kept_start"] + d, n, m["split"]])
+    write_text_atomic(store / "manifest.csv", buf.getvalue())
+    n_slices = {s: sum(manifest["cases"][c]["n_slices"] for c in ids) for s, ids in splits.items()}
+    n_tumour = {
+        s: sum(int(np.count_nonzero(manifest["cases"][c]["tumour_voxels"])) for c in ids) for s, ids in splits.items()
+    }
+    summary = {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "preprocess": cfg.to_dict(),
+        "split_config": split.to_dict(),
+        "splits": splits,
+        "slices": n_slices,
+        "tumour_slices": n_tumour,
+        "skipped": skipped,
+    }
+    write_text_atomic(store / "store.json", json.dumps(summary, indent=2))
+    return summary
+
+
+class SliceStore:
+    """Read-only view of a slice store (see :mod:`lungtumor.preprocess`).
+
+    Per-case arrays are memory-mapped lazily, once per process (DataLoader workers each
+    open their own maps).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        summary_path = self.root / "store.json"
+        manifest_path = self.root / "manifest.json"
+        if not summary_path.exists() or not manifest_path.exists():
+            raise InputError(
+                f"{self.root}: not a finished slice store (store.json/manifest.json missing); "
+                "run `lungtumor preprocess TASK_DIR STORE_DIR` first"
+            )
+        self.summary: dict[str, Any] = json.loads(summary_path.read_text())
+        if self.summary.get("format") != STORE_FORMAT:
+            raise InputError(f"{summary_path}: not a lungtumor slice store")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        self.preprocess = PreprocessConfig.from_dict(self.summary["preprocess"])
+        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def splits(self) -> dict[str, list[str]]:
+        """Case ids per split (``train``, ``val``)."""
+        return self.summary["splits"]
+
+    def n_slices(self, case: str) -> int:
+        """Number of stored slices of ``case``."""
+        return int(self.manifest["cases"][case]["n_slices"])
+
+    def tumour_voxels(self, case: str) -> np.ndarray:
+        """Tumour voxels per stored slice of ``case`` (from the manifest, no data read)."""
+        return np.asarray(self.manifest["cases"][case]["tumour_voxels"], dtype=np.int64)
+
+    def arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
+        """Memory-mapped (image (D,S,S) float16, mask (D,S,S) uint8) of ``case``."""
+        maps = self._maps.get(case)
+        if maps is None:
+            d = self.root / "cases" / case
+            maps = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / "mask.npy", mmap_mode="r"))
+            self._maps[case] = maps
+        return maps
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Memory maps are reopened in each worker process rather than pickled.
+        state = dict(self.__dict__)
+        state["_maps"] = {}
+        return state
+
+
