@@ -23,13 +23,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
-from lungtumor.model.checkpoint import LoadedModel
+from common import machine
 from lungtumor.config import HU_SCALE, SEED_SKIP_INFERIOR_SLICES, SEED_SLICE_SIZE, PreprocessConfig
 from lungtumor.inference.segment import segment, use_bf16
-from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
 from lungtumor.io.volume import Volume
+from lungtumor.model.checkpoint import LoadedModel
+from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
 
 
 def make_ct(depth: int, seed: int = 0) -> Volume:

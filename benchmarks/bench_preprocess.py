@@ -23,15 +23,13 @@ import nibabel as nib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import du, machine  # noqa: E402
-
+from common import du, machine
 from lungtumor.config import HU_SCALE, SEED_SKIP_INFERIOR_SLICES, SEED_SLICE_SIZE, PreprocessConfig, SplitConfig
-from lungtumor.training.data import SliceDataset
-from lungtumor.preprocessing.store import SliceStore
-from lungtumor.phantom.dataset import write_phantom_dataset
 from lungtumor.io.datasets import find_cases
-from lungtumor.preprocessing.store import preprocess_task
 from lungtumor.io.nifti import read_nifti
+from lungtumor.phantom.dataset import write_phantom_dataset
+from lungtumor.preprocessing.store import SliceStore, preprocess_task
+from lungtumor.training.data import SliceDataset
 
 
 def seed_way(task: Path, out: Path) -> None:

@@ -25,15 +25,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
-
-from lungtumor.training.augment import AugmentConfig, augment_batch, augment_sample_numpy
+from common import machine
 from lungtumor.config import PreprocessConfig, SplitConfig
-from lungtumor.training.data import DataConfig, SliceDataset, make_datamodule
-from lungtumor.preprocessing.store import SliceStore
 from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
 from lungtumor.phantom.dataset import write_phantom_dataset
-from lungtumor.preprocessing.store import preprocess_task
+from lungtumor.preprocessing.store import SliceStore, preprocess_task
+from lungtumor.training.augment import AugmentConfig, augment_batch, augment_sample_numpy
+from lungtumor.training.data import DataConfig, SliceDataset, make_datamodule
 from lungtumor.training.trainer import bf16_supported
 
 BATCH = 8

@@ -8,8 +8,8 @@ columns must be orthogonal (DICOM cannot store anything else); the slice column 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import affine_for
 
+from conftest import affine_for
 from lungtumor.config import PreprocessConfig, SplitConfig
-from lungtumor.preprocessing.store import preprocess_task
-from lungtumor.io.volume import Volume
 from lungtumor.io.nifti import write_nifti
+from lungtumor.io.volume import Volume
+from lungtumor.preprocessing.store import preprocess_task
 
 
 def make_task(root: Path, n: int = 4, shape=(32, 32, 40), seed: int = 0) -> Path:

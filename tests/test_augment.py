@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from lungtumor.training.augment import CT_FILL_AIR, AugmentConfig, BatchAugment, augment_batch, augment_sample_numpy, elastic_displacement
 from lungtumor.config import HU_AIR, HU_SCALE
 from lungtumor.errors import ConfigError, InputError
+from lungtumor.training.augment import (
+    CT_FILL_AIR,
+    AugmentConfig,
+    BatchAugment,
+    augment_batch,
+    augment_sample_numpy,
+    elastic_displacement,
+)
 
 SIZE = 64
 DISK_VALUE = 1.0

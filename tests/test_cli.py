@@ -43,9 +43,8 @@ def test_train_errors_are_one_line(tmp_path, capsys) -> None:
 
 def test_evaluate_and_visualize_errors(tmp_path, capsys) -> None:
     from conftest import affine_for
-
-    from lungtumor.io.volume import Volume
     from lungtumor.io.nifti import write_nifti
+    from lungtumor.io.volume import Volume
 
     m = np.zeros((8, 8, 8), np.uint8)
     m[2:5, 2:5, 2:5] = 1

@@ -11,9 +11,17 @@ import numpy as np
 import pytest
 
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.evaluation.evaluate import CSV_COLUMNS, METRICS_CSV, POOLED_SOFT_DICE_LABEL, SUMMARY_JSON, evaluate_folder, format_table, match_cases
-from lungtumor.io.volume import Volume
+from lungtumor.evaluation.evaluate import (
+    CSV_COLUMNS,
+    METRICS_CSV,
+    POOLED_SOFT_DICE_LABEL,
+    SUMMARY_JSON,
+    evaluate_folder,
+    format_table,
+    match_cases,
+)
 from lungtumor.io.nifti import write_nifti
+from lungtumor.io.volume import Volume
 
 SHAPE = (12, 10, 8)
 SPACING = (0.5, 0.5, 2.0)  # voxel = 0.5 mm^3

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import affine_for
 
-from lungtumor.model.checkpoint import LoadedModel, checkpoint_metadata
+from conftest import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig
 from lungtumor.inference.segment import predict_path, segment
-from lungtumor.model.unet import ModelConfig
-from lungtumor.io.volume import Volume, reorient
 from lungtumor.io.nifti import read_nifti, write_nifti
+from lungtumor.io.volume import Volume, reorient
+from lungtumor.model.checkpoint import LoadedModel, checkpoint_metadata
+from lungtumor.model.unet import ModelConfig
 
 THRESHOLD_HU = -300.0
 

@@ -1,12 +1,15 @@
-"""Metrics on hand-made toy masks, edge cases, and a cross-check of the MONAI-based surface
-metrics against an independent scipy implementation."""
+"""Metrics on hand-made toy masks, edge cases, a cross-check of the MONAI-based HD95 against an
+independent scipy implementation, and of the surface Dice against DeepMind's surface-distance
+package (the MSD's definition) on synthetic and real masks."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from lungtumor.errors import ConfigError, GeometryError
@@ -35,14 +38,33 @@ def test_shifted_cube_by_hand() -> None:
     # one voxel in each direction, 16 are zero.
     iso = (1.0, 1.0, 1.0)
     assert hd95(a, b, iso) == pytest.approx(1.0)
-    assert surface_dice(a, b, iso, tolerance_mm=0.5) == pytest.approx(32 / 52, abs=1e-6)
+    # Surface Dice (the MSD's, DeepMind's definition) lives on the voxel-corner grid: A's
+    # surface elements sit at the corner points i in {2..5}, j, k in {2..5} that are not
+    # interior (56 points, one 2x2x2 neighbourhood each), weighted by area: a face cell
+    # (4 voxels) is a full square, an edge cell (2 voxels) a rectangle through the edge
+    # midpoints, a corner cell (1 voxel) a triangle through three edge midpoints.
+    #   A's corner planes i=3 and i=4 (rings: 4 edge + 8 face cells) and the ring of i=5
+    #   (4 corner + 8 edge cells) coincide with B's surface (distance 0); the i=2 plane
+    #   (4 corner + 8 edge + 4 face cells) and the 4 face cells inside i=5 are one voxel
+    #   from B's surface. B is the mirror image.
+    face, edge, corner = 1.0, math.sqrt(2) / 2, math.sqrt(3) / 8
+    within_half = 2 * (4 * edge + 8 * face) + (4 * corner + 8 * edge)
+    total = within_half + (4 * corner + 8 * edge + 4 * face) + 4 * face
+    assert surface_dice(a, b, iso, tolerance_mm=0.5) == pytest.approx(within_half / total, abs=1e-6)  # 0.6599
     assert surface_dice(a, b, iso, tolerance_mm=1.0) == pytest.approx(1.0)
-    # Anisotropic: the shift is along axis 0 whose voxels are 2.5 mm long, so the 9 face
-    # voxels are 2.5 mm away; but A's voxel (4,3,3), B's centre, is now only 0.7 mm (one
-    # in-plane voxel) from B's surface. So 17 of 26 distances per direction are <= 2 mm.
+    # Anisotropic: the shift is along axis 0 whose voxels are 2.5 mm long. A's i=2 plane is now
+    # 2.5 mm from B's surface, but the 4 face cells inside i=5 are only 0.7 mm (one in-plane
+    # corner step) from it. Areas at spacing (s0, s1, s2) = (2.5, 0.7, 0.7): an i-plane face
+    # s1*s2; an edge cell in that plane s2 * hypot(s0/2, s1/2); its corner triangle
+    # |(s0/2, 0, 0) x (0, s1/2, 0) + ...| / 2; on the side planes a face s0*s1 and an edge
+    # along axis 0 s0 * hypot(s1/2, s2/2).
     aniso = (2.5, 0.7, 0.7)
+    h0, h1, h2 = (s / 2 for s in aniso)
+    triangle = 0.5 * math.sqrt((h0 * h1) ** 2 + (h1 * h2) ** 2 + (h0 * h2) ** 2)
+    cap = 4 * triangle + 8 * aniso[2] * math.hypot(h0, h1) + 4 * aniso[1] * aniso[2]
+    ring = 4 * aniso[0] * math.hypot(h1, h2) + 8 * aniso[0] * aniso[1]
     assert hd95(a, b, aniso) == pytest.approx(2.5)
-    assert surface_dice(a, b, aniso, tolerance_mm=2.0) == pytest.approx(34 / 52, abs=1e-6)
+    assert surface_dice(a, b, aniso, tolerance_mm=2.0) == pytest.approx(1 - cap / (2 * cap + 2 * ring), abs=1e-6)  # 0.8218
     assert surface_dice(a, b, aniso, tolerance_mm=2.5) == pytest.approx(1.0)
 
 
@@ -60,8 +82,13 @@ def test_disjoint_single_voxels_by_hand() -> None:
     b[1, 1, 5] = True
     spacing = (1.0, 1.0, 2.0)
     assert dice(a, b) == 0.0
-    assert hd95(a, b, spacing) == pytest.approx(8.0)  # 4 slices x 2 mm
-    assert surface_dice(a, b, spacing, tolerance_mm=7.9) == 0.0
+    assert hd95(a, b, spacing) == pytest.approx(8.0)  # 4 slices x 2 mm (voxel centres)
+    # Surface Dice measures between voxel corners: each voxel's 8 corner cells weigh the same
+    # (one triangle each); a's 4 corners at k=2 are 3 slices (6 mm) from b's corners at k=5,
+    # its 4 corners at k=1 are 8 mm away, and the same for b.
+    assert surface_dice(a, b, spacing, tolerance_mm=5.9) == 0.0
+    assert surface_dice(a, b, spacing, tolerance_mm=6.0) == pytest.approx(0.5)
+    assert surface_dice(a, b, spacing, tolerance_mm=7.9) == pytest.approx(0.5)
     assert surface_dice(a, b, spacing, tolerance_mm=8.0) == pytest.approx(1.0)
     assert lesion_detection(a, b) == {"lesions_ref": 1, "lesions_found": 0, "false_positive_lesions": 1}
 
@@ -251,10 +278,12 @@ def test_monai_metrics_agree_with_scipy(seed: int) -> None:
     d_pr, d_rp = _scipy_surface_distances(pred, ref, spacing)
     expected_hd95 = max(np.percentile(d_pr, 95), np.percentile(d_rp, 95))
     n_close = np.count_nonzero(d_pr <= tolerance_mm) + np.count_nonzero(d_rp <= tolerance_mm)
-    expected_nsd = n_close / (d_pr.size + d_rp.size)
+    voxel_counting_nsd = n_close / (d_pr.size + d_rp.size)
 
     assert hd95(pred, ref, spacing) == pytest.approx(expected_hd95, abs=1e-4)
-    assert surface_dice(pred, ref, spacing, tolerance_mm) == pytest.approx(expected_nsd, abs=1e-6)
+    # surface_dice is the MSD's area-weighted definition (checked against DeepMind's package
+    # below), not this voxel-counting variant; it must not quietly fall back to it.
+    assert surface_dice(pred, ref, spacing, tolerance_mm) != pytest.approx(voxel_counting_nsd, abs=1e-3)
     # Dice is simple enough to check against the set formula directly.
     assert dice(pred, ref) == pytest.approx(2 * np.sum(pred & ref) / (pred.sum() + ref.sum()))
 
@@ -263,8 +292,8 @@ def test_monai_metrics_agree_with_scipy(seed: int) -> None:
 def test_crop_does_not_change_monai_result() -> None:
     # Our wrapper crops to the union bounding box before calling MONAI; the full-size call
     # must give the same numbers.
-    from monai.metrics import compute_hausdorff_distance
     import torch
+    from monai.metrics import compute_hausdorff_distance
 
     rng = np.random.default_rng(7)
     shape = (30, 30, 12)
@@ -279,3 +308,111 @@ def test_crop_does_not_change_monai_result() -> None:
         spacing=list(spacing),
     )
     assert hd95(pred, ref, spacing) == pytest.approx(float(full[0, 0]), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------------------
+# Surface Dice against DeepMind's own implementation (the MSD's definition)
+
+
+def _deepmind_surface_dice(
+    pred: np.ndarray, ref: np.ndarray, spacing: tuple[float, ...], tolerances_mm: tuple[float, ...]
+) -> list[float]:
+    """Surface Dice at each tolerance by DeepMind's ``surface-distance`` (PyPI, the `test` extra)."""
+    sd = pytest.importorskip("surface_distance", reason="DeepMind's surface-distance is not installed (pip install -e .[test])")
+    distances = sd.compute_surface_distances(np.asarray(ref, dtype=bool), np.asarray(pred, dtype=bool), spacing)
+    return [float(sd.compute_surface_dice_at_tolerance(distances, t)) for t in tolerances_mm]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_surface_dice_matches_deepmind_package(seed: int) -> None:
+    # Random blobs on anisotropic CT-like grids, touching the array border for some seeds.
+    # The tolerances are not multiples of the spacings, so float rounding cannot move a
+    # surface element across them and the two must agree to float32 rounding.
+    rng = np.random.default_rng(100 + seed)
+    spacing = [(0.7, 0.7, 3.0), (0.977, 0.977, 3.0), (3.0, 0.7, 0.7)][seed % 3]
+    shape = (24, 22, 10) if spacing[2] == 3.0 else (10, 24, 22)
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), sigma=2.0)
+    ref = noise > 0.9 * noise.std()
+    pred = ndimage.binary_dilation(ref) if seed % 2 else ref.copy()
+    pred ^= _random_blob(rng, shape, 1.6)  # extra false-positive blobs and holes
+    assert ref.any() and pred.any()
+    tolerances_mm = (0.5, 1.1, 2.05, 4.3)
+    for tolerance_mm, expected in zip(tolerances_mm, _deepmind_surface_dice(pred, ref, spacing, tolerances_mm)):
+        assert surface_dice(pred, ref, spacing, tolerance_mm) == pytest.approx(expected, abs=1e-5)
+    # Symmetric in its arguments, as the definition is.
+    assert surface_dice(ref, pred, spacing, 2.05) == pytest.approx(surface_dice(pred, ref, spacing, 2.05), abs=1e-6)
+
+
+def test_surface_dice_crop_is_invisible() -> None:
+    # Our wrapper crops to the union box (+1 voxel) before MONAI; a mask far from the array
+    # origin in a large array gives the same value as the tight array.
+    rng = np.random.default_rng(5)
+    small_ref = _random_blob(rng, (20, 20, 8), 1.0)
+    small_pred = ndimage.binary_erosion(small_ref)
+    big_ref = np.zeros((90, 70, 40), dtype=bool)
+    big_pred = np.zeros_like(big_ref)
+    big_ref[50:70, 30:50, 20:28] = small_ref
+    big_pred[50:70, 30:50, 20:28] = small_pred
+    spacing = (0.8, 0.8, 3.0)
+    assert surface_dice(big_pred, big_ref, spacing, 1.5) == pytest.approx(surface_dice(small_pred, small_ref, spacing, 1.5), abs=1e-6)
+
+
+def _lesion_crop(mask: np.ndarray, margin: int = 4) -> np.ndarray:
+    """The mask cropped to its bounding box plus ``margin`` voxels (every metric is unchanged)."""
+    (box,) = ndimage.find_objects(mask.astype(np.uint8))  # one label: the whole mask's box
+    grown = [slice(max(b.start - margin, 0), min(b.stop + margin, n)) for b, n in zip(box, mask.shape)]
+    return mask[tuple(grown)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case", "label"), [("LUNG1-002", "gtv1_label"), ("LIDC-IDRI-0001", "nodule_label")])
+def test_surface_dice_matches_deepmind_on_real_masks(real_data, case: str, label: str) -> None:
+    # Real tumour contours on 3 mm (LUNG1-002) and 2.5 mm (LIDC) slices, against a copy eroded
+    # by one voxel and a copy shifted by one slice: the MSD's value within 0.01 (in fact to
+    # float32 rounding), while voxel counting is far off (0.30 vs 0.53 for the eroded GTV).
+    from monai.metrics import compute_surface_dice
+
+    from lungtumor.io.nifti import read_nifti
+
+    path = real_data / case / f"{label}.nii.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    volume = read_nifti(path)
+    ref = _lesion_crop(volume.array != 0)
+    spacing = tuple(float(s) for s in volume.spacing_mm)
+    assert max(spacing) >= 2.5  # thick slices: where the two definitions differ most
+    tolerances_mm = (1.0, 2.0)
+    for pred in (ndimage.binary_erosion(ref), np.roll(ref, 1, axis=2)):
+        for tolerance_mm, expected in zip(tolerances_mm, _deepmind_surface_dice(pred, ref, spacing, tolerances_mm)):
+            ours = surface_dice(pred, ref, spacing, tolerance_mm)
+            assert ours == pytest.approx(expected, abs=0.01)
+            assert ours == pytest.approx(expected, abs=1e-4)
+        # The voxel-counting variant (the old definition) fails this test by far.
+        to_tensor = lambda a: torch.from_numpy(a.astype(np.float32))[None, None]  # noqa: E731
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            voxel_counting = float(
+                compute_surface_dice(
+                    to_tensor(pred), to_tensor(ref), [tolerances_mm[-1]], include_background=True, spacing=list(spacing), use_subvoxels=False
+                )[0, 0]
+            )
+        assert expected - voxel_counting > 0.1
+
+
+def test_evaluation_summary_names_the_surface_dice_definition(tmp_path) -> None:
+    import json
+
+    from lungtumor.evaluation.evaluate import evaluate_folder
+    from lungtumor.evaluation.metrics import SURFACE_DICE_DEFINITION
+    from lungtumor.io.nifti import write_nifti
+    from lungtumor.io.volume import Volume
+
+    affine = np.diag([0.7, 0.7, 3.0, 1.0])
+    ref = _cube((12, 12, 6), (3, 3, 1), 4).astype(np.uint8)
+    for folder, mask in (("pred", np.roll(ref, 1, axis=0)), ("ref", ref)):
+        write_nifti(Volume(mask, affine, {}), tmp_path / folder / "case_001.nii.gz")
+    evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", tolerance_mm=1.5)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["surface_dice_definition"] == SURFACE_DICE_DEFINITION
+    assert "area" in summary["surface_dice_definition"] and "use_subvoxels=True" in summary["surface_dice_definition"]
+    assert summary["tolerance_mm"] == 1.5

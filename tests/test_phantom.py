@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+import lungtumor.phantom
 from lungtumor.config import HU_AIR, SEED_SKIP_INFERIOR_SLICES
 from lungtumor.errors import ConfigError
-from lungtumor.phantom.dataset import PHANTOM_SIZES, case_ids, make_case, write_phantom_dataset
 from lungtumor.io.nifti import read_nifti
+from lungtumor.phantom.dataset import PHANTOM_SIZES, case_ids, make_case, write_phantom_dataset
 
 SEEDS_WITH_TUMOURS = (0, 1, 3)
 
@@ -98,7 +100,7 @@ def test_some_tumours_abut_the_chest_wall_or_mediastinum(cases):
 
 
 def test_no_tumour_in_the_dropped_inferior_slices(cases):
-    for ct, label in cases.values():
+    for _, label in cases.values():
         assert not label.array[:, :, : SEED_SKIP_INFERIOR_SLICES + 1].any()
 
 
@@ -200,5 +202,53 @@ def test_write_phantom_dataset(tmp_path: Path):
 
     # Same seed -> same bytes; a case depends on (seed, case id) only, not on the case count.
     assert first["image"] == "./imagesTr/lung_001.nii.gz"
-    again = write_phantom_dataset(tmp_path / "again", cases=1, test_cases=0, seed=7)
+    again = write_phantom_dataset(tmp_path / "again", cases=1, test_cases=0, seed=7, progress=True)
     np.testing.assert_array_equal(read_nifti(again / "imagesTr" / "lung_001.nii.gz").array, ct.array)
+
+
+#: The phantom's modules from the bottom up: each may import only modules before it.
+PHANTOM_LAYERS = ("grid", "anatomy", "tissues", "vessels", "tumours", "render", "dataset")
+
+
+def test_phantom_modules_import_only_lower_layers():
+    """No import circles inside lungtumor.phantom: every module imports only lower layers."""
+    package_dir = Path(lungtumor.phantom.__file__).parent
+    assert sorted(p.stem for p in package_dir.glob("*.py")) == sorted((*PHANTOM_LAYERS, "__init__"))
+    for rank, name in enumerate(PHANTOM_LAYERS):
+        tree = ast.parse((package_dir / f"{name}.py").read_text())
+        imported: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level:  # relative: siblings of this module
+                imported |= {f"lungtumor.phantom.{node.module or alias.name}" for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+        phantom = {m.split(".")[2] for m in imported if m.startswith("lungtumor.phantom.")}
+        assert "lungtumor.phantom" not in imported, name
+        assert phantom <= set(PHANTOM_LAYERS[:rank]), f"{name} imports {sorted(phantom - set(PHANTOM_LAYERS[:rank]))}"
+
+
+def test_public_names_stay_importable_from_the_old_module_and_the_package():
+    """The one-file phantom's public names still import from lungtumor.phantom.dataset (same objects)."""
+    from lungtumor.phantom import anatomy, dataset, grid, render, tissues, tumours, vessels
+
+    homes = {
+        grid: ["PHANTOM_SIZES"],
+        anatomy: ["CT_NOISE_SIGMA_HU", "HU_LUNG_RANGE"],
+        tissues: ["BOWEL_TEXTURE_THRESHOLD", "LUNG_DEPENDENT_HU_PER_MM"],
+        vessels: ["HU_VESSEL", "VESSEL_MIN_RADIUS_MM", "VESSEL_REACH", "VESSEL_ROOT_RADIUS_MM", "VESSEL_SPLIT_FRACTION",
+                  "VESSEL_TARGETS_PER_TREE"],
+        tumours: ["HU_TUMOUR_RANGE", "JUXTAPLEURAL_FRACTION", "PRIMARY_TUMOUR_MIN_MM", "SECONDARY_TUMOUR_MAX_MM",
+                  "TUMOUR_BOUNDARY_NOISE", "TUMOUR_COUNT_PROBABILITIES", "TUMOUR_DIAMETER_MM"],
+        render: ["CT_HU_RANGE", "TEXTURE_CORRELATION_MM"],
+    }
+    for module, names in homes.items():
+        assert set(names) == set(module.__all__), module.__name__
+        for name in names:
+            assert getattr(dataset, name) is getattr(module, name), name
+    assert set(dataset.__all__) == {n for names in homes.values() for n in names} | {"case_ids", "make_case",
+                                                                                       "write_phantom_dataset"}
+    for name in lungtumor.phantom.__all__:
+        assert getattr(lungtumor.phantom, name) is getattr(dataset, name)
+    assert {"write_phantom_dataset", "make_case"} <= set(lungtumor.phantom.__all__)

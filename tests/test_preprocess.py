@@ -7,15 +7,14 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import affine_for
 
+from conftest import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig, SplitConfig
-from lungtumor.preprocessing.store import SliceStore
 from lungtumor.errors import ConfigError, GeometryError, InputError
-from lungtumor.preprocessing.recipe import prepare_ct, restore_slices
-from lungtumor.preprocessing.store import preprocess_task, split_cases
-from lungtumor.io.volume import Volume, reorient
 from lungtumor.io.nifti import write_nifti
+from lungtumor.io.volume import Volume, reorient
+from lungtumor.preprocessing.recipe import prepare_ct, restore_slices
+from lungtumor.preprocessing.store import SliceStore, preprocess_task, split_cases
 
 CFG = PreprocessConfig(size=32)
 

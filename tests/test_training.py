@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from storefix import make_store
 
-from lungtumor.model.checkpoint import load_model, read_checkpoint
 from lungtumor.errors import CheckpointError, ConfigError
-from lungtumor.training.losses import make_loss
+from lungtumor.model.checkpoint import load_model, read_checkpoint
 from lungtumor.model.unet import ModelConfig, UNet
+from lungtumor.training.losses import make_loss
 from lungtumor.training.trainer import TrainConfig, load_config_file, train
+from storefix import make_store
 
 FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_steps=2, log_every_n_steps=1)
 
@@ -152,3 +152,50 @@ def test_last_checkpoint_exists_without_validation(tmp_path) -> None:
     run = tmp_path / "run"
     s = train(TrainConfig(store=str(store), out=str(run), epochs=1, samples_per_epoch=4, val_every_n_epochs=3, **FAST))
     assert s["last_checkpoint"] and read_checkpoint(run / "last.ckpt")["epoch"] == 0
+
+
+def test_every_config_field_has_its_flag_and_back() -> None:
+    import argparse
+    import dataclasses
+
+    from lungtumor.training.options import CONFIG_FILE_ONLY_FIELDS, POSITIONAL_FIELDS, add_train_arguments, flags_of_fields
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    dests = {a.dest for a in parser._actions}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(POSITIONAL_FIELDS) - set(CONFIG_FILE_ONLY_FIELDS)
+    assert fields <= dests
+    assert set(flags_of_fields()) == fields
+    ns = parser.parse_args(["--batch-size", "3", "--no-augment", "--limit-train-batches", "0.5", "--fold", "2"])
+    assert (ns.batch_size, ns.augment, ns.limit_train_batches, ns.fold) == (3, False, 0.5, 2)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"batch_size": 0}, {"batch_size": -2}, {"epochs": 0}, {"epochs": -3}, {"lr": -1.0}, {"lr": float("nan")},
+        {"num_workers": -1}, {"val_every_n_epochs": 0}, {"limit_train_batches": -1}, {"samples_per_epoch": 0},
+        {"samples_per_epoch": -5}, {"accelerator": "tpu"}, {"threshold": 2.0}, {"max_minutes": -1.0},
+        {"tumour_fraction": 1.5}, {"fold": 5}, {"fold": 1, "val_cases": 2}, {"loss": "focal"},
+    ],
+)
+def test_bad_options_are_one_line_config_errors(bad) -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(store="s", out="o", **bad)
+    assert "\n" not in str(info.value) and str(info.value).startswith("--")
+
+
+def test_checkpoint_records_the_runs_split_and_resume_refuses_changes(tmp_path) -> None:
+    store = make_store(tmp_path, n=4, val_cases=1)
+    run = tmp_path / "run"
+    cfg = TrainConfig(store=str(store), out=str(run), epochs=1, samples_per_epoch=4, fold=1, folds=2, **FAST)
+    train(cfg)
+    split = read_checkpoint(run / "last.ckpt")["lungtumor"]["split"]
+    assert split["source"] == "run" and split["fold"] == 1 and split["folds"] == 2
+    assert len(split["val"]) == 2 and not set(split["val"]) & set(split["train"])
+    before = (run / "config.yaml").read_bytes()
+    with pytest.raises(ConfigError, match="different model"):
+        train(TrainConfig(**{**cfg.__dict__, "epochs": 2, "width": 8}), resume=True)
+    with pytest.raises(ConfigError, match="validation cases"):
+        train(TrainConfig(**{**cfg.__dict__, "epochs": 2, "fold": 0}), resume=True)
+    assert (run / "config.yaml").read_bytes() == before  # nothing written by the refused resumes

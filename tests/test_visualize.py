@@ -10,9 +10,18 @@ import pytest
 from PIL import Image
 
 from lungtumor.errors import ConfigError, GeometryError, InputError
-from lungtumor.reporting.figures import MAX_FRAME_PX, MAX_GIF_FRAMES, MONTAGE_COLS, MONTAGE_ROWS, TUMOUR_MARGIN_SLICES, _display_geometry, axial_display_slices, visualize
-from lungtumor.io.volume import Volume
 from lungtumor.io.nifti import read_nifti
+from lungtumor.io.volume import Volume
+from lungtumor.reporting.figures import (
+    MAX_FRAME_PX,
+    MAX_GIF_FRAMES,
+    MONTAGE_COLS,
+    MONTAGE_ROWS,
+    TUMOUR_MARGIN_SLICES,
+    _display_geometry,
+    axial_display_slices,
+    visualize,
+)
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 

@@ -7,12 +7,12 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import affine_for
 
+from conftest import affine_for
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.io.volume import Volume, reorient, undo_reorient
 from lungtumor.io.nifti import read_nifti, write_nifti
 from lungtumor.io.readers import read_volume
+from lungtumor.io.volume import Volume, reorient, undo_reorient
 
 ORIENTATIONS = ["LAS", "LPS", "RAS", "RPI", "ASL", "oblique"]
 

@@ -1,12 +1,29 @@
 """lungtumor: lung tumour segmentation in chest CT.
 
-The Python API is the product; the ``lungtumor`` command line only wraps it.
+The Python API is the product; the ``lungtumor`` command line only wraps it. The names below
+are resolved on first use, so ``import lungtumor`` (and the command line's ``--help``) does not
+pay for nibabel, pydicom or torch.
 """
 
-from lungtumor.errors import LungTumorError
-from lungtumor.io.volume import Volume
-from lungtumor.io.nifti import read_nifti, write_nifti
-from lungtumor.io.readers import read_volume
+from __future__ import annotations
 
-__all__ = ["LungTumorError", "Volume", "read_nifti", "read_volume", "write_nifti"]
+from typing import Any
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "LungTumorError": "lungtumor.errors",
+    "Volume": "lungtumor.io.volume",
+    "read_nifti": "lungtumor.io.nifti",
+    "write_nifti": "lungtumor.io.nifti",
+    "read_volume": "lungtumor.io.readers",
+}
+__all__ = ["LungTumorError", "Volume", "__version__", "read_nifti", "read_volume", "write_nifti"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lungtumor' has no attribute {name!r}")

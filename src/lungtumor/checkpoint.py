@@ -1,3 +1,3 @@
 """Deprecated import path, kept for one release: use lungtumor.model.checkpoint."""
 
-from lungtumor.model.checkpoint import *  # noqa: F401,F403
+from lungtumor.model.checkpoint import *  # noqa: F403

@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from lungtumor.errors import LungTumorError
 
@@ -98,74 +99,43 @@ def _cmd_import_dicom(a: argparse.Namespace) -> None:
     print(json.dumps(r, indent=2, default=str))
 
 
-TRAIN_HELP = {
-    "epochs": "epochs (default 30, the seed's)",
-    "lr": "Adam learning rate (default 1e-4)",
-    "lr_schedule": "constant (default, the seed's) or cosine (decays to 0 at the last planned step)",
-    "batch_size": "slices per batch (default 8)",
-    "loss": "bce (default, the seed's), dice or bce+dice",
-    "width": "U-Net base width (default 64, the seed's)",
-    "depth": "number of pools (default 3)",
-    "norm": "none (default), batch or instance",
-    "upsample": "bilinear (default) or transpose",
-    "context": "2.5D: neighbouring slices on each side as channels (default 0)",
-    "size": "train at this slice size (<= the store's; default the store's)",
-    "tumour_fraction": "target fraction of tumour slices per batch (default: the seed's n_neg/n_pos weights)",
-    "samples_per_epoch": "draws per epoch (default: number of training slices)",
-    "num_workers": "DataLoader workers (default 2)",
-    "accelerator": "Lightning accelerator: auto, cpu, gpu",
-    "devices": "Lightning devices: auto, N or a list",
-    "strategy": "Lightning strategy: auto, ddp, ...",
-    "num_nodes": "Lightning nodes",
-    "precision": "Lightning precision (default bf16-mixed where supported, else 32-true)",
-    "max_minutes": "stop after this many minutes of training",
-    "seed": "seed for sampling, augmentation and initialisation",
-    "early_stopping_patience": "stop after this many validations without improvement of val/dice_case",
-    "limit_train_batches": "Lightning limit_train_batches (fraction or count)",
-    "limit_val_batches": "Lightning limit_val_batches (fraction or count)",
-    "image_every_n_steps": "TensorBoard image panel every N steps (0 = off)",
-    "log_every_n_steps": "log scalars every N steps",
-    "val_every_n_epochs": "validate every N epochs",
-    "threshold": "probability threshold of the validation Dice",
-}
-
-
-def _count_or_fraction(text: str) -> int | float:
-    """Lightning's convention: an integer is a number of batches, a float a fraction."""
-    return int(text) if text.strip().isdigit() else float(text)
-
-
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from lungtumor.training.trainer import TrainConfig
+    from lungtumor.training.options import add_train_arguments
 
     p = sub.add_parser("train", help="train a U-Net on a slice store")
     p.add_argument("store", nargs="?", default=None, help="slice store from `lungtumor preprocess`")
     p.add_argument("--out", default=None, help="run folder (checkpoints, logs, curves)")
     p.add_argument("--config", default=None, help="YAML/JSON file with any of these options")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue RUN_DIR/last.ckpt with its config")
-    defaults = TrainConfig()
-    for name, help_ in TRAIN_HELP.items():
-        default = getattr(defaults, name)
-        typ: Callable[[str], Any] = type(default) if default is not None and not isinstance(default, bool) else str
-        if name in ("tumour_fraction", "max_minutes"):
-            typ = float
-        if name in ("limit_train_batches", "limit_val_batches"):
-            typ = _count_or_fraction
-        if name in ("size", "samples_per_epoch", "early_stopping_patience"):
-            typ = int
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
-    p.add_argument("--no-augment", dest="augment", action="store_const", const=False, default=None, help="turn augmentation off")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False, default=None)
-    p.add_argument("--fast-dev-run", dest="fast_dev_run", action="store_const", const=True, default=None)
-    p.add_argument("--no-progress", dest="progress", action="store_const", const=False, default=None)
+    add_train_arguments(p)
     p.set_defaults(func=_cmd_train)
+
+
+#: Lightning notices that are harmless for lungtumor's set-up and would only confuse users.
+_QUIET_LIGHTNING = (
+    r".*overridden `on_after_batch_transfer`.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*is smaller than the logging interval.*",
+    r".*does not have many workers.*",
+    r".*LeafSpec.*",
+    r".*not supported by the model summary.*",
+)
+
+
+def _quiet_lightning() -> None:
+    """Process-wide warning filters and logger levels: the CLI's to set, never the library's."""
+    import warnings
+
+    for pattern in _QUIET_LIGHTNING:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
     import yaml
 
     from lungtumor.errors import ConfigError
-    from lungtumor.training.trainer import TrainConfig, load_config_file, train
+    from lungtumor.training.options import TrainConfig, load_config_file
 
     options: dict[str, Any] = {}
     if a.resume:
@@ -183,7 +153,10 @@ def _cmd_train(a: argparse.Namespace) -> None:
         options["out"] = a.out
     if a.resume:
         options["out"] = a.resume
-    cfg = TrainConfig.from_dict(options)
+    cfg = TrainConfig.from_dict(options)  # every value checked before Lightning is imported
+    _quiet_lightning()
+    from lungtumor.training.trainer import train
+
     summary = train(cfg, resume=bool(a.resume))
     print(json.dumps(summary, indent=2))
 
@@ -252,9 +225,9 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_visualize(a: argparse.Namespace) -> None:
-    from lungtumor.reporting.figures import visualize
     from lungtumor.io.nifti import read_nifti
     from lungtumor.io.readers import read_volume
+    from lungtumor.reporting.figures import visualize
 
     ct = read_volume(a.ct, series_uid=a.series_uid)
     mask = read_nifti(a.mask) if a.mask else None
@@ -281,6 +254,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _cmd_demo(a: argparse.Namespace) -> None:
     from lungtumor.demo import DemoConfig, run_demo
 
+    _quiet_lightning()
+
     overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "val_cases", "train_minutes", "size", "width", "epochs") if getattr(a, k) is not None}
     cfg = DemoConfig(workdir=a.workdir, task_dir=a.task_dir, seed=a.seed, **overrides)
     run_demo(cfg)
@@ -298,27 +273,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lungtumor`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    command = "lungtumor"
     try:
-        args.func(args)
-    except LungTumorError as exc:
-        if args.verbose:
-            raise
-        print(f"lungtumor {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as exc:
-        # The file system said no (not a folder, permission denied, disk full): the user's to fix.
-        if args.verbose:
-            raise
-        where = exc.filename or "a file"
-        print(f"lungtumor {args.command}: error: {where}: {exc.strerror or exc}; check the path and its permissions", file=sys.stderr)
-        return EXIT_USER_ERROR
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = f"lungtumor {args.command}"
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+        try:
+            args.func(args)
+        except LungTumorError as exc:
+            if args.verbose:
+                raise
+            print(f"{command}: error: {_one_line(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except OSError as exc:
+            # The file system said no (not a folder, permission denied, disk full): the user's to fix.
+            if args.verbose:
+                raise
+            where = exc.filename or "a file"
+            print(f"{command}: error: {where}: {exc.strerror or exc}; check the path and its permissions", file=sys.stderr)
+            return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"lungtumor {args.command}: interrupted", file=sys.stderr)
+        print(f"{command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a user sees one line, whatever the library wrote)."""
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -66,7 +66,7 @@ class PreprocessConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error."""
         check_known_keys(cls, d, "preprocessing")
         d = dict(d)

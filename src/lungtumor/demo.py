@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import InputError
-
 
 #: Milder augmentation than the seed's for a few minutes of CPU training on small phantom
 #: data: +-15 degrees, 0.9-1.1 zoom, 10 % shift, no elastic warp.
@@ -89,12 +89,12 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole pipeline; returns the evaluation summary and output paths."""
     from lungtumor.evaluation.evaluate import evaluate_folder, format_table
     from lungtumor.inference.segment import segment
-    from lungtumor.model.checkpoint import load_model
     from lungtumor.io.datasets import find_cases
-    from lungtumor.preprocessing.store import preprocess_task
-    from lungtumor.training.trainer import TrainConfig, train
-    from lungtumor.reporting.figures import visualize
     from lungtumor.io.nifti import read_nifti, write_nifti
+    from lungtumor.model.checkpoint import load_model
+    from lungtumor.preprocessing.store import preprocess_task
+    from lungtumor.reporting.figures import visualize
+    from lungtumor.training.trainer import TrainConfig, train
 
     work = Path(cfg.workdir)
     work.mkdir(parents=True, exist_ok=True)

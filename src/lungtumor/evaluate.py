@@ -1,3 +1,3 @@
 """Deprecated import path, kept for one release: use lungtumor.evaluation.evaluate."""
 
-from lungtumor.evaluation.evaluate import *  # noqa: F401,F403
+from lungtumor.evaluation.evaluate import *  # noqa: F403

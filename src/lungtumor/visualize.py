@@ -1,3 +1,3 @@
 """Deprecated import path, kept for one release: use lungtumor.reporting.figures."""
 
-from lungtumor.reporting.figures import *  # noqa: F401,F403
+from lungtumor.reporting.figures import *  # noqa: F403

@@ -1,5 +1,5 @@
 """Deprecated import path, kept for one release: use lungtumor.io.volume lungtumor.io.nifti lungtumor.io.readers."""
 
-from lungtumor.io.volume import *  # noqa: F401,F403
-from lungtumor.io.nifti import *  # noqa: F401,F403
-from lungtumor.io.readers import *  # noqa: F401,F403
+from lungtumor.io.nifti import *  # noqa: F403
+from lungtumor.io.readers import *  # noqa: F403
+from lungtumor.io.volume import *  # noqa: F403

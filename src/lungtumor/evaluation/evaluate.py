@@ -26,9 +26,21 @@ import numpy as np
 
 from lungtumor.atomic import write_text_atomic
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.evaluation.metrics import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, bootstrap_ci, dice, hd95, lesion_detection, pooled_dice_from_terms, soft_dice_terms, surface_dice, volume_ml
-from lungtumor.io.volume import Volume
+from lungtumor.evaluation.metrics import (
+    BOOTSTRAP_LEVEL,
+    BOOTSTRAP_RESAMPLES,
+    SURFACE_DICE_DEFINITION,
+    bootstrap_ci,
+    dice,
+    hd95,
+    lesion_detection,
+    pooled_dice_from_terms,
+    soft_dice_terms,
+    surface_dice,
+    volume_ml,
+)
 from lungtumor.io.nifti import is_nifti, nifti_stem, read_nifti
+from lungtumor.io.volume import Volume
 
 #: Default normalised-surface-Dice tolerance, mm.
 DEFAULT_TOLERANCE_MM = 2.0
@@ -284,6 +296,7 @@ def summarize(rows: list[dict[str, Any]], tolerance_mm: float) -> dict[str, Any]
         f"level {BOOTSTRAP_LEVEL}, seed 0",
         "surface_dice_mean": _mean(_defined(r["surface_dice"] for r in rows)),
         "tolerance_mm": float(tolerance_mm),
+        "surface_dice_definition": SURFACE_DICE_DEFINITION,
         "hd95_median_mm": _median(_defined(r["hd95_mm"] for r in rows)),
         "volume_abs_diff_ml_mean": _mean(_defined(r["volume_abs_diff_ml"] for r in rows)),
         "lesions_ref": lesions_ref,

@@ -14,12 +14,26 @@ exactly one mask empty     0.0         0.0              inf
 =========================  ==========  ===============  =====================
 
 NaN means "undefined": the case is counted but left out of means. Surface distances come from
-MONAI (``monai.metrics``), which is the source of truth for their definition: the surface of a
-mask is the set of its voxels removed by one binary erosion (6-connected structuring element,
-outside the array counts as background), and distances are exact Euclidean distances in mm
-between surface-voxel centres. We handle the empty-mask cases ourselves before calling MONAI
-(it would warn and return inf/NaN in its own way) and crop both masks to their common bounding
-box first, which leaves every distance unchanged but keeps MONAI's float copies small.
+MONAI (``monai.metrics``). Two surface definitions are in use, one per metric:
+
+- ``surface_dice``: the normalised surface Dice of the Medical Segmentation Decathlon, i.e.
+  DeepMind's ``surface-distance`` definition (Nikolov et al. 2021,
+  github.com/deepmind/surface-distance): the surface is made of surface elements ("surfels")
+  on the grid of voxel corners, one per 2x2x2 neighbourhood that is neither empty nor full,
+  each weighted by its area in mm^2 from a marching-cubes-like table at the voxel spacing.
+  MONAI's ``compute_surface_dice(..., use_subvoxels=True)`` reproduces it (checked in the
+  tests against the ``surface-distance`` package). Counting boundary voxels instead
+  (``use_subvoxels=False``) gives values up to 0.25 lower on 3 mm CT slices.
+- ``hd95``: MONAI's voxel definition. The surface of a mask is the set of its voxels removed
+  by one binary erosion (6-connected structuring element, outside the array counts as
+  background); distances are exact Euclidean distances in mm between surface-voxel centres,
+  unweighted, and the percentile interpolates linearly. DeepMind's area-weighted percentile
+  on the corner grid differs from it by a fraction of a voxel (0.05-0.15 mm measured on real
+  NSCLC and LIDC masks against a one-voxel erosion).
+
+We handle the empty-mask cases ourselves before calling MONAI (it would warn and return
+inf/NaN in its own way) and crop both masks to their common bounding box first, which leaves
+every distance and surface element unchanged but keeps MONAI's float copies small.
 """
 
 from __future__ import annotations
@@ -37,6 +51,12 @@ from lungtumor.errors import ConfigError, GeometryError
 
 #: HD95's percentile.
 HD_PERCENTILE = 95.0
+#: What ``surface_dice`` computes, for reports (``summary.json`` of an evaluation).
+SURFACE_DICE_DEFINITION = (
+    "normalised surface Dice as the MSD defined it: DeepMind surface-distance (Nikolov et al. 2021), "
+    "surface elements on the voxel-corner grid weighted by their area in mm^2 "
+    "(MONAI compute_surface_dice, use_subvoxels=True)"
+)
 #: Side of the full-connectivity structuring element (3x3x3 ones = 26-connectivity in 3D).
 _FULL_CONNECTIVITY_SIDE = 3
 #: Bootstrap defaults: resamples, seed, confidence level.
@@ -172,12 +192,15 @@ def dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float], tolerance_mm: float) -> float:
-    """Normalised surface Dice (Nikolov et al. 2021; MSD style) at ``tolerance_mm``.
+    """Normalised surface Dice at ``tolerance_mm``, as the MSD defined it (Nikolov et al. 2021).
 
-    The fraction of surface voxels of both masks that lie within ``tolerance_mm`` of the other
-    mask's surface: (|{s in S_P : d(s, S_R) <= tau}| + |{s in S_R : d(s, S_P) <= tau}|) /
-    (|S_P| + |S_R|). Computed with ``monai.metrics.compute_surface_dice`` (surface elements
-    counted as voxels, ``use_subvoxels=False``) with the voxel spacing, so distances are in mm.
+    The area-weighted fraction of both surfaces that lies within ``tolerance_mm`` of the other
+    surface: (sum of a(s) for s in S_P with d(s, S_R) <= tau + the same for S_R) / (sum of a(s)
+    for s in S_P + the same for S_R), where S_P, S_R are the masks' surface elements on the
+    voxel-corner grid and a(s) is an element's area in mm^2 (DeepMind's ``surface-distance``
+    definition, :data:`SURFACE_DICE_DEFINITION`). Computed with
+    ``monai.metrics.compute_surface_dice(..., use_subvoxels=True)`` at the voxel spacing, so
+    distances are in mm and elements of a 3 mm slice weigh more than those of a 0.7 mm pixel.
 
     Args:
         pred: predicted mask.
@@ -211,7 +234,7 @@ def surface_dice(pred: np.ndarray, ref: np.ndarray, spacing_mm: Sequence[float],
             class_thresholds=[float(tolerance_mm)],
             include_background=True,
             spacing=list(spacing),
-            use_subvoxels=False,
+            use_subvoxels=True,
         )
     return float(value[0, 0])
 

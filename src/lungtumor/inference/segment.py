@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.errors import ConfigError, InputError
-from lungtumor.preprocessing.recipe import PreparedCT, prepare_ct, restore_slices
-from lungtumor.io.volume import Volume
-from lungtumor.io.nifti import is_nifti, nifti_stem, write_nifti
+from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
+from lungtumor.io.volume import Volume
+from lungtumor.model.checkpoint import LoadedModel, load_model
+from lungtumor.preprocessing.recipe import PreparedCT, prepare_ct, restore_slices
 
 #: Default slices per forward pass on each kind of device.
 DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
@@ -170,20 +170,27 @@ def predict_path(
     device: str | None = None,
     series_uid: str | None = None,
     progress: bool = True,
+    output_format: str = "nifti",
 ) -> list[dict[str, Any]]:
     """Segment a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
 
     A NIfTI file or DICOM folder -> OUTPUT is a ``.nii.gz`` file (probabilities beside it as
     ``NAME_prob.nii.gz``). A folder of NIfTI files -> OUTPUT is a folder with the same file
-    names (probabilities in ``OUTPUT/probabilities/``).
+    names (probabilities in ``OUTPUT/probabilities/``). ``output_format`` ``dicom-seg`` or
+    ``nifti,dicom-seg`` (DICOM input only) also writes a DICOM-SEG beside OUTPUT as ``NAME.dcm``
+    (see :func:`lungtumor.io.dicom_seg.prediction_seg_path`); ``dicom-seg`` alone skips the NIfTI.
 
     Returns:
-        One dict per input: input, output, shape, tumour volume (ml), seconds.
+        One dict per input: input, output, shape, tumour volume (ml), seconds (and ``dicom_seg``).
     """
+    from lungtumor.io.dicom_seg import OUTPUT_NIFTI, check_dicom_seg_source, parse_output_formats, prediction_seg_path
+
     src = Path(input_path)
     out = Path(output)
     if not src.exists():
         raise InputError(f"{src}: input not found; pass a .nii/.nii.gz file, a folder of them, or a DICOM series folder")
+    formats = parse_output_formats(output_format)
+    seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
     model = load_model(checkpoint, device=resolve_device(device))
     jobs: list[tuple[Path, Path, Path | None]] = []
     if src.is_dir():
@@ -195,7 +202,7 @@ def predict_path(
                 target = out / p.name
                 jobs.append((p, target, out / "probabilities" / p.name if probabilities else None))
         else:  # a DICOM series folder
-            if not is_nifti(out):
+            if not is_nifti(out) and out != seg_path:
                 raise InputError(f"{out}: OUTPUT for a DICOM series must be a .nii.gz file")
             jobs.append((src, out, _probability_path(out) if probabilities else None))
     else:
@@ -212,17 +219,29 @@ def predict_path(
         for in_path, mask_path, prob_path in jobs:
             t0 = time.perf_counter()
             ct = read_volume(in_path, series_uid=series_uid)
+            if seg_path is not None:  # refused before the model runs: no Frame of Reference, ...
+                check_dicom_seg_source(ct)
+            if OUTPUT_NIFTI in formats:  # ... or a gantry tilt NIfTI cannot hold
+                check_nifti_affine(ct, mask_path)
             res = segment(
                 ct, model, threshold=threshold, tta=tta, batch_size=batch_size, device=device, return_probabilities=prob_path is not None
             )
             mask, prob = res if isinstance(res, tuple) else (res, None)
-            write_nifti(mask, mask_path, dtype=np.uint8)
+            if seg_path is not None:
+                from lungtumor import __version__
+                from lungtumor.io.dicom_seg import write_dicom_seg
+
+                used = threshold if threshold is not None else model.info.get("threshold", 0.5)
+                write_dicom_seg(mask, ct, seg_path, algorithm_version=__version__, checkpoint_name=Path(checkpoint).name, threshold=used)
+            if OUTPUT_NIFTI in formats:
+                write_nifti(mask, mask_path, dtype=np.uint8)
             if prob is not None and prob_path is not None:
                 write_nifti(prob, prob_path, dtype=np.float32)
             results.append(
                 {
                     "input": str(in_path),
-                    "output": str(mask_path),
+                    "output": str(mask_path) if OUTPUT_NIFTI in formats else str(seg_path),
+                    "dicom_seg": str(seg_path) if seg_path is not None else None,
                     "probabilities": str(prob_path) if prob_path else None,
                     "shape": mask.shape,
                     "volume_ml": float(mask.array.sum(dtype=np.int64)) * mask.voxel_volume_ml,

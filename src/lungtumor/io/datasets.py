@@ -7,7 +7,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from lungtumor.errors import InputError
 from lungtumor.io.nifti import is_nifti, nifti_stem
 

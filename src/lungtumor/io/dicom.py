@@ -1,6 +1,6 @@
 """DICOM input: CT image series -> :class:`~lungtumor.io.volume.Volume`, RTSTRUCT ROI -> mask.
 
-Geometry (see :mod:`lungtumor.volume` for the axis convention):
+Geometry (see :mod:`lungtumor.io.volume` for the axis convention):
 
 * The CT array is indexed ``[i, j, k]`` = (column, row, slice): ``i`` moves along the DICOM row
   direction cosine ``ImageOrientationPatient[:3]`` in steps of ``PixelSpacing[1]``, ``j`` along
@@ -9,7 +9,18 @@ Geometry (see :mod:`lungtumor.volume` for the axis convention):
   position along the slice normal (never by ``InstanceNumber`` or file name).
 * DICOM patient coordinates are LPS; they are converted to RAS exactly once, here, by negating
   the first two rows of the affine. ``Volume.meta`` keeps the LPS geometry (origin, spacing,
-  direction in SimpleITK's row-major order) so a DICOM writer can reproduce the series.
+  direction in SimpleITK's row-major order) so a DICOM writer can reproduce the series, and the
+  source slices' headers in ``k`` order (``meta["dicom_headers"]``), which a DICOM Segmentation
+  writer (:mod:`lungtumor.io.dicom_seg`) needs to reference each source instance.
+* Gantry-tilted series (slice step not along the slice normal) are read exactly: the affine's
+  ``k`` column is the true slice step, so it is sheared, and ``meta["gantry_tilt_deg"]`` says by
+  how much. The array is never resampled here: every consumer that works in world coordinates
+  (RTSTRUCT rasterisation, DICOM-SEG, which stores one position per frame) stays exact. NIfTI
+  cannot hold such a grid consistently (its qform is rigid), so
+  :func:`lungtumor.io.nifti.write_nifti` refuses it with a one-line message rather than
+  writing a file that ITK-based viewers read millimetres off; tilt correction by resampling (as
+  dcm2niix does) interpolates HU and would move the mask off the scanner's slices, which a
+  DICOM-SEG must reference, so it is left to dcm2niix for users who need a NIfTI of such a scan.
 
 Pixel data is read with pydicom (full control over ordering and checks); the tests compare the
 result with SimpleITK's ``ImageSeriesReader`` voxel for voxel.
@@ -367,6 +378,18 @@ def _series_geometry(slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray, np
     return ordered, affine_lps, step
 
 
+def gantry_tilt_deg(affine: np.ndarray) -> float:
+    """Angle in degrees between an affine's slice (``k``) column and the normal of its ``i``-``j`` plane.
+
+    0 for an ordinary series; a gantry-tilted CT series has its tilt here (the sign is dropped).
+    Works on an LPS or RAS affine alike (flipping x and y preserves angles).
+    """
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
+    normal = np.cross(m[:, 0], m[:, 1])
+    cosine = abs(float(normal @ m[:, 2])) / (np.linalg.norm(normal) * np.linalg.norm(m[:, 2]))
+    return float(np.degrees(np.arccos(min(1.0, cosine))))
+
+
 def _pixels(s: _Slice) -> np.ndarray:
     """Stored pixel values of one slice, shape (Rows, Columns)."""
     try:
@@ -402,7 +425,11 @@ def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = N
         ``origin_lps``, ``spacing_mm``, ``direction_lps`` (SimpleITK order: row-major 3x3 whose
         columns are the i, j, k unit vectors; the k one follows the slice step, so it is not
         orthogonal to the others under gantry tilt), ``slice_step_lps``, ``frame_of_reference_uid``,
-        ``study_uid``, ``patient_id``, ``series_description`` and ``sop_instance_uids`` (k order).
+        ``study_uid``, ``patient_id``, ``series_description`` and ``sop_instance_uids`` (k order);
+        ``gantry_tilt_deg`` (angle between the slice step and the slice normal, 0 for an ordinary
+        series), ``image_positions_lps`` (per slice ImagePositionPatient, k order) and
+        ``dicom_headers`` (a tuple of the slices' pydicom headers without pixel data, k order:
+        what a DICOM-SEG writer needs; read-only, and not JSON-serialisable, unlike the rest).
 
     Raises:
         InputError: no series, several series and no ``series_uid``, unknown UID, corrupt file.
@@ -454,6 +481,9 @@ def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = N
         "direction_lps": [float(v) for v in direction.ravel()],
         "slice_step_lps": [float(v) for v in step],
         "sop_instance_uids": [str(s.header.get("SOPInstanceUID", "")) for s in ordered],
+        "image_positions_lps": [[float(v) for v in s.position] for s in ordered],
+        "gantry_tilt_deg": gantry_tilt_deg(affine_lps),
+        "dicom_headers": tuple(s.header for s in ordered),
     }
     return Volume(array, LPS_TO_RAS @ affine_lps, meta)
 

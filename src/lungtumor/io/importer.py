@@ -9,11 +9,9 @@ from typing import Any
 import numpy as np
 
 from lungtumor.errors import ConfigError
-from lungtumor.io.nifti import is_nifti, write_nifti
-
 from lungtumor.io.dicom import read_dicom_series
+from lungtumor.io.nifti import is_nifti, write_nifti
 from lungtumor.io.rtstruct import FILL_PILLOW, FILL_RULES, rasterize_rtstruct
-
 
 # --------------------------------------------------------------------------------------------
 # Import

@@ -15,6 +15,10 @@ from lungtumor.errors import GeometryError, InputError
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: sizeof_hdr of a NIfTI-2 header (NIfTI-1: 348).
 NIFTI2_HEADER_BYTES = 540
+#: Largest distance (mm) anywhere on the grid between where the sform and the qform put a voxel.
+#: Above float32 storage and DICOM position rounding (about 0.001 mm), below a tenth of the finest
+#: CT pixel (0.5 mm); a 0.1 deg gantry tilt over 300 mm already moves voxels 0.5 mm.
+QFORM_SFORM_ATOL_MM = 0.05
 
 try:  # optional fast inflate (a declared dependency; the stdlib path stays as a fallback)
     from isal.igzip import decompress as _gunzip
@@ -117,15 +121,57 @@ def _nifti_affine(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     )
 
 
+def qform_mismatch_mm(affine: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Largest distance (mm) over a grid between ``affine`` and the rigid qform NIfTI stores for it.
+
+    The qform holds only a rotation, zooms and a flip, so for a sheared affine (a gantry-tilted
+    CT series) it is an approximation; readers that prefer the qform (ITK, hence 3D Slicer and
+    ITK-SNAP, when the sform is not orthonormal) then place voxels this far from the sform's
+    position. The map is affine, so the largest distance is at a corner of the grid.
+    """
+    header = nib.Nifti1Header()
+    header.set_qform(affine, code=1)
+    qform = header.get_qform()
+    corners = np.array(np.meshgrid(*[(0, max(int(n) - 1, 0)) for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    corners_h = np.vstack([corners, np.ones(corners.shape[1])])
+    return float(np.max(np.linalg.norm(((qform - np.asarray(affine, dtype=np.float64)) @ corners_h)[:3], axis=0)))
+
+
+def check_nifti_affine(volume: Volume, path: str | os.PathLike[str]) -> None:
+    """Refuse a grid whose sform and qform would disagree by more than :data:`QFORM_SFORM_ATOL_MM`.
+
+    Raises:
+        GeometryError: the affine is sheared (typically a gantry-tilted DICOM series).
+    """
+    mismatch_mm = qform_mismatch_mm(volume.affine, volume.shape)
+    if mismatch_mm <= QFORM_SFORM_ATOL_MM:
+        return
+    m = volume.affine[:3, :3] / np.linalg.norm(volume.affine[:3, :3], axis=0)
+    shear_deg = max(abs(90.0 - float(np.degrees(np.arccos(np.clip(m[:, a] @ m[:, b], -1.0, 1.0))))) for a, b in ((0, 1), (0, 2), (1, 2)))
+    source = volume.meta.get("path", "the input")
+    tilt = f"gantry-tilted DICOM series {source}" if volume.meta.get("format") == "dicom" else f"grid of {source}"
+    raise GeometryError(
+        f"{path}: not written: the {tilt} is sheared by {shear_deg:.2f} deg, which NIfTI cannot store consistently "
+        f"(ITK-based viewers would read voxels up to {mismatch_mm:.2f} mm off); resample the tilt away first "
+        "(e.g. dcm2niix writes a tilt-corrected NIfTI) or, for predict on a DICOM series, use --output-format dicom-seg"
+    )
+
+
 def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: Any = None) -> Path:
     """Write ``volume`` to ``path`` atomically, with sform and qform both set to its affine.
 
-    The qform can only hold rigid + scaling; for a sheared affine the qform is the closest
-    rigid one and the sform (code 1, preferred by every reader) keeps the exact affine.
+    The qform can only hold rigid + scaling, so a sheared affine (a gantry-tilted DICOM series)
+    is refused (:func:`check_nifti_affine`) instead of being written with an exact sform beside a
+    rigid qform that ITK-based viewers read millimetres off.
+
+    Raises:
+        InputError: ``path`` is not a NIfTI name.
+        GeometryError: the affine is sheared beyond :data:`QFORM_SFORM_ATOL_MM`.
     """
     p = Path(path)
     if not is_nifti(p):
         raise InputError(f"{p}: output must end in .nii or .nii.gz")
+    check_nifti_affine(volume, p)
     p.parent.mkdir(parents=True, exist_ok=True)
     array = volume.array if dtype is None else volume.array.astype(dtype, copy=False)
     img = nib.Nifti1Image(array, volume.affine)

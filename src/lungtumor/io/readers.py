@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from lungtumor.errors import InputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

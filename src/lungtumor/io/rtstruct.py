@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pydicom
@@ -12,9 +12,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from lungtumor.errors import ConfigError, GeometryError, InputError
-from lungtumor.io.volume import Volume
-
 from lungtumor.io.dicom import LPS_TO_RAS, RTSTRUCT_MODALITY, RTSTRUCT_SOP_CLASS_UID
+from lungtumor.io.volume import Volume
 
 #: Contour type that encloses an area (the only one that is filled).
 CLOSED_PLANAR = "CLOSED_PLANAR"

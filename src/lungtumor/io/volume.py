@@ -81,13 +81,13 @@ class Volume:
         """Closest anatomical axis codes, e.g. ('L', 'A', 'S')."""
         return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
 
-    def with_array(self, array: np.ndarray, **meta: Any) -> "Volume":
+    def with_array(self, array: np.ndarray, **meta: Any) -> Volume:
         """Same geometry, new voxels (shape must match)."""
         if array.shape != self.array.shape:
             raise GeometryError(f"new array shape {array.shape} differs from the volume's {self.array.shape}")
         return replace(self, array=array, meta={**self.meta, **meta})
 
-    def same_grid(self, other: "Volume", atol: float = 1e-4) -> bool:
+    def same_grid(self, other: Volume, atol: float = 1e-4) -> bool:
         """True when shape and affine agree (affine to ``atol`` mm)."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 

@@ -32,17 +32,18 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.atomic import publish_permissions, write_text_atomic
+from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorError
-from lungtumor.io.volume import Volume
 from lungtumor.io.datasets import CaseFiles, find_cases
 from lungtumor.io.nifti import read_nifti
+from lungtumor.io.volume import Volume
 from lungtumor.preprocessing.recipe import AFFINE_ATOL_MM, prepare_ct, prepare_mask
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from lungtumor.config import LUNG_WINDOW_HU
 from lungtumor.atomic import atomic_output
+from lungtumor.config import LUNG_WINDOW_HU
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.volume import Volume, reorient
 

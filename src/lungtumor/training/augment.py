@@ -133,7 +133,7 @@ class AugmentConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AugmentConfig":
+    def from_dict(cls, d: dict[str, Any]) -> AugmentConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error.
 
         Raises:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -113,7 +114,7 @@ class TumourOversampler(Sampler[int]):
         return 0, 1
 
     def __len__(self) -> int:
-        rank, world = self._rank_world()
+        _rank, world = self._rank_world()
         return math.ceil(self.num_samples / world) if world > 1 else self.num_samples
 
     def __iter__(self) -> Iterator[int]:
@@ -137,6 +138,7 @@ class DataConfig:
         tumour_fraction: None = the seed's weights (n_neg / n_pos); else the target fraction.
         samples_per_epoch: None = as many draws as training slices (the seed's).
         seed: sampler seed.
+        splits: ``{"train": [...], "val": [...]}`` case ids chosen by the run; None = the store's.
     """
 
     context: int = 0
@@ -145,6 +147,7 @@ class DataConfig:
     tumour_fraction: float | None = None
     samples_per_epoch: int | None = None
     seed: int = 0
+    splits: dict[str, list[str]] | None = None
 
 
 def _worker_init(_: int) -> None:
@@ -164,8 +167,14 @@ class SliceDataModule(L.LightningDataModule):
         super().__init__()
         self.store = SliceStore(store_dir)
         self.cfg = cfg
-        self.train_set = SliceDataset(self.store, self.store.splits["train"], cfg.context)
-        self.val_set = SliceDataset(self.store, self.store.splits["val"], cfg.context)
+        splits = cfg.splits if cfg.splits is not None else self.store.splits
+        known = set(self.store.manifest["cases"])
+        missing = sorted(c for part in ("train", "val") for c in splits.get(part, []) if c not in known)
+        if missing:
+            raise InputError(f"{store_dir}: the split names cases the store does not hold ({', '.join(missing[:5])}); re-run preprocess or fix the split")
+        self.splits = {"train": list(splits.get("train", [])), "val": list(splits.get("val", []))}
+        self.train_set = SliceDataset(self.store, self.splits["train"], cfg.context)
+        self.val_set = SliceDataset(self.store, self.splits["val"], cfg.context)
         if len(self.train_set) == 0:
             raise InputError(f"{store_dir}: the training split has no slices; preprocess more cases")
         self.sampler = TumourOversampler(

@@ -1,0 +1,192 @@
+"""The LightningModule around the U-Net: one shared step for training and validation.
+
+Validation scores the Dice per 3D case at the store's resolution by summing per-slice
+intersections and volumes per case (no need to hold whole cases in memory), and also the
+seed's soft Dice pooled over all validation slices, logged under a name that says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from lungtumor.errors import ConfigError
+from lungtumor.model.checkpoint import checkpoint_metadata
+from lungtumor.model.unet import ModelConfig, UNet
+from lungtumor.training.augment import AugmentConfig, augment_batch
+from lungtumor.training.losses import make_loss
+from lungtumor.training.options import DEFAULT_THRESHOLD
+
+log = logging.getLogger(__name__)
+
+
+
+
+class SegmentationModule(L.LightningModule):
+    """U-Net + loss + batched on-device augmentation + per-case validation Dice.
+
+    Args:
+        model: :class:`~lungtumor.model.unet.ModelConfig` as a dict.
+        preprocess: the store's :class:`~lungtumor.config.PreprocessConfig` as a dict (with
+            ``size`` set to the training size), embedded in every checkpoint.
+        loss: ``bce`` (seed), ``dice`` or ``bce+dice``.
+        lr: Adam learning rate.
+        lr_schedule: ``constant`` (the seed's) or ``cosine`` (per step, down to 0 at the last
+            planned step, so the last checkpoint is a settled one).
+        augment: :class:`~lungtumor.training.augment.AugmentConfig` as a dict.
+        context: 2.5D neighbouring slices on each side.
+        train_size: resize batches to this size on the device (None = the store's size).
+        image_every_n_steps: TensorBoard image panel period (0 = never).
+        seed: base seed of the augmentation randomness.
+        channels_last: use the channels-last memory format.
+        threshold: probability threshold for the validation Dice.
+        split: the run's train/validation split (fold, folds, seed, case ids), embedded in every
+            checkpoint so that a result can be traced to the cases it never saw.
+    """
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        preprocess: dict[str, Any],
+        loss: str = "bce",
+        lr: float = 1e-4,
+        lr_schedule: str = "constant",
+        augment: dict[str, Any] | None = None,
+        context: int = 0,
+        train_size: int | None = None,
+        image_every_n_steps: int = 50,
+        seed: int = 0,
+        channels_last: bool = True,
+        threshold: float = DEFAULT_THRESHOLD,
+        split: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = UNet(ModelConfig.from_dict(model))
+        self.loss_fn = make_loss(loss)
+        self.augment_cfg = AugmentConfig.from_dict(augment or {})
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._val_sums: torch.Tensor | None = None
+        self._val_case_index: torch.Tensor | None = None
+
+    # -- data on the device ------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        ct, mask, index = batch
+        size = self.hparams.train_size
+        if size is not None and ct.shape[-1] != size:
+            ct = F.interpolate(ct, size=(size, size), mode="bilinear", align_corners=False)
+            mask = F.interpolate(mask, size=(size, size), mode="nearest")
+        if self.trainer is not None and self.trainer.training and self.augment_cfg.enabled:
+            # Different randomness per step, rank and epoch; reproducible for a seed.
+            s = (int(self.hparams.seed) * 1_000_003 + self.global_step * 7919 + self.global_rank * 104_729) % (2**63)
+            gen = torch.Generator(device=ct.device).manual_seed(s)
+            ct, mask = augment_batch(ct, mask, self.augment_cfg, generator=gen)
+        return ct.contiguous(memory_format=self.memory_format), mask, index
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, 1, H, W) logits
+        return self.net(x)
+
+    # -- one shared step ---------------------------------------------------------------------
+    def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
+        ct, mask, _ = batch
+        logits = self(ct)
+        loss = self.loss_fn(logits, mask)
+        self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=ct.shape[0], sync_dist=stage != "train")
+        return loss, logits
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, logits = self._step(batch, "train")
+        if not torch.isfinite(loss.detach()):
+            # NaN weights would otherwise be checkpointed and later predict nothing with exit 0.
+            raise ConfigError(
+                f"training loss is {float(loss.detach())} at step {self.global_step}; "
+                "check the store for non-finite CT values, or lower --lr"
+            )
+        every = int(self.hparams.image_every_n_steps or 0)
+        if every and self.global_step % every == 0:
+            self._log_images(batch, logits, "train")
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        _, logits = self._step(batch, "val")
+        _, mask, index = batch
+        probs = torch.sigmoid(logits.float())
+        pred = (probs > self.hparams.threshold).float()
+        ref = mask.float()
+        per_slice = torch.stack(
+            [
+                (pred * ref).flatten(1).sum(1),
+                pred.flatten(1).sum(1),
+                ref.flatten(1).sum(1),
+                (probs * ref).flatten(1).sum(1),
+                probs.flatten(1).sum(1),
+            ],
+            dim=1,
+        ).double()
+        if self._val_sums is None or self._val_case_index is None:  # set in on_validation_epoch_start
+            return
+        cases = self._val_case_index.to(index.device)[index]
+        self._val_sums.index_add_(0, cases, per_slice)
+        if batch_idx == 0 and int(self.hparams.image_every_n_steps or 0):
+            self._log_images(batch, logits, "val")
+
+    def on_validation_epoch_start(self) -> None:
+        dm = self.trainer.datamodule
+        n_cases = len(dm.val_set.cases)
+        self._val_case_index = torch.as_tensor(dm.val_set.case_index, dtype=torch.long, device=self.device)
+        self._val_sums = torch.zeros(n_cases, 5, dtype=torch.float64, device=self.device)
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self._val_sums
+        if sums is None:
+            return
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+        inter, psum, rsum = sums[:, 0], sums[:, 1], sums[:, 2]
+        both_empty = (psum + rsum) == 0
+        dice = torch.where(both_empty, torch.full_like(inter, float("nan")), 2 * inter / (psum + rsum).clamp_min(1e-9))
+        valid = dice[~both_empty]
+        dice_case = valid.mean() if valid.numel() else torch.tensor(0.0, dtype=torch.float64)
+        pooled = 2 * sums[:, 3].sum() / (sums[:, 4].sum() + rsum.sum()).clamp_min(1e-9)
+        self.log("val/dice_case", dice_case.float(), prog_bar=True)
+        self.log("val/cases_both_empty", both_empty.sum().float())
+        self.log("val/dice_pooled_soft_seed", pooled.float())
+
+    def configure_optimizers(self) -> Any:
+        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        if self.hparams.lr_schedule == "constant":
+            return opt
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints carry everything inference needs ---------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lungtumor"] = checkpoint_metadata(
+            self.hparams.model,
+            self.hparams.preprocess,
+            self.hparams.context,
+            loss=self.hparams.loss,
+            threshold=float(self.hparams.threshold),
+            split=self.hparams.get("split"),
+        )
+
+    # -- pictures ---------------------------------------------------------------------------
+    def _log_images(self, batch: Any, logits: torch.Tensor, stage: str) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        ct, mask, _ = batch
+        centre = ct.shape[1] // 2
+        # Lung window on HU / hu_scale values, for display only.
+        scale = float(self.hparams.preprocess.get("hu_scale", 3071.0))
+        img = ((ct[0, centre].float() * scale + 1350.0) / 1500.0).clamp(0, 1)
+        panel = torch.cat([img, mask[0, 0].float(), torch.sigmoid(logits[0, 0].float())], dim=1)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(f"{stage}/ct_label_prediction", panel.detach().cpu()[None], self.global_step)
