@@ -9,12 +9,12 @@ import torch
 
 from lungtumor.config import HU_AIR, HU_SCALE
 from lungtumor.errors import ConfigError, InputError
+from seed_augment import augment_sample_numpy  # benchmarks/: the seed's scipy way
+
 from lungtumor.training.augment import (
     CT_FILL_AIR,
     AugmentConfig,
-    BatchAugment,
     augment_batch,
-    augment_sample_numpy,
     elastic_displacement,
 )
 
@@ -115,20 +115,6 @@ def test_disabled_and_probability() -> None:
     assert 0 < sum(unchanged) < 16
     for i in range(16):
         assert unchanged[i] == torch.equal(mask_aug[i], mask[i])
-
-
-def test_batch_augment_module() -> None:
-    ct, mask = _pair(3)
-    a = BatchAugment(seed=5)(ct, mask)
-    b = BatchAugment(seed=5)(ct, mask)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    module = BatchAugment(seed=5)
-    first = module(ct, mask)
-    second = module(ct, mask)
-    assert not torch.equal(first[0], second[0])  # the private generator advances
-    module.eval()
-    out = module(ct, mask)
-    assert out[0] is ct and out[1] is mask
 
 
 def test_elastic_field_statistics() -> None:

@@ -373,3 +373,103 @@ def test_real_lung1_matches_simpleitk(lung1) -> None:
     ct, _ = lung1
     assert ct.array.dtype == np.int16
     _assert_same_as_simpleitk(ct, LUNG1 / "dicom")
+
+
+# --------------------------------------------------------------------------------------------
+# What a DICOM-SEG writer needs (meta), and gantry tilt vs NIfTI (read back with SimpleITK)
+
+
+def test_meta_keeps_ordered_source_headers(tmp_path: Path) -> None:
+    affine = _affine_ras((1, 0, 0), (0, 1, 0), (0, 0, -2.5), (-100.25, -50.5, 30.0))  # reader reverses k
+    write_ct_series(tmp_path, _hu(), affine, shuffle_seed=5)
+    vol = read_dicom_series(tmp_path)
+    headers = vol.meta["dicom_headers"]
+    assert isinstance(headers, tuple) and len(headers) == SHAPE[2]
+    assert [h.SOPInstanceUID for h in headers] == vol.meta["sop_instance_uids"]
+    assert all("PixelData" not in h for h in headers)
+    for k, h in enumerate(headers):
+        position = [float(v) for v in h.ImagePositionPatient]
+        assert vol.meta["image_positions_lps"][k] == position
+        # slice k of the array sits at that header's position (RAS affine flipped to LPS)
+        np.testing.assert_allclose((np.diag([-1.0, -1, 1, 1]) @ vol.affine @ [0, 0, k, 1])[:3], position, atol=1e-9)
+        assert h.FrameOfReferenceUID == vol.meta["frame_of_reference_uid"] and h.StudyInstanceUID == vol.meta["study_uid"]
+    assert vol.meta["gantry_tilt_deg"] == pytest.approx(0.0, abs=1e-9)
+
+
+def _sitk_points_ras(image: sitk.Image, ijk: np.ndarray) -> np.ndarray:
+    """SimpleITK's world position (flipped LPS -> RAS) of each (i, j, k) index."""
+    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in p]) for p in ijk]) * [-1.0, -1.0, 1.0]
+
+
+def _grid_points(shape) -> np.ndarray:
+    return np.array(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")).reshape(3, -1).T
+
+
+@pytest.mark.parametrize("name", ["axial", "oblique", "sagittal"])
+def test_untilted_series_nifti_reads_back_in_simpleitk(tmp_path: Path, name: str) -> None:
+    """Every voxel of the written NIfTI is where the DICOM series puts it, in SimpleITK too."""
+    hu = _hu()
+    write_ct_series(tmp_path / "dcm", hu, AFFINES[name])
+    vol = read_dicom_series(tmp_path / "dcm")
+    out = import_dicom(tmp_path / "dcm", tmp_path / "ct.nii.gz")["ct_path"]
+    image = sitk.ReadImage(str(out))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), hu)
+    points = _grid_points(SHAPE)
+    expected = (vol.affine @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    np.testing.assert_allclose(_sitk_points_ras(image, points), expected, atol=1e-3)
+    # ... and where SimpleITK's own DICOM reader puts them.
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(tmp_path / "dcm"), vol.meta["series_uid"]))
+    dicom = reader.Execute()
+    np.testing.assert_allclose(_sitk_points_ras(image, points), _sitk_points_ras(dicom, points), atol=1e-3)
+
+
+def test_gantry_tilted_series_is_refused_for_nifti(tmp_path: Path) -> None:
+    """A tilted series reads exactly (sheared affine), but no NIfTI of it is written."""
+    from lungtumor.io.nifti import write_nifti
+
+    write_ct_series(tmp_path / "dcm", _hu(), AFFINES["tilted"])
+    vol = read_dicom_series(tmp_path / "dcm")
+    assert vol.meta["gantry_tilt_deg"] == pytest.approx(np.degrees(np.arctan2(0.5, 2.5)))
+    for write in (
+        lambda: write_nifti(vol, tmp_path / "out" / "ct.nii.gz"),
+        lambda: import_dicom(tmp_path / "dcm", tmp_path / "out" / "ct.nii.gz"),
+    ):
+        with pytest.raises(GeometryError) as err:
+            write()
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(str(tmp_path / "out" / "ct.nii.gz"))
+        assert f"gantry-tilted DICOM series {tmp_path / 'dcm'}" in message and "11.31 deg" in message
+        assert "dcm2niix" in message and "--output-format dicom-seg" in message
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_why_sheared_nifti_is_refused(tmp_path: Path) -> None:
+    """Written the old way (exact sform, rigid qform), SimpleITK reads a tilted grid up to 1 mm off;
+    any sheared affine is refused, not only DICOM ones; a shear too small to matter is written."""
+    import nibabel as nib
+
+    from lungtumor.io.nifti import QFORM_SFORM_ATOL_MM, qform_mismatch_mm, write_nifti
+    from lungtumor.io.volume import Volume
+
+    affine = AFFINES["tilted"]
+    img = nib.Nifti1Image(_hu(), affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    nib.save(img, str(tmp_path / "old.nii.gz"))
+    points = _grid_points(SHAPE)
+    expected = (affine @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    error_mm = np.linalg.norm(_sitk_points_ras(sitk.ReadImage(str(tmp_path / "old.nii.gz")), points) - expected, axis=1)
+    assert error_mm.max() > 1.0  # the defect the refusal prevents
+    assert qform_mismatch_mm(affine, SHAPE) == pytest.approx(error_mm.max(), abs=0.01)
+    with pytest.raises(GeometryError, match=r"new.nii.gz: not written: the grid of mem is sheared by 11.31 deg"):
+        write_nifti(Volume(_hu(), affine, {"path": "mem"}), tmp_path / "new.nii.gz")
+    assert not (tmp_path / "new.nii.gz").exists()
+
+    slight = AFFINES["axial"].copy()
+    slight[1, 2] = 0.002  # 0.002 mm per slice: 0.008 mm over the grid, far below a voxel
+    assert qform_mismatch_mm(slight, SHAPE) < QFORM_SFORM_ATOL_MM
+    write_nifti(Volume(_hu(), slight), tmp_path / "slight.nii.gz")
+    found = _sitk_points_ras(sitk.ReadImage(str(tmp_path / "slight.nii.gz")), points)
+    exact = (slight @ np.c_[points, np.ones(len(points))].T).T[:, :3]
+    assert np.linalg.norm(found - exact, axis=1).max() < QFORM_SFORM_ATOL_MM

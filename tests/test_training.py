@@ -199,3 +199,34 @@ def test_checkpoint_records_the_runs_split_and_resume_refuses_changes(tmp_path) 
     with pytest.raises(ConfigError, match="validation cases"):
         train(TrainConfig(**{**cfg.__dict__, "epochs": 2, "fold": 0}), resume=True)
     assert (run / "config.yaml").read_bytes() == before  # nothing written by the refused resumes
+
+
+@pytest.mark.slow
+def test_ddp_validation_is_sharded_and_reduces_to_the_single_process_dice(tmp_path) -> None:
+    """Two gloo ranks each score half of the validation slices; the reduced per-case Dice equals one process's.
+
+    lr = 0 keeps the weights at their seeded initialisation in both runs, so any difference
+    would come from the sharding or the reduce (counting a slice twice, or missing one).
+    """
+    import subprocess
+    import sys
+
+    store = make_store(tmp_path, n=4, val_cases=2)
+    common = ["--epochs", "1", "--samples-per-epoch", "4", "--lr", "0", "--width", "4", "--batch-size", "2",
+              "--num-workers", "0", "--no-progress", "--accelerator", "cpu", "--precision", "32-true", "--threshold", "0.45"]
+    results = {}
+    for name, extra in (("one", ["--devices", "1"]), ("two", ["--devices", "2", "--strategy", "ddp"])):
+        run = tmp_path / name
+        proc = subprocess.run(
+            [sys.executable, "-m", "lungtumor.cli", "train", str(store), "--out", str(run), *common, *extra],
+            capture_output=True, text=True, timeout=240, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        callbacks = read_checkpoint(run / "best.ckpt")["callbacks"]
+        results[name] = float(next(v["best_model_score"] for k, v in callbacks.items() if "val/dice_case" in k))
+        rows = (run / "logs" / "csv" / "session-0" / "metrics.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        scored = [float(r.split(",")[header.index("val/slices_scored")]) for r in rows[1:] if r.split(",")[header.index("val/slices_scored")]]
+        assert scored == [2 * 40 - 2 * 30]  # two validation cases of 40 slices, 30 dropped each: every slice once
+    assert 0.0 < results["one"] < 1.0  # a Dice that sharding errors would move
+    assert results["two"] == pytest.approx(results["one"], abs=1e-6)

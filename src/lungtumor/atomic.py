@@ -15,10 +15,30 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def _read_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status).
+
+    ``os.umask`` can only be read by setting it, which is not thread-safe (another thread creating
+    a file in between would get mode 0666); so that is done once, at import, only where /proc
+    does not tell.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+#: The umask at import (a library does not change it, and a program rarely does after start-up).
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 def publish_permissions(path: str | os.PathLike[str], *, directory: bool = False) -> None:

@@ -43,7 +43,7 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     from lungtumor.config import PreprocessConfig
 
     d = PreprocessConfig()
-    p = sub.add_parser("preprocess", help="MSD-layout folder -> slice store for training")
+    p = sub.add_parser("preprocess", help="dataset folder (MSD, nnU-Net v2 raw, CT/label pairs) -> slice store for training")
     p.add_argument("task_dir")
     p.add_argument("store_dir")
     p.add_argument("--size", type=int, default=d.size, help=f"in-plane slice size (default {d.size}, the seed's)")
@@ -56,6 +56,8 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1, help="processes, parallel over cases")
     p.add_argument("--skip-bad", action="store_true", help="warn and skip bad cases instead of stopping")
+    p.add_argument("--layout", choices=["auto", "msd", "nnunet", "pairs"], default="auto", help="dataset layout: MSD imagesTr/+labelsTr/, nnU-Net v2 raw, <case>_ct/<case>_label pairs (default: detect)")
+    p.add_argument("--label", default=None, help="tumour label of a multi-label dataset, by name (cancer) or value (1); default: the only one, or the one named as a tumour")
     p.set_defaults(func=_cmd_preprocess)
 
 
@@ -66,7 +68,7 @@ def _cmd_preprocess(a: argparse.Namespace) -> None:
     cfg = PreprocessConfig(size=a.size, skip_inferior_slices=a.skip_inferior_slices, clip_hu=tuple(a.clip_hu) if a.clip_hu else None)
     split = SplitConfig(folds=a.folds, fold=a.fold or 0, seed=a.split_seed, val_cases=a.val_cases)
     t0 = time.perf_counter()
-    s = preprocess_task(a.task_dir, a.store_dir, cfg, split, workers=a.workers, skip_bad=a.skip_bad)
+    s = preprocess_task(a.task_dir, a.store_dir, cfg, split, workers=a.workers, skip_bad=a.skip_bad, layout=a.layout, label=a.label)
     n = len(s["splits"]["train"]) + len(s["splits"]["val"])
     print(
         f"store {a.store_dir}: {n} cases ({len(s['splits']['train'])} train, {len(s['splits']['val'])} val), "
@@ -172,6 +174,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--series-uid", default=None, help="DICOM series to use where the folder holds several")
+    p.add_argument(
+        "--output-format", default="nifti", metavar="nifti|dicom-seg|nifti,dicom-seg",
+        help="DICOM input only: dicom-seg writes a DICOM Segmentation beside OUTPUT as NAME.dcm (default nifti)",
+    )
     p.set_defaults(func=_cmd_predict)
 
 
@@ -188,9 +194,11 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         batch_size=a.batch_size,
         device=a.device,
         series_uid=a.series_uid,
+        output_format=a.output_format,
     )
     for r in results:
-        print(f"{r['input']} -> {r['output']}  shape {tuple(r['shape'])}  tumour {r['volume_ml']:.2f} ml  {r['seconds']:.1f} s")
+        seg = f" + {r['dicom_seg']}" if r.get("dicom_seg") and r["dicom_seg"] != r["output"] else ""
+        print(f"{r['input']} -> {r['output']}{seg}  shape {tuple(r['shape'])}  tumour {r['volume_ml']:.2f} ml  {r['seconds']:.1f} s")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -1,12 +1,13 @@
 """Configuration dataclasses and named constants. The defaults reproduce the seed's recipe.
 
-See ``shared/seed/REFERENCE.md``: HU / 3071, drop the 30 most inferior axial slices,
-resize every axial slice to 256x256 (bilinear CT, nearest mask).
+The seed notebook's recipe: HU / 3071, drop the 30 most inferior axial slices, resize every
+axial slice to 256x256 (bilinear CT, nearest mask).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,18 +37,58 @@ HU_AIR = -1000
 LUNG_WINDOW_HU = (-600.0, 1500.0)
 
 
+#: Names of the slice-grid presets (see :mod:`lungtumor.preprocessing.grid` for what each does and why).
+PRESET_NAMES = ("seed", "lung")
+#: Lung preset: in-plane target spacing of the model slices (mm). Chosen by measurement, see the grid module.
+LUNG_SPACING_MM = 1.25
+#: Lung preset: margin around the lung region's box, in-plane and along the body axis (mm).
+LUNG_MARGIN_MM = 10.0
+#: Lung preset: model slices are padded to a multiple of this (a U-Net with up to 4 pools takes them).
+LUNG_PAD_MULTIPLE = 16
+#: Lung preset: physical distance between the 2.5D context slices (mm).
+LUNG_CONTEXT_STEP_MM = 2.5
+#: Lung preset: HU clip before scaling (outside-the-reconstruction-circle values of -2048/-3024 become -1024).
+LUNG_CLIP_HU = (-1024.0, 3071.0)
+#: Lung-preset-only fields: they must stay None in the seed preset.
+_LUNG_ONLY_FIELDS = ("spacing_mm", "margin_mm", "pad_multiple", "input_size_px", "context_step_mm")
+
+
+def _config_error(message: str) -> Exception:
+    from lungtumor.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """How a CT volume becomes 2D slices. Written into every store and every checkpoint.
+    """How a CT volume becomes 2D slices (the slice grid's config). Written into every store and checkpoint.
+
+    Two presets (``preset``): ``seed`` (the default here, the seed's recipe bit for bit: drop the
+    ``skip_inferior_slices`` most inferior slices, resize every axial slice to ``size`` pixels) and
+    ``lung`` (physical and lung-aware: crop to the lung region's box plus ``margin_mm``, resample
+    in-plane to ``spacing_mm``, pad to ``pad_multiple`` or to ``input_size_px``, keep the slices of the
+    lung extent; :class:`~lungtumor.preprocessing.grid.SliceGrid` records every step). Build one with
+    :meth:`from_preset`. Invalid values raise :class:`~lungtumor.errors.ConfigError` on construction.
 
     Attributes:
-        size: in-plane size (pixels) every axial slice is resized to.
-        skip_inferior_slices: number of most inferior axial slices dropped.
+        size: seed preset: in-plane size (pixels) every axial slice is resized to.
+        skip_inferior_slices: seed preset: number of most inferior axial slices dropped.
         hu_scale: CT values are divided by this (HU / hu_scale).
         clip_hu: optional (low, high) HU clip applied before scaling; None (seed) = no clip.
         axcodes: canonical orientation the volume is reoriented to (no resampling).
         image_interpolation: ``bilinear`` for the CT.
         mask_interpolation: ``nearest`` for the mask.
+        preset: ``seed`` or ``lung``.
+        spacing_mm: lung preset: in-plane spacing of the model slices (mm).
+        margin_mm: lung preset: margin around the lung region's box, in-plane and along z (mm).
+        pad_multiple: lung preset: model slices are padded to a multiple of this many pixels.
+        input_size_px: lung preset: fixed (H, W) model slice size (multiples of ``pad_multiple``);
+            None = the crop's own size per case, padded to ``pad_multiple``.
+        context_step_mm: lung preset: distance (mm) between 2.5D context slices; None = adjacent slices.
     """
 
     size: int = SEED_SLICE_SIZE
@@ -57,23 +98,94 @@ class PreprocessConfig:
     axcodes: tuple[str, str, str] = CANONICAL_AXCODES
     image_interpolation: str = "bilinear"
     mask_interpolation: str = "nearest"
+    preset: str = "seed"
+    spacing_mm: float | None = None
+    margin_mm: float | None = None
+    pad_multiple: int | None = None
+    input_size_px: tuple[int, int] | None = None
+    context_step_mm: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESET_NAMES:
+            raise _config_error(f"preset {self.preset!r} is unknown; use one of {list(PRESET_NAMES)} (--preset)")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
+            raise _config_error(f"size (--size) must be a whole number of pixels >= 1, got {self.size!r}")
+        if not isinstance(self.skip_inferior_slices, int) or self.skip_inferior_slices < 0:
+            raise _config_error(f"skip_inferior_slices (--skip-inferior-slices) must be >= 0, got {self.skip_inferior_slices!r}")
+        if not _positive_number(self.hu_scale):
+            raise _config_error(f"hu_scale must be a positive number, got {self.hu_scale!r}")
+        if self.clip_hu is not None and not (len(self.clip_hu) == 2 and float(self.clip_hu[0]) < float(self.clip_hu[1])):
+            raise _config_error(f"clip_hu (--clip-hu LOW HIGH) needs LOW < HIGH, got {self.clip_hu!r}")
+        if self.preset == "seed":
+            given = [f for f in _LUNG_ONLY_FIELDS if getattr(self, f) is not None]
+            if given:
+                raise _config_error(f"{', '.join(given)} apply to the lung preset only; use preset 'lung' (--preset lung) or leave them unset")
+            return
+        self._check_lung_fields()
+
+    def _check_lung_fields(self) -> None:
+        if not _positive_number(self.spacing_mm):
+            raise _config_error(f"spacing_mm (--spacing-mm) must be a positive number of mm, got {self.spacing_mm!r}; use e.g. {LUNG_SPACING_MM}")
+        if not _positive_number(self.margin_mm):
+            raise _config_error(f"margin_mm (--margin-mm) must be a positive number of mm, got {self.margin_mm!r}; use e.g. {LUNG_MARGIN_MM}")
+        m = self.pad_multiple
+        if not isinstance(m, int) or isinstance(m, bool) or m < 1 or m & (m - 1):
+            raise _config_error(f"pad_multiple must be a power of two >= 1 (2**depth of the U-Net or more), got {m!r}; use e.g. {LUNG_PAD_MULTIPLE}")
+        if self.input_size_px is not None:
+            size = tuple(self.input_size_px)
+            if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v % m == 0 for v in size):
+                fix = tuple(max(m, -(-int(v) // m) * m) if isinstance(v, (int, float)) else m for v in size[:2]) or (m, m)
+                raise _config_error(
+                    f"input_size_px {self.input_size_px!r} cannot be taken by the network: it needs two whole numbers of pixels, "
+                    f"multiples of pad_multiple={m}; use e.g. {fix}"
+                )
+        if self.context_step_mm is not None and not _positive_number(self.context_step_mm):
+            raise _config_error(f"context_step_mm must be a positive number of mm or None, got {self.context_step_mm!r}; use e.g. {LUNG_CONTEXT_STEP_MM}")
+        if self.image_interpolation != "bilinear" or self.mask_interpolation != "nearest":
+            raise _config_error(
+                f"the lung preset resamples the CT bilinearly and masks by nearest neighbour, got "
+                f"{self.image_interpolation!r}/{self.mask_interpolation!r}; leave image_interpolation and mask_interpolation unset"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> PreprocessConfig:
+        """The config of preset ``name`` (``seed`` or ``lung``) with ``overrides`` (None values are ignored).
+
+        Raises:
+            ConfigError: unknown preset, or an override the preset cannot take.
+        """
+        if name not in PRESET_NAMES:
+            raise _config_error(f"preset {name!r} is unknown; use one of {list(PRESET_NAMES)} (--preset)")
+        base: dict[str, Any] = {}
+        if name == "lung":
+            base = {
+                "spacing_mm": LUNG_SPACING_MM,
+                "margin_mm": LUNG_MARGIN_MM,
+                "pad_multiple": LUNG_PAD_MULTIPLE,
+                "context_step_mm": LUNG_CONTEXT_STEP_MM,
+                "clip_hu": LUNG_CLIP_HU,
+            }
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        check_known_keys(cls, base, "preprocessing")
+        return cls(preset=name, **base)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         d = dataclasses.asdict(self)
         d["axcodes"] = list(self.axcodes)
         d["clip_hu"] = list(self.clip_hu) if self.clip_hu is not None else None
+        d["input_size_px"] = list(self.input_size_px) if self.input_size_px is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take the defaults
+        (a store or checkpoint written before the presets existed reads as the seed preset)."""
         check_known_keys(cls, d, "preprocessing")
         d = dict(d)
-        if "axcodes" in d:
-            d["axcodes"] = tuple(d["axcodes"])
-        if d.get("clip_hu") is not None:
-            d["clip_hu"] = tuple(d["clip_hu"])
+        for key in ("axcodes", "clip_hu", "input_size_px"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -96,5 +208,3 @@ class SplitConfig:
         """Plain JSON-able dict."""
         return dataclasses.asdict(self)
 
-
-SEED_SPLIT = SplitConfig(val_cases=6)

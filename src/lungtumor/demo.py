@@ -44,7 +44,7 @@ class DemoConfig:
         val_every_n_epochs: validation costs about a third of an epoch here; every third
             epoch buys more training in the same minutes.
         tta: test-time augmentation of the predictions (``flip``: average with the mirror).
-        batch_size, lr, lr_schedule: optimiser settings (cosine: the last checkpoint is settled).
+        batch_size, lr, lr_schedule: optimiser settings (cosine decays to 0 at the last planned step).
         augment_options: overrides of the augmentation config.
         seed: seed of the phantom and the training.
     """
@@ -88,10 +88,9 @@ def _stage(name: str, log: list[tuple[str, float, str]]) -> Callable[[Callable[[
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole pipeline; returns the evaluation summary and output paths."""
     from lungtumor.evaluation.evaluate import evaluate_folder, format_table
-    from lungtumor.inference.segment import segment
+    from lungtumor.inference.segment import predict_path
     from lungtumor.io.datasets import find_cases
-    from lungtumor.io.nifti import read_nifti, write_nifti
-    from lungtumor.model.checkpoint import load_model
+    from lungtumor.io.nifti import is_nifti, read_nifti
     from lungtumor.preprocessing.store import preprocess_task
     from lungtumor.reporting.figures import visualize
     from lungtumor.training.trainer import TrainConfig, train
@@ -166,21 +165,19 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     ref_val = work / "evaluation" / "reference"
 
     def predict_all() -> dict[str, Any]:
-        model = load_model(ckpt)
-        n = 0
+        # The held-out images as a folder of links, so that the user-facing predict_path does
+        # all the work (the same code path as `lungtumor predict CKPT FOLDER OUT`).
+        val_in = work / "held_out_images"
+        shutil.rmtree(val_in, ignore_errors=True)
+        val_in.mkdir(parents=True)
+        ref_val.mkdir(parents=True, exist_ok=True)
         for cid in val_ids:
-            mask, prob = segment(read_nifti(cases[cid].image), model, tta=cfg.tta, return_probabilities=True)
-            write_nifti(mask, pred_val / cases[cid].image.name)
-            write_nifti(prob, pred_val / "probabilities" / cases[cid].image.name)
-            ref_val.mkdir(parents=True, exist_ok=True)
+            (val_in / cases[cid].image.name).symlink_to(cases[cid].image.resolve())
             shutil.copyfile(cases[cid].label, ref_val / cases[cid].label.name)
-            n += 1
+        n = len(predict_path(ckpt, val_in, pred_val, probabilities=True, tta=cfg.tta, progress=False))
         test_dir = task / "imagesTs"
-        for p in sorted(test_dir.glob("*.nii*")) if test_dir.is_dir() else []:
-            if p.name.startswith("."):
-                continue
-            write_nifti(segment(read_nifti(p), model, tta=cfg.tta), pred_test / p.name)
-            n += 1
+        if test_dir.is_dir() and any(is_nifti(q) for q in test_dir.iterdir()):
+            n += len(predict_path(ckpt, test_dir, pred_test, tta=cfg.tta, progress=False))
         return {"where": str(work / "predictions"), "n": n}
 
     _stage("4/6 predict", timings)(predict_all)

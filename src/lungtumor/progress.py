@@ -1,18 +1,30 @@
-"""A small wrapper over rich's progress bar so long work shows progress the same way everywhere."""
+"""One progress bar for all long work (preprocessing, prediction, evaluation, phantom data).
+
+The bar is drawn on stderr, and only when stderr is a terminal: piped or logged runs (CI,
+batch schedulers) get no bar lines and no stray blank line, and stdout stays clean for results.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def _no_op(n: int = 1) -> None:
+    del n
 
 
 @contextlib.contextmanager
 def progress_bar(total: int, description: str, *, enabled: bool = True, completed: int = 0) -> Iterator[Callable[[int], None]]:
-    """Context manager yielding ``advance(n=1)``; a no-op when disabled or not a terminal-like run."""
-    if not enabled:
-        yield lambda n=1: None
+    """Context manager yielding ``advance(n=1)``; a no-op when disabled or stderr is not a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield _no_op
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with Progress(
@@ -21,7 +33,18 @@ def progress_bar(total: int, description: str, *, enabled: bool = True, complete
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        transient=not sys.stderr.isatty(),
+        console=Console(stderr=True),
+        transient=False,
     ) as prog:
         task = prog.add_task(description, total=total, completed=completed)
         yield lambda n=1: prog.advance(task, n)
+
+
+def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """Iterate over ``items`` with :func:`progress_bar` (``total`` defaults to ``len(items)``)."""
+    seq = items if total is not None or not hasattr(items, "__len__") else list(items)
+    n = total if total is not None else len(seq)  # type: ignore[arg-type]
+    with progress_bar(n, description, enabled=enabled) as advance:
+        for item in seq:
+            yield item
+            advance(1)

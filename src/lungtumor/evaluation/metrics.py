@@ -4,7 +4,7 @@ Every function takes numpy arrays (any dtype; non-zero is foreground) indexed li
 ``Volume.array`` and, where distances matter, ``spacing_mm`` = ``Volume.spacing_mm`` (the
 voxel size along each array axis). Metrics are per 3D case and at the masks' own resolution.
 
-Edge cases, the same everywhere (DESIGN.md, "Metrics"):
+Edge cases, the same everywhere:
 
 =========================  ==========  ===============  =====================
 case                       ``dice``    ``surface_dice``  ``hd95``

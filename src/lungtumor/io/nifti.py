@@ -43,6 +43,31 @@ def nifti_stem(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def list_niftis(folder: str | os.PathLike[str]) -> list[Path]:
+    """The ``.nii`` / ``.nii.gz`` files of ``folder`` (not recursive), sorted by name.
+
+    Hidden files and ``._*`` files (macOS resource forks, e.g. in the MSD archives) are
+    skipped, and so are sub-folders. A folder holding both ``x.nii`` and ``x.nii.gz`` is
+    refused: both would be case ``x`` and which one is meant cannot be guessed.
+
+    Raises:
+        InputError: ``folder`` is not a folder, or two files share one case name.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"{root}: folder not found; pass a folder of .nii/.nii.gz files")
+    files = sorted(p for p in root.iterdir() if is_nifti(p) and not p.name.startswith(".") and p.is_file())
+    seen: dict[str, Path] = {}
+    for path in files:
+        stem = nifti_stem(path)
+        if stem in seen:
+            raise InputError(
+                f"{root}: both {seen[stem].name} and {path.name} exist, which are the same case {stem!r}; delete or move one of them"
+            )
+        seen[stem] = path
+    return files
+
+
 def read_nifti(path: str | os.PathLike[str], dtype: Any = None, *, allow_nan: bool = False) -> Volume:
     """Read a 3D NIfTI file.
 

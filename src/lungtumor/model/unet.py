@@ -1,7 +1,6 @@
 """2D U-Net for slice-wise lung tumour segmentation.
 
-The default :class:`ModelConfig` reproduces the seed's network exactly (see
-``shared/seed/REFERENCE.md``): DoubleConv = (conv3x3 pad 1 + ReLU) x 2 without normalisation,
+The default :class:`ModelConfig` reproduces the seed notebook's network exactly: DoubleConv = (conv3x3 pad 1 + ReLU) x 2 without normalisation,
 encoder 1 -> 64 -> 128 -> 256 -> 512 with three 2x2 max-pools, decoder with bilinear x2
 upsampling (``align_corners=False``, the default of the seed's ``nn.Upsample``), concatenation
 ``[upsampled, skip]`` and DoubleConv (512+256 -> 256, 256+128 -> 128, 128+64 -> 64), final 1x1

@@ -41,7 +41,7 @@ import numpy as np
 from lungtumor.atomic import publish_permissions, write_text_atomic
 from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorError
-from lungtumor.io.datasets import CaseFiles, find_cases
+from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
 from lungtumor.io.nifti import read_nifti
 from lungtumor.io.volume import Volume
 from lungtumor.preprocessing.recipe import AFFINE_ATOL_MM, prepare_ct, prepare_mask
@@ -66,7 +66,7 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
             shape or affine mismatch, labels other than {0, 1}.
     """
     if case.label is None:
-        raise InputError(f"{case.image}: no label file labelsTr/{case.case_id}.nii.gz; add it or remove the image")
+        raise InputError(f"{case.image}: no label file {case.label_hint}; add it or remove the image")
     ct = read_nifti(case.image)
     if ct.array.dtype.kind not in "iuf":
         raise InputError(f"{case.image}: voxel type {ct.array.dtype} is not numeric; expected CT in HU")
@@ -81,13 +81,8 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
             f"{case.label}: affine differs from its image {case.image.name} "
             f"(max difference {np.abs(label.affine - ct.affine).max():.4g} mm); the label must be on the image's grid"
         )
-    if not _is_binary(label.array):
-        shown = ", ".join(str(v) for v in np.unique(label.array)[:8])
-        raise InputError(
-            f"{case.label}: label values {{{shown}}} are not binary; expected 0 = background, 1 = tumour "
-            "(merge or binarise the labels first)"
-        )
-    return ct, label.with_array(label.array.astype(np.uint8, copy=False))
+    # Binarise: label == case.label_value (the dataset's tumour label); undeclared values raise.
+    return ct, label.with_array(tumour_mask(label.array, case))
 
 
 def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> dict[str, Any]:
@@ -233,24 +228,28 @@ def preprocess_task(
     workers: int = 1,
     skip_bad: bool = False,
     progress: bool = True,
+    layout: str = "auto",
+    label: str | int | None = None,
 ) -> dict[str, Any]:
-    """Preprocess an MSD-layout folder into a slice store (see the module docstring).
+    """Preprocess a dataset folder (MSD, nnU-Net v2 raw or CT/label pairs) into a slice store.
 
     Finished cases are skipped on a re-run; a store built with another config is refused.
 
     Args:
-        task_dir: folder with ``imagesTr/`` and ``labelsTr/``.
+        task_dir: dataset folder (:func:`lungtumor.io.datasets.find_cases`).
         store_dir: output folder (created).
         cfg: preprocessing recipe.
         split: patient-level split.
         workers: processes (1 = in this process).
         skip_bad: warn and skip bad cases instead of stopping at the first.
         progress: show a progress bar.
+        layout: dataset layout, ``auto`` or one of :data:`lungtumor.io.datasets.LAYOUTS`.
+        label: the tumour label (name or value) of a multi-label dataset; None chooses.
 
     Returns:
         The store summary (also written as ``store.json``).
     """
-    cases = find_cases(task_dir)
+    cases = find_cases(task_dir, layout=layout, label=label)
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
     _check_or_write_config(store, cfg)

@@ -1,6 +1,6 @@
 """Spatial augmentation: one random affine + elastic transform per sample, same for CT and mask.
 
-The seed (``shared/seed/REFERENCE.md``) augmented each slice on the CPU with imgaug::
+The seed notebook augmented each slice on the CPU with imgaug::
 
     iaa.Sequential([iaa.Affine(translate_percent=(0.15), scale=(0.85, 1.15), rotate=(-45, 45)),
                     iaa.ElasticTransformation()])
@@ -26,8 +26,8 @@ reflecting ones: it is stationary random noise, so its local statistics are the 
 The seed's imgaug padded the CT with 0 (water after HU / 3071); here the CT is padded with air
 (``ct_fill``), which is what lies outside a patient.
 
-:func:`augment_sample_numpy` is the seed's per-sample CPU way (scipy.ndimage, two
-interpolations), kept for benchmarks only.
+The seed's per-sample CPU way (scipy.ndimage, two interpolations) lives in the repository's
+``benchmarks/seed_augment.py``, for benchmarks and as an independent cross-check in the tests.
 
 Layouts: CT ``(N, C, H, W)`` float, normalised as HU / 3071; mask ``(N, 1, H, W)`` in {0, 1}.
 Elastic ``alpha``/``sigma`` are in pixels, as in imgaug, calibrated for 256x256 slices.
@@ -40,10 +40,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from scipy import ndimage
-from torch import nn
 from torch.nn import functional as F
 
 from lungtumor.config import HU_AIR, HU_SCALE, check_known_keys
@@ -371,98 +368,3 @@ def augment_batch(
     ct_out[idx] = ct_warp
     mask_out[idx] = mask_warp.to(mask.dtype)
     return ct_out, mask_out
-
-
-class BatchAugment(nn.Module):
-    """:func:`augment_batch` as a module; active in training mode only (identity in ``eval()``).
-
-    Args:
-        cfg: parameters; default ``AugmentConfig()``.
-        seed: optional seed for a private CPU generator (reproducible sequence of transforms);
-            None uses torch's global RNG.
-    """
-
-    def __init__(self, cfg: AugmentConfig | None = None, seed: int | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg if cfg is not None else AugmentConfig()
-        self.seed = seed
-        self._generator: torch.Generator | None = None
-
-    def forward(self, ct: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented ``(ct, mask)``; see :func:`augment_batch`."""
-        if not self.training:
-            return ct, mask
-        if self.seed is not None and self._generator is None:
-            # Created lazily: generators do not survive pickling/deepcopy of the module.
-            self._generator = torch.Generator()
-            self._generator.manual_seed(self.seed)
-        return augment_batch(ct, mask, self.cfg, self._generator)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_generator"] = None
-        return state
-
-    def extra_repr(self) -> str:
-        return f"cfg={self.cfg}, seed={self.seed}"
-
-
-def augment_sample_numpy(
-    ct: np.ndarray, mask: np.ndarray, cfg: AugmentConfig | None, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """The seed's way, for benchmarks: one sample on the CPU with scipy.ndimage, in two steps.
-
-    Affine (``affine_transform``, order 1 for CT, 0 for mask), then elastic
-    (``map_coordinates`` on a Gaussian-smoothed uniform(-1, 1) field x alpha), like imgaug's
-    ``Sequential([Affine, ElasticTransformation])`` applied per sample in a Dataset.
-
-    Args:
-        ct: ``(C, H, W)`` float CT.
-        mask: ``(1, H, W)`` mask.
-        cfg: parameters; default ``AugmentConfig()``.
-        rng: numpy random generator.
-
-    Returns:
-        ``(ct, mask)`` float32 / mask dtype arrays of the input shapes.
-
-    Raises:
-        InputError: on inconsistent shapes.
-    """
-    cfg = cfg if cfg is not None else AugmentConfig()
-    if ct.ndim != 3 or mask.ndim != 3 or mask.shape[0] != 1 or ct.shape[-2:] != mask.shape[-2:]:
-        raise InputError(
-            f"augment_sample_numpy: expected CT (C, H, W) and mask (1, H, W), got {ct.shape} and {mask.shape}"
-        )
-    if not cfg.enabled or rng.random() >= cfg.p:
-        return ct, mask
-    _, h, w = ct.shape
-    angle = math.radians(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg))
-    zoom = rng.uniform(*cfg.scale)
-    tx, ty = (cfg.translate, cfg.translate) if cfg.translate_fixed else rng.uniform(-cfg.translate, cfg.translate, 2)
-    # scipy maps output index o (row, col) to input index  M @ o + offset; same inverse affine
-    # as sampling_grid, about the image centre ((H-1)/2, (W-1)/2) in index coordinates.
-    # "grid-constant" interpolates towards cval in the half pixel beyond the edge, exactly as
-    # grid_sample's zero padding of (ct - fill) does in augment_batch.
-    c, s = math.cos(angle) / zoom, math.sin(angle) / zoom
-    matrix = np.array([[c, -s], [s, c]])  # acts on (y, x)
-    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
-    shift = np.array([ty * h, tx * w])
-    offset = centre - matrix @ (centre + shift)
-    ct_out = np.stack(
-        [ndimage.affine_transform(ch, matrix, offset, order=1, mode="grid-constant", cval=cfg.ct_fill) for ch in ct]
-    ).astype(np.float32)
-    mask_out = ndimage.affine_transform(mask[0], matrix, offset, order=0, mode="grid-constant", cval=MASK_FILL)[None]
-    if cfg.uses_elastic and rng.random() < cfg.elastic_p:
-        alpha = rng.uniform(*cfg.elastic_alpha)
-        sigma = rng.uniform(*cfg.elastic_sigma)
-        dy, dx = (
-            ndimage.gaussian_filter(rng.uniform(-1.0, 1.0, (h, w)), sigma, truncate=_GAUSS_TRUNCATE) * alpha
-            for _ in range(2)
-        )
-        yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-        coords = np.stack((yy + dy, xx + dx))
-        ct_out = np.stack(
-            [ndimage.map_coordinates(ch, coords, order=1, mode="grid-constant", cval=cfg.ct_fill) for ch in ct_out]
-        ).astype(np.float32)
-        mask_out = ndimage.map_coordinates(mask_out[0], coords, order=0, mode="grid-constant", cval=MASK_FILL)[None]
-    return ct_out, mask_out.astype(mask.dtype)

@@ -127,6 +127,26 @@ class TumourOversampler(Sampler[int]):
         return iter(draws.tolist())
 
 
+class ValidationShard(Sampler[int]):
+    """Every validation slice exactly once across DDP ranks: rank r takes items r, r + W, r + 2W, ...
+
+    No padding (a padded sampler would count some slices twice in the per-case sums that the
+    ranks add up); ranks may get one item more or less than each other, which the sum-reduce of
+    per-case totals does not mind.
+    """
+
+    def __init__(self, n_items: int) -> None:
+        self.n_items = int(n_items)
+
+    def __len__(self) -> int:
+        rank, world = TumourOversampler._rank_world()
+        return len(range(rank, self.n_items, world))
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = TumourOversampler._rank_world()
+        return iter(range(rank, self.n_items, world))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Data loading options.
@@ -199,7 +219,7 @@ class SliceDataModule(L.LightningDataModule):
         return self._loader(self.train_set, sampler=self.sampler, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+        return self._loader(self.val_set, sampler=ValidationShard(len(self.val_set)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler_epoch": self.sampler.epoch, "sampler_seed": self.sampler.seed}

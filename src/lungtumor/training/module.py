@@ -36,7 +36,8 @@ class SegmentationModule(L.LightningModule):
         loss: ``bce`` (seed), ``dice`` or ``bce+dice``.
         lr: Adam learning rate.
         lr_schedule: ``constant`` (the seed's) or ``cosine`` (per step, down to 0 at the last
-            planned step, so the last checkpoint is a settled one).
+            planned step; the last checkpoint is a settled one only when the whole planned
+            schedule ran, i.e. no ``max_minutes`` cap or early stop cut it).
         augment: :class:`~lungtumor.training.augment.AugmentConfig` as a dict.
         context: 2.5D neighbouring slices on each side.
         train_size: resize batches to this size on the device (None = the store's size).
@@ -74,6 +75,7 @@ class SegmentationModule(L.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self._val_sums: torch.Tensor | None = None
         self._val_case_index: torch.Tensor | None = None
+        self._val_slices = 0
 
     # -- data on the device ------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -133,6 +135,7 @@ class SegmentationModule(L.LightningModule):
             return
         cases = self._val_case_index.to(index.device)[index]
         self._val_sums.index_add_(0, cases, per_slice)
+        self._val_slices += int(index.numel())
         if batch_idx == 0 and int(self.hparams.image_every_n_steps or 0):
             self._log_images(batch, logits, "val")
 
@@ -141,13 +144,16 @@ class SegmentationModule(L.LightningModule):
         n_cases = len(dm.val_set.cases)
         self._val_case_index = torch.as_tensor(dm.val_set.case_index, dtype=torch.long, device=self.device)
         self._val_sums = torch.zeros(n_cases, 5, dtype=torch.float64, device=self.device)
+        self._val_slices = 0
 
     def on_validation_epoch_end(self) -> None:
         sums = self._val_sums
         if sums is None:
             return
+        scored = torch.tensor(float(self._val_slices), dtype=torch.float64, device=sums.device)
         if self.trainer.world_size > 1:
             sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            scored = self.trainer.strategy.reduce(scored, reduce_op="sum")
         inter, psum, rsum = sums[:, 0], sums[:, 1], sums[:, 2]
         both_empty = (psum + rsum) == 0
         dice = torch.where(both_empty, torch.full_like(inter, float("nan")), 2 * inter / (psum + rsum).clamp_min(1e-9))
@@ -156,6 +162,7 @@ class SegmentationModule(L.LightningModule):
         pooled = 2 * sums[:, 3].sum() / (sums[:, 4].sum() + rsum.sum()).clamp_min(1e-9)
         self.log("val/dice_case", dice_case.float(), prog_bar=True)
         self.log("val/cases_both_empty", both_empty.sum().float())
+        self.log("val/slices_scored", scored.float())  # over all ranks: each validation slice once
         self.log("val/dice_pooled_soft_seed", pooled.float())
 
     def configure_optimizers(self) -> Any:

@@ -1,0 +1,1035 @@
+"""Lesions of a binary mask: instances and their RECIST 1.1 measurements, in millimetres.
+
+Conventions, stated once and used everywhere (the ``lesions`` command, ``evaluate``'s lesion
+matching and size bands, the HTML report):
+
+- **Instances** are the 26-connected components of the mask (3x3x3 structuring element: voxels
+  touching by a face, an edge or a corner are one lesion), as :func:`lungtumor.evaluation.
+  metrics.lesion_detection` counts them. Ids run 1..N by decreasing voxel count; equal counts
+  keep the order in which ``scipy.ndimage.label`` meets them (C-order scan of the array), so the
+  same mask always gets the same ids.
+- **World coordinates** are RAS+ millimetres, the NIfTI/nibabel world of
+  :class:`lungtumor.io.volume.Volume`: +x towards the patient's right, +y anterior, +z superior.
+  (DICOM's LPS is x and y negated.)
+- **Axial slices** are the acquired voxel planes whose normal is closest to the patient's
+  superior axis (the voxel axis nibabel's ``io_orientation`` maps to S/I; the plane is spanned by
+  the other two voxel axes). Distances are measured physically in that plane from the affine, so
+  anisotropic pixels, in-plane rotation, axis flips (LAS, LPS, ...) and permuted axes give the
+  same millimetres as an isotropic RAS grid. Planes tilted more than :data:`MAX_SLICE_TILT_DEG`
+  from the true axial plane are refused (resample the scan to an axial grid first).
+- **Diameters are edge to edge**: lengths run between the outer corners of the mask's boundary
+  pixels, i.e. the Feret diameter of the union of the lesion's pixel squares in one slice, as a
+  caliper placed on the outer edges of the displayed lesion measures it. A row of n pixels of
+  spacing s measures n*s along the row (a voxel-centre convention would give (n-1)*s and call a
+  one-pixel lesion 0 mm).
+- **Longest axial diameter** (RECIST 1.1): the largest such distance within one slice, over all
+  slices of the lesion (ties: the lower slice index). Computed exactly: the convex hull of the
+  boundary-pixel corners (``scipy.spatial.ConvexHull``), then every pair of hull vertices.
+- **Short axis**: on the same slice, the longest segment perpendicular to the long axis between
+  the outermost boundary points of the lesion on that line (for a convex lesion, the longest
+  perpendicular chord; for an ellipse, its minor axis). Computed exactly: the span is piecewise
+  linear between the pixel corners' positions along the long axis, so those positions are tried.
+- **Measurable** (RECIST 1.1, Eisenhauer et al. 2009): longest diameter >= 10 mm and, where
+  slices are thicker than 5 mm, >= twice the slice thickness. The slice thickness is the distance
+  between consecutive slice planes from the affine (a NIfTI file carries no separate thickness).
+- **Side**: the patient's left or right lung. With a lung region mask, the lung the lesion
+  touches (the two lungs are its two labels when it has exactly two non-zero values, else its two
+  largest components); otherwise, or when it touches neither, which side of the midline its
+  centroid lies on (the midline between the two lungs, else the body's midline on the lesion's
+  key slice from the CT, voxels above :data:`BODY_HU`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nibabel import orientations as nio
+from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
+from scipy.spatial import ConvexHull
+
+from lungtumor.atomic import write_text_atomic
+from lungtumor.errors import GeometryError, InputError
+from lungtumor.io.volume import Volume
+
+#: Connectivity of lesion instances (3x3x3 structuring element).
+CONNECTIVITY = 26
+_STRUCTURE_3D = np.ones((3, 3, 3), dtype=bool)
+#: The world frame of every coordinate written here.
+WORLD_FRAME = "RAS+"
+WORLD_FRAME_TEXT = "RAS+ mm (NIfTI/nibabel world: +x towards the patient's right, +y anterior, +z superior)"
+#: RECIST 1.1: smallest measurable longest diameter, mm.
+RECIST_MIN_DIAMETER_MM = 10.0
+#: RECIST 1.1: slices thicker than this (mm) need a longest diameter of at least
+#: RECIST_THICKNESS_FACTOR slice thicknesses.
+RECIST_THICK_SLICE_MM = 5.0
+RECIST_THICKNESS_FACTOR = 2.0
+#: Slice planes tilted more than this from the true axial plane are refused.
+MAX_SLICE_TILT_DEG = 20.0
+#: Size bands of the longest axial diameter, mm: [0, 10), [10, 20), [20, 30), [30, inf).
+SIZE_BAND_EDGES_MM = (10.0, 20.0, 30.0)
+SIZE_BAND_NAMES = ("<10 mm", "10-20 mm", "20-30 mm", ">30 mm")
+#: CT voxels above this (HU) are body (or table) when the body's midline is needed.
+BODY_HU = -500.0
+#: A centroid within this distance (mm) of the midline is on the "midline".
+MIDLINE_TOLERANCE_MM = 1.0
+#: A lesion touches the lungs it reaches within this many voxels (26-connected dilation).
+LUNG_CONTACT_VOXELS = 2
+#: The second-largest lung component counts as the other lung only when at least this fraction
+#: of the largest (else the region is one merged component and only its midline is used).
+LUNG_SECOND_FRACTION = 0.1
+#: The lung region is labelled on a strided copy of at most this many voxels (only the
+#: assignment of each lung to a side depends on it).
+LUNG_LABEL_MAX_VOXELS = 8_000_000
+#: Two grids are the same when shapes agree and affines agree to this many mm.
+GRID_ATOL_MM = 1e-3
+#: Slack for probabilities stored as float16/float32 slightly outside [0, 1].
+PROB_RANGE_SLACK = 1e-3
+#: Cubic millimetres per millilitre.
+MM3_PER_ML = 1000.0
+#: Equal lengths (mm) within this are ties.
+_TIE_MM = 1e-9
+#: Perpendicular-span candidates evaluated per block (bounds the temporaries).
+_SPAN_BLOCK = 128
+#: Output file names of :func:`write_lesion_outputs`.
+LESIONS_CSV = "lesions.csv"
+LESIONS_JSON = "lesions.json"
+INSTANCES_NIFTI = "instances.nii.gz"
+LESIONS_FORMAT = "lungtumor-lesions"
+LESIONS_FORMAT_VERSION = 1
+DIAMETER_CONVENTION = (
+    "edge to edge: between the outer corners of the mask's boundary pixels (Feret diameter of the union of "
+    "the lesion's pixel squares in one slice); longest = max over the lesion's axial slices; short axis = "
+    "longest segment perpendicular to it on that slice between the lesion's outermost boundary points"
+)
+MATCHING_RULE = (
+    "a reference lesion is found when it is matched one-to-one to a predicted instance that overlaps it by "
+    "at least one voxel (the matching maximises the number of found lesions, then the total IoU), so one "
+    "prediction covering two lesions finds one of them; a predicted instance overlapping no reference voxel "
+    "is a false positive; a further prediction on an already-found lesion is neither"
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _path(volume: Volume, role: str) -> str:
+    return str(volume.meta.get("path", role))
+
+
+def binary_mask(volume: Volume, role: str = "mask") -> np.ndarray:
+    """The volume's voxels as a bool mask; only 0 and 1 are accepted.
+
+    Args:
+        volume: a mask volume (any integer, float or bool dtype).
+        role: what the mask is, for the message ("mask", "prediction", "label").
+
+    Returns:
+        A bool array (no copy when already bool).
+
+    Raises:
+        InputError: a value other than 0 and 1 (a label map, probabilities, a 0/255 mask).
+    """
+    array = volume.array
+    if array.dtype == bool:
+        return array
+    if array.size:
+        lo, hi = array.min(), array.max()
+        # Integer masks: the range is enough. Float masks must also hold whole numbers.
+        not_binary = lo < 0 or hi > 1 or (array.dtype.kind == "f" and not np.all((array == 0) | (array == 1)))
+        if not_binary:
+            values = np.unique(array)
+            shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if values.size > 8 else "")
+            raise InputError(
+                f"{_path(volume, role)}: {role} mask must hold only 0 and 1, found values {shown}; "
+                "threshold probabilities or map label values to {0, 1} first"
+            )
+    return array != 0
+
+
+def check_same_grid(volume: Volume, reference: Volume, role: str, reference_role: str) -> None:
+    """GeometryError naming both files when shapes or affines (to GRID_ATOL_MM) differ."""
+    if volume.same_grid(reference, atol=GRID_ATOL_MM):
+        return
+    raise GeometryError(
+        f"{role} {_path(volume, role)} (shape {volume.shape}, affine {np.round(volume.affine, 4).tolist()}) is not on "
+        f"the grid of {reference_role} {_path(reference, reference_role)} (shape {reference.shape}, affine "
+        f"{np.round(reference.affine, 4).tolist()}); pass the {role} made for this {reference_role} (same shape and affine)"
+    )
+
+
+def check_probabilities(probabilities: Volume) -> np.ndarray:
+    """The probability voxels as an array, or InputError when outside [0, 1]."""
+    array = probabilities.array
+    if array.size:
+        lo, hi = float(array.min()), float(array.max())
+        if lo < -PROB_RANGE_SLACK or hi > 1.0 + PROB_RANGE_SLACK:
+            raise InputError(
+                f"{_path(probabilities, 'probabilities')}: probabilities must lie in [0, 1], found [{lo:g}, {hi:g}]; "
+                "pass sigmoid probabilities (predict --probabilities), not logits or masks scaled to 255"
+            )
+    return array
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry of the axial slices
+
+
+@dataclass(frozen=True)
+class SliceFrame:
+    """Which voxel planes are the patient's axial slices, and their in-plane metric.
+
+    Attributes:
+        slice_axis: the voxel axis (0, 1, 2 = i, j, k) that runs across axial slices.
+        plane_axes: the two in-plane voxel axes, in increasing order.
+        to_plane_mm: (2, 2) matrix taking in-plane index offsets (along ``plane_axes``) to
+            orthonormal in-plane millimetres (exact: distances computed there are world distances).
+        thickness_mm: distance between consecutive slice planes.
+        tilt_deg: angle between the slice planes' normal and the patient's superior axis.
+    """
+
+    slice_axis: int
+    plane_axes: tuple[int, int]
+    to_plane_mm: np.ndarray
+    thickness_mm: float
+    tilt_deg: float
+
+    @property
+    def slice_axis_name(self) -> str:
+        """``"i"``, ``"j"`` or ``"k"``."""
+        return "ijk"[self.slice_axis]
+
+
+def slice_frame(affine: np.ndarray, source: str = "volume") -> SliceFrame:
+    """The axial slice geometry of a grid with this voxel-to-RAS affine.
+
+    Args:
+        affine: 4x4 voxel index -> RAS+ mm.
+        source: file name for the error message.
+
+    Raises:
+        GeometryError: the voxel planes closest to axial are tilted more than
+            :data:`MAX_SLICE_TILT_DEG` from it, or the orientation is unknown.
+    """
+    aff = np.asarray(affine, dtype=np.float64)
+    try:
+        ornt = nio.io_orientation(aff)
+    except Exception as exc:  # nibabel raises for degenerate affines
+        raise GeometryError(f"{source}: cannot determine the orientation of affine {aff.tolist()}: {exc}") from exc
+    if np.any(np.isnan(ornt)):
+        raise GeometryError(f"{source}: the orientation of affine {aff.tolist()} is unknown (an axis has no direction)")
+    slice_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
+    a, b = (ax for ax in range(3) if ax != slice_axis)
+    col_a, col_b = aff[:3, a], aff[:3, b]
+    normal = np.cross(col_a, col_b)
+    normal_norm = float(np.linalg.norm(normal))
+    tilt_deg = float(np.degrees(np.arccos(min(1.0, abs(normal[2]) / normal_norm))))
+    if tilt_deg > MAX_SLICE_TILT_DEG:
+        raise GeometryError(
+            f"{source}: the voxel planes closest to axial are tilted {tilt_deg:.1f} degrees from the patient's axial "
+            f"plane (at most {MAX_SLICE_TILT_DEG:g} accepted); RECIST diameters need axial slices: resample the scan "
+            "to an axial grid first"
+        )
+    thickness_mm = float(abs(np.linalg.det(aff[:3, :3])) / normal_norm)
+    e1 = col_a / np.linalg.norm(col_a)
+    rest = col_b - (col_b @ e1) * e1
+    e2 = rest / np.linalg.norm(rest)
+    to_plane = np.array([[col_a @ e1, col_b @ e1], [col_a @ e2, col_b @ e2]])
+    return SliceFrame(slice_axis, (a, b), to_plane, thickness_mm, tilt_deg)
+
+
+# --------------------------------------------------------------------------------------------
+# One slice: long and short axis
+
+
+@dataclass(frozen=True)
+class SliceAxes:
+    """Long and short axis of a pixel region in one slice, as in-plane index coordinates.
+
+    Attributes:
+        long_mm, short_mm: lengths in mm.
+        long_ab, short_ab: (2, 2) endpoints, rows = points, columns = continuous indices along
+            the frame's two ``plane_axes`` (pixel centres at integers, edges at half-integers).
+    """
+
+    long_mm: float
+    long_ab: np.ndarray
+    short_mm: float
+    short_ab: np.ndarray
+
+
+def _boundary_pixels(region: np.ndarray) -> np.ndarray:
+    """(N, 2) indices of the pixels of a 2D bool region with a 4-neighbour outside it."""
+    padded = np.pad(region, 1)
+    inner = ndimage.binary_erosion(padded, structure=ndimage.generate_binary_structure(2, 1))
+    return np.argwhere(padded & ~inner) - 1
+
+
+#: Pixel corner offsets in cyclic order (a parallelogram's vertices).
+_CORNERS = np.array([[-0.5, -0.5], [0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+
+
+def _longest(boundary: np.ndarray, to_plane: np.ndarray) -> tuple[float, np.ndarray]:
+    """Feret diameter of the union of pixel squares: (length mm, (2, 2) endpoints in index coords)."""
+    corners = np.unique((2 * boundary[:, None, :] + (2 * _CORNERS).astype(int)[None]).reshape(-1, 2), axis=0) / 2.0
+    xy = corners @ to_plane.T
+    hull = corners[ConvexHull(xy).vertices] if len(corners) > 4 else corners
+    hull_xy = hull @ to_plane.T
+    d2 = ((hull_xy[:, None, :] - hull_xy[None, :, :]) ** 2).sum(axis=-1)
+    first, second = np.unravel_index(int(np.argmax(d2)), d2.shape)
+    return float(math.sqrt(d2[first, second])), hull[[first, second]]
+
+
+def _short_axis(boundary: np.ndarray, to_plane: np.ndarray, long_ab: np.ndarray) -> tuple[float, np.ndarray]:
+    """Longest span perpendicular to the long axis: (length mm, (2, 2) endpoints in index coords).
+
+    Each boundary pixel is a parallelogram in the plane. On a line perpendicular to the long
+    axis at position c along it, the lesion's span is (largest - smallest) crossing of a pixel
+    edge; every edge lies on one of two families of parallel grid lines, so the span is linear
+    between consecutive corner positions and its maximum is at one of them.
+    """
+    p, q = long_ab @ to_plane.T
+    u = (q - p) / np.linalg.norm(q - p)
+    v = np.array([-u[1], u[0]])
+    verts = (boundary[:, None, :] + _CORNERS[None]) @ to_plane.T  # (P, 4, 2) in-plane mm
+    pu, pv = verts @ u, verts @ v  # (P, 4)
+    u0, u1 = pu, np.roll(pu, -1, axis=1)
+    v0, v1 = pv, np.roll(pv, -1, axis=1)
+    lo_u, hi_u = np.minimum(u0, u1), np.maximum(u0, u1)
+    du = u1 - u0
+    slanted = du != 0  # edges parallel to the line add only their endpoints, which the other edges hold
+    slope = np.where(slanted, (v1 - v0) / np.where(slanted, du, 1.0), 0.0)
+    candidates = np.unique(pu)
+    best_len, best_c, best_lo, best_hi = -1.0, 0.0, 0.0, 0.0
+    for start in range(0, candidates.size, _SPAN_BLOCK):
+        c = candidates[start : start + _SPAN_BLOCK][:, None, None]  # (C, 1, 1)
+        hit = slanted & (lo_u <= c) & (c <= hi_u)
+        cross = v0 + (c - u0) * slope
+        top = np.where(hit, cross, -np.inf).max(axis=(1, 2))
+        bottom = np.where(hit, cross, np.inf).min(axis=(1, 2))
+        span = np.where(np.isfinite(top), top - bottom, -1.0)
+        k = int(np.argmax(span))
+        if span[k] > best_len + _TIE_MM:
+            best_len, best_c, best_lo, best_hi = float(span[k]), float(c[k, 0, 0]), float(bottom[k]), float(top[k])
+    ends_xy = np.array([best_c * u + best_lo * v, best_c * u + best_hi * v])
+    ends_ab = np.linalg.solve(to_plane, ends_xy.T).T
+    return max(best_len, 0.0), ends_ab
+
+
+def slice_axes(region: np.ndarray, to_plane_mm: np.ndarray) -> SliceAxes:
+    """Long and short axis (edge to edge, exact) of a non-empty 2D bool region.
+
+    Args:
+        region: (A, B) bool pixels of one slice, indexed along the frame's ``plane_axes``.
+        to_plane_mm: :attr:`SliceFrame.to_plane_mm`.
+
+    Returns:
+        The axes, endpoints in the region's own index coordinates.
+
+    Raises:
+        ValueError: the region is empty.
+    """
+    boundary = _boundary_pixels(np.asarray(region, dtype=bool))
+    if boundary.size == 0:
+        raise ValueError("slice_axes needs a non-empty region")
+    long_mm, long_ab = _longest(boundary, to_plane_mm)
+    short_mm, short_ab = _short_axis(boundary, to_plane_mm, long_ab)
+    return SliceAxes(long_mm, long_ab, short_mm, short_ab)
+
+
+def _bound_mm(region_any_a: np.ndarray, region_any_b: np.ndarray, to_plane: np.ndarray) -> float:
+    """Upper bound of a slice's Feret diameter: the diagonal of its index bounding box in mm."""
+    ia, ib = np.flatnonzero(region_any_a), np.flatnonzero(region_any_b)
+    box = np.array([[ia[0] - 0.5, ib[0] - 0.5], [ia[-1] + 0.5, ib[0] - 0.5], [ia[-1] + 0.5, ib[-1] + 0.5], [ia[0] - 0.5, ib[-1] + 0.5]])
+    xy = box @ to_plane.T
+    return float(max(np.linalg.norm(xy[0] - xy[2]), np.linalg.norm(xy[1] - xy[3])))
+
+
+def _longest_slice(sub: np.ndarray, frame: SliceFrame) -> tuple[int, float, np.ndarray, np.ndarray]:
+    """(slice index within ``sub``, length mm, its (2, 2) endpoints, boundary pixels) of the longest axial diameter.
+
+    ``sub`` is (slices, A, B) bool. Slices are tried from the largest bounding-box diagonal down
+    and the search stops once that bound is below the best length found.
+    """
+    present = np.flatnonzero(sub.any(axis=(1, 2)))
+    bounds = [(_bound_mm(sub[t].any(axis=1), sub[t].any(axis=0), frame.to_plane_mm), int(t)) for t in present]
+    bounds.sort(key=lambda item: (-item[0], item[1]))
+    best_t, best_len = -1, -1.0
+    best_ab, best_boundary = np.zeros((2, 2)), np.empty((0, 2), dtype=int)
+    for bound, t in bounds:
+        if bound < best_len - _TIE_MM:
+            break
+        boundary = _boundary_pixels(sub[t])
+        length, ends = _longest(boundary, frame.to_plane_mm)
+        if length > best_len + _TIE_MM or (abs(length - best_len) <= _TIE_MM and t < best_t):
+            best_t, best_len, best_ab, best_boundary = t, length, ends, boundary
+    return best_t, best_len, best_ab, best_boundary
+
+
+def _to_slices_first(array: np.ndarray, frame: SliceFrame) -> np.ndarray:
+    """(slices, A, B) view with the in-plane axes in ``plane_axes`` order."""
+    return np.moveaxis(array, frame.slice_axis, 0)
+
+
+def longest_diameters_mm(labels: np.ndarray, count: int, affine: np.ndarray, source: str = "mask") -> np.ndarray:
+    """Longest axial diameter (mm, edge to edge) of instances 1..count of a label array.
+
+    Args:
+        labels: integer instance labels (0 = background), e.g. from :func:`label_instances`.
+        count: number of instances.
+        affine: the grid's voxel -> RAS+ affine.
+        source: file name for error messages.
+
+    Returns:
+        (count,) float64 lengths.
+    """
+    frame = slice_frame(affine, source)
+    out = np.zeros(count, dtype=np.float64)
+    for index, box in enumerate(ndimage.find_objects(labels, max_label=count)):
+        if box is None:
+            continue
+        sub = _to_slices_first(labels[box] == index + 1, frame)
+        out[index] = _longest_slice(sub, frame)[1]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Instances
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """Bounding box of the foreground, None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(mask.any(axis=others))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
+def _label_dtype(count: int) -> np.dtype:
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if count <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)  # pragma: no cover - more than 4e9 lesions
+
+
+def label_instances(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected components with ids 1..N by decreasing voxel count.
+
+    Labels only the foreground's bounding box (``ndimage.label`` on a whole 512x512x300 scan
+    takes seconds; the tumours' box takes milliseconds).
+
+    Args:
+        mask: 3D array, non-zero = foreground.
+
+    Returns:
+        ``(labels, count)``: labels the mask's shape, the smallest unsigned dtype that holds
+        ``count`` (uint8 up to 255 lesions), 0 = background.
+    """
+    fg = np.asarray(mask) != 0
+    box = _bounding_box(fg)
+    if box is None:
+        return np.zeros(fg.shape, dtype=np.uint8), 0
+    crop_labels, count = ndimage.label(fg[box], structure=_STRUCTURE_3D)
+    sizes = np.bincount(crop_labels.ravel(), minlength=count + 1)[1:]
+    order = np.argsort(-sizes, kind="stable")  # ties keep ndimage's scan order
+    dtype = _label_dtype(count)
+    remap = np.zeros(count + 1, dtype=dtype)
+    remap[order + 1] = np.arange(1, count + 1, dtype=dtype)
+    labels = np.zeros(fg.shape, dtype=dtype)
+    labels[box] = remap[crop_labels]
+    return labels, int(count)
+
+
+# --------------------------------------------------------------------------------------------
+# Matching predicted to reference instances
+
+
+@dataclass(frozen=True)
+class InstanceMatch:
+    """One-to-one matching of predicted to reference instances (see :data:`MATCHING_RULE`).
+
+    Attributes:
+        ref_found: (n_ref,) bool, reference instance id-1 was found.
+        pred_false_positive: (n_pred,) bool, predicted instance id-1 overlaps no reference voxel.
+        pairs: matched (reference id, predicted id) pairs.
+    """
+
+    ref_found: np.ndarray
+    pred_false_positive: np.ndarray
+    pairs: list[tuple[int, int]]
+
+
+def match_instances(pred_labels: np.ndarray, n_pred: int, ref_labels: np.ndarray, n_ref: int) -> InstanceMatch:
+    """Match predicted instances to reference lesions by :data:`MATCHING_RULE`.
+
+    Args:
+        pred_labels: predicted instance labels 0..n_pred.
+        n_pred: number of predicted instances.
+        ref_labels: reference instance labels 0..n_ref, same shape.
+        n_ref: number of reference lesions.
+
+    Returns:
+        The matching.
+    """
+    ref_found = np.zeros(n_ref, dtype=bool)
+    if n_pred == 0 or n_ref == 0:
+        return InstanceMatch(ref_found, np.ones(n_pred, dtype=bool), [])
+    both = (pred_labels != 0) & (ref_labels != 0)
+    r = ref_labels[both].astype(np.int64)
+    p = pred_labels[both].astype(np.int64)
+    overlap = np.bincount(r * (n_pred + 1) + p, minlength=(n_ref + 1) * (n_pred + 1)).reshape(n_ref + 1, n_pred + 1)[1:, 1:]
+    pred_fp = ~overlap.any(axis=0)
+    if not overlap.any():
+        return InstanceMatch(ref_found, pred_fp, [])
+    ref_sizes = np.bincount(ref_labels.ravel().astype(np.int64), minlength=n_ref + 1)[1:]
+    pred_sizes = np.bincount(pred_labels.ravel().astype(np.int64), minlength=n_pred + 1)[1:]
+    iou = overlap / (ref_sizes[:, None] + pred_sizes[None, :] - overlap)
+    # Any match outweighs every IoU sum (IoU <= 1 per pair): the count of found lesions first.
+    weight = np.where(overlap > 0, (min(n_ref, n_pred) + 1) + iou, 0.0)
+    rows, cols = linear_sum_assignment(weight, maximize=True)
+    keep = overlap[rows, cols] > 0
+    ref_found[rows[keep]] = True
+    pairs = [(int(a) + 1, int(b) + 1) for a, b in zip(rows[keep], cols[keep])]
+    return InstanceMatch(ref_found, pred_fp, pairs)
+
+
+def size_band_index(diameters_mm: np.ndarray | Sequence[float]) -> np.ndarray:
+    """Band of each longest diameter: 0 (< 10 mm), 1 (10-20), 2 (20-30), 3 (>= 30); half-open bands."""
+    return np.digitize(np.asarray(diameters_mm, dtype=np.float64), SIZE_BAND_EDGES_MM, right=False)
+
+
+def size_band(diameter_mm: float) -> str:
+    """Name of the size band of one longest diameter (see :data:`SIZE_BAND_NAMES`)."""
+    return SIZE_BAND_NAMES[int(size_band_index([diameter_mm])[0])]
+
+
+# --------------------------------------------------------------------------------------------
+# Per-lesion measurements
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One lesion's measurements (all lengths mm, coordinates RAS+ mm, indices into the file's array).
+
+    Attributes:
+        id: 1..N by decreasing volume.
+        voxels: voxel count.
+        volume_ml: volume.
+        longest_diameter_mm: RECIST long axis (edge to edge).
+        short_axis_mm: longest diameter perpendicular to it on the same slice.
+        slice_index: index along the slice axis of the slice holding both axes.
+        slice_thickness_mm: distance between slice planes.
+        measurable: RECIST 1.1 measurability (see the module docstring).
+        size_band: one of :data:`SIZE_BAND_NAMES`.
+        long_axis_ras_mm, short_axis_ras_mm: the two endpoints of each axis.
+        long_axis_ijk, short_axis_ijk: the same endpoints as continuous voxel indices.
+        centroid_ras_mm: mean voxel position.
+        side: ``"right"``, ``"left"``, ``"midline"`` (the patient's), or None when unknown.
+        side_source: how the side was decided (``"lung region"``, ``"lung midline"``,
+            ``"body midline"``), or None.
+        bbox_ijk_min, bbox_ijk_max: inclusive voxel index bounds.
+        hu_mean, hu_max: CT values inside the lesion (None without a CT).
+        prob_mean, prob_max: probabilities inside the lesion (None without them).
+    """
+
+    id: int
+    voxels: int
+    volume_ml: float
+    longest_diameter_mm: float
+    short_axis_mm: float
+    slice_index: int
+    slice_thickness_mm: float
+    measurable: bool
+    size_band: str
+    long_axis_ras_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
+    short_axis_ras_mm: tuple[tuple[float, float, float], tuple[float, float, float]]
+    long_axis_ijk: tuple[tuple[float, float, float], tuple[float, float, float]]
+    short_axis_ijk: tuple[tuple[float, float, float], tuple[float, float, float]]
+    centroid_ras_mm: tuple[float, float, float]
+    side: str | None
+    side_source: str | None
+    bbox_ijk_min: tuple[int, int, int]
+    bbox_ijk_max: tuple[int, int, int]
+    hu_mean: float | None = None
+    hu_max: float | None = None
+    prob_mean: float | None = None
+    prob_max: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        return {
+            "id": self.id,
+            "voxels": self.voxels,
+            "volume_ml": self.volume_ml,
+            "longest_diameter_mm": self.longest_diameter_mm,
+            "short_axis_mm": self.short_axis_mm,
+            "slice_index": self.slice_index,
+            "slice_thickness_mm": self.slice_thickness_mm,
+            "measurable": self.measurable,
+            "size_band": self.size_band,
+            "long_axis_ras_mm": [list(p) for p in self.long_axis_ras_mm],
+            "short_axis_ras_mm": [list(p) for p in self.short_axis_ras_mm],
+            "long_axis_ijk": [list(p) for p in self.long_axis_ijk],
+            "short_axis_ijk": [list(p) for p in self.short_axis_ijk],
+            "centroid_ras_mm": list(self.centroid_ras_mm),
+            "side": self.side,
+            "side_source": self.side_source,
+            "bbox_ijk_min": list(self.bbox_ijk_min),
+            "bbox_ijk_max": list(self.bbox_ijk_max),
+            "hu_mean": self.hu_mean,
+            "hu_max": self.hu_max,
+            "prob_mean": self.prob_mean,
+            "prob_max": self.prob_max,
+        }
+
+
+def is_measurable(longest_mm: float, slice_thickness_mm: float) -> bool:
+    """RECIST 1.1: >= 10 mm, and >= 2 x the slice thickness where slices are thicker than 5 mm."""
+    minimum = RECIST_MIN_DIAMETER_MM
+    if slice_thickness_mm > RECIST_THICK_SLICE_MM:
+        minimum = max(minimum, RECIST_THICKNESS_FACTOR * slice_thickness_mm)
+    return bool(longest_mm >= minimum)
+
+
+@dataclass
+class LesionReport:
+    """Every lesion of one mask, its instance labels and the scan's geometry.
+
+    Attributes:
+        lesions: by id (decreasing volume).
+        instances: instance labels (0 = background) on the mask's grid.
+        frame: the axial slice geometry.
+        scan: the grid's facts (shape, spacing, orientation, affine, source files).
+    """
+
+    lesions: list[Lesion]
+    instances: Volume
+    frame: SliceFrame
+    scan: dict[str, Any] = field(default_factory=dict)
+
+
+def _ijk_to_ras(affine: np.ndarray, ijk: np.ndarray) -> np.ndarray:
+    pts = np.atleast_2d(np.asarray(ijk, dtype=np.float64))
+    return pts @ affine[:3, :3].T + affine[:3, 3]
+
+
+def _triple(values: Any) -> tuple[float, float, float]:
+    return tuple(float(v) for v in values)  # type: ignore[return-value]
+
+
+def _lift(ab: np.ndarray, t: int, frame: SliceFrame, offset: np.ndarray) -> np.ndarray:
+    """(n, 2) in-plane coordinates on slice t of a crop -> (n, 3) file voxel indices."""
+    out = np.zeros((ab.shape[0], 3))
+    out[:, frame.slice_axis] = t
+    out[:, frame.plane_axes[0]] = ab[:, 0]
+    out[:, frame.plane_axes[1]] = ab[:, 1]
+    return out + offset
+
+
+@dataclass(frozen=True)
+class _Lungs:
+    """The lung region reduced to what the side decision needs."""
+
+    labels: np.ndarray  # strided labels: 0 none, 1 right lung, 2 left lung
+    step: int
+    midline_x_mm: float | None
+    two_lungs: bool
+
+
+_RIGHT, _LEFT = 1, 2
+
+
+def _prepare_lungs(lungs: Volume) -> _Lungs:
+    """Find the two lungs of a region mask and which is the patient's right."""
+    array = lungs.array
+    step = max(1, math.ceil((array.size / LUNG_LABEL_MAX_VOXELS) ** (1.0 / 3.0)))
+    strided = np.asarray(array[::step, ::step, ::step])
+    values = np.unique(strided[strided != 0])
+    if values.size == 2:
+        comp = np.zeros(strided.shape, dtype=np.int32)
+        comp[strided == values[0]], comp[strided == values[1]] = 1, 2
+        n = 2
+    else:
+        comp, n = ndimage.label(strided != 0, structure=_STRUCTURE_3D)
+    sizes = np.bincount(comp.ravel(), minlength=n + 1)[1:]
+    sub_affine = lungs.affine @ np.diag([step, step, step, 1.0])
+    if n == 0:
+        return _Lungs(np.zeros(strided.shape, dtype=np.uint8), step, None, False)
+    order = np.argsort(-sizes, kind="stable")
+    first = order[0] + 1
+    two = n >= 2 and sizes[order[1]] >= LUNG_SECOND_FRACTION * sizes[order[0]]
+    if not two:
+        centroid = _ijk_to_ras(sub_affine, np.argwhere(comp != 0).mean(axis=0))[0]
+        return _Lungs(np.zeros(strided.shape, dtype=np.uint8), step, float(centroid[0]), False)
+    second = order[1] + 1
+    xs = [float(_ijk_to_ras(sub_affine, np.argwhere(comp == c).mean(axis=0))[0][0]) for c in (first, second)]
+    right, left = (first, second) if xs[0] > xs[1] else (second, first)
+    labels = np.zeros(strided.shape, dtype=np.uint8)
+    labels[comp == right], labels[comp == left] = _RIGHT, _LEFT
+    return _Lungs(labels, step, (xs[0] + xs[1]) / 2.0, True)
+
+
+def _side_from_x(x_mm: float, midline_mm: float) -> str:
+    if abs(x_mm - midline_mm) < MIDLINE_TOLERANCE_MM:
+        return "midline"
+    return "right" if x_mm > midline_mm else "left"  # RAS+: +x towards the patient's right
+
+
+def _lung_contact(lungs: _Lungs, lung_array: np.ndarray, instance: np.ndarray, box: tuple[slice, ...]) -> str | None:
+    """Side of the lung the lesion touches (majority of touched lung voxels), None if none."""
+    grown_box = tuple(slice(max(s.start - LUNG_CONTACT_VOXELS, 0), min(s.stop + LUNG_CONTACT_VOXELS, n)) for s, n in zip(box, lung_array.shape))
+    local = np.zeros(tuple(s.stop - s.start for s in grown_box), dtype=bool)
+    inner = tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(box, grown_box))
+    local[inner] = instance
+    touched = ndimage.binary_dilation(local, structure=_STRUCTURE_3D, iterations=LUNG_CONTACT_VOXELS)
+    touched &= np.asarray(lung_array[grown_box]) != 0
+    idx = np.argwhere(touched) + np.array([g.start for g in grown_box])
+    if idx.size == 0:
+        return None
+    sub = np.minimum(idx // lungs.step, np.array(lungs.labels.shape) - 1)
+    sides = lungs.labels[sub[:, 0], sub[:, 1], sub[:, 2]]
+    right, left = int(np.count_nonzero(sides == _RIGHT)), int(np.count_nonzero(sides == _LEFT))
+    if right == left:
+        return None
+    return "right" if right > left else "left"
+
+
+def _body_midline_x(ct: Volume, frame: SliceFrame, slice_index: int) -> float | None:
+    """World x of the body's centroid on one axial slice (CT voxels above BODY_HU)."""
+    plane = np.take(ct.array, slice_index, axis=frame.slice_axis)
+    body = np.argwhere(plane > BODY_HU)
+    if body.size == 0:
+        return None
+    ab = body.mean(axis=0)
+    ijk = np.zeros(3)
+    ijk[frame.slice_axis] = slice_index
+    ijk[frame.plane_axes[0]], ijk[frame.plane_axes[1]] = ab
+    return float(_ijk_to_ras(ct.affine, ijk)[0][0])
+
+
+def scan_facts(volume: Volume, frame: SliceFrame) -> dict[str, Any]:
+    """Shape, spacing, orientation and affine of a grid, with its slice geometry."""
+    return {
+        "path": volume.meta.get("path"),
+        "shape": list(volume.shape),
+        "spacing_mm": list(volume.spacing_mm),
+        "axcodes": "".join(volume.axcodes),
+        "affine_ras": np.asarray(volume.affine).tolist(),
+        "slice_axis": frame.slice_axis_name,
+        "slice_thickness_mm": frame.thickness_mm,
+        "slice_tilt_deg": frame.tilt_deg,
+        "voxel_volume_ml": volume.voxel_volume_ml,
+    }
+
+
+def measure_lesions(
+    mask: Volume,
+    ct: Volume | None = None,
+    *,
+    probabilities: Volume | None = None,
+    lungs: Volume | None = None,
+) -> LesionReport:
+    """Instances of a binary mask and every lesion's measurements (see the module docstring).
+
+    Args:
+        mask: binary tumour mask (0/1).
+        ct: the CT (HU) on the mask's grid: HU statistics and the body midline for the side.
+        probabilities: probability map on the grid: mean/max probability per lesion.
+        lungs: lung region mask on the grid (binary both lungs, or two labels): the side.
+
+    Returns:
+        The lesions by decreasing volume, their instance labels and the scan's facts.
+
+    Raises:
+        InputError: the mask is not binary, probabilities outside [0, 1].
+        GeometryError: a volume is not on the mask's grid, or the slices are not axial.
+    """
+    fg = binary_mask(mask, "mask")
+    for role, other in (("CT", ct), ("probability map", probabilities), ("lung region", lungs)):
+        if other is not None:
+            check_same_grid(mask, other, "mask", role)
+    prob = check_probabilities(probabilities) if probabilities is not None else None
+    frame = slice_frame(mask.affine, _path(mask, "mask"))
+    labels, count = label_instances(fg)
+    lung_info = _prepare_lungs(lungs) if lungs is not None else None
+    affine = mask.affine
+    voxel_ml = mask.voxel_volume_ml
+    lesions: list[Lesion] = []
+    for index, box in enumerate(ndimage.find_objects(labels, max_label=count)):
+        if box is None:  # pragma: no cover - every id has voxels
+            continue
+        lesion_id = index + 1
+        instance = labels[box] == lesion_id
+        offset = np.array([s.start for s in box], dtype=np.float64)
+        sub = _to_slices_first(instance, frame)
+        t, long_mm, long_ab, boundary = _longest_slice(sub, frame)
+        short_mm, short_ab = _short_axis(boundary, frame.to_plane_mm, long_ab)
+        long_ijk = _lift(long_ab, t, frame, offset)
+        short_ijk = _lift(short_ab, t, frame, offset)
+        slice_index = int(t + offset[frame.slice_axis])
+        voxel_idx = np.argwhere(instance)
+        centroid = _ijk_to_ras(affine, voxel_idx.mean(axis=0) + offset)[0]
+        side, side_source = _decide_side(centroid, instance, box, lung_info, lungs, ct, frame, slice_index)
+        hu = np.asarray(ct.array[box])[instance] if ct is not None else None
+        pr = np.asarray(prob[box])[instance] if prob is not None else None
+        lesions.append(
+            Lesion(
+                id=lesion_id,
+                voxels=int(voxel_idx.shape[0]),
+                volume_ml=float(voxel_idx.shape[0] * voxel_ml),
+                longest_diameter_mm=long_mm,
+                short_axis_mm=short_mm,
+                slice_index=slice_index,
+                slice_thickness_mm=frame.thickness_mm,
+                measurable=is_measurable(long_mm, frame.thickness_mm),
+                size_band=size_band(long_mm),
+                long_axis_ras_mm=tuple(_triple(p) for p in _ijk_to_ras(affine, long_ijk)),  # type: ignore[arg-type]
+                short_axis_ras_mm=tuple(_triple(p) for p in _ijk_to_ras(affine, short_ijk)),  # type: ignore[arg-type]
+                long_axis_ijk=tuple(_triple(p) for p in long_ijk),  # type: ignore[arg-type]
+                short_axis_ijk=tuple(_triple(p) for p in short_ijk),  # type: ignore[arg-type]
+                centroid_ras_mm=_triple(centroid),
+                side=side,
+                side_source=side_source,
+                bbox_ijk_min=tuple(int(s.start) for s in box),  # type: ignore[arg-type]
+                bbox_ijk_max=tuple(int(s.stop - 1) for s in box),  # type: ignore[arg-type]
+                hu_mean=float(hu.mean(dtype=np.float64)) if hu is not None else None,
+                hu_max=float(hu.max()) if hu is not None else None,
+                prob_mean=float(pr.mean(dtype=np.float64)) if pr is not None else None,
+                prob_max=float(pr.max()) if pr is not None else None,
+            )
+        )
+    instances = Volume(labels, mask.affine, {"path": None})
+    scan = scan_facts(ct if ct is not None else mask, frame)
+    scan["sources"] = {
+        "ct": ct.meta.get("path") if ct is not None else None,
+        "mask": mask.meta.get("path"),
+        "probabilities": probabilities.meta.get("path") if probabilities is not None else None,
+        "lungs": lungs.meta.get("path") if lungs is not None else None,
+    }
+    return LesionReport(lesions=lesions, instances=instances, frame=frame, scan=scan)
+
+
+def _decide_side(
+    centroid: np.ndarray,
+    instance: np.ndarray,
+    box: tuple[slice, ...],
+    lung_info: _Lungs | None,
+    lungs: Volume | None,
+    ct: Volume | None,
+    frame: SliceFrame,
+    slice_index: int,
+) -> tuple[str | None, str | None]:
+    """(side, how it was decided); see the module docstring."""
+    if lung_info is not None and lungs is not None:
+        if lung_info.two_lungs:
+            touched = _lung_contact(lung_info, lungs.array, instance, box)
+            if touched is not None:
+                return touched, "lung region"
+        if lung_info.midline_x_mm is not None:
+            return _side_from_x(float(centroid[0]), lung_info.midline_x_mm), "lung midline"
+    if ct is not None:
+        midline = _body_midline_x(ct, frame, slice_index)
+        if midline is not None:
+            return _side_from_x(float(centroid[0]), midline), "body midline"
+    return None, None
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+
+
+#: CSV columns of lesions.csv, in order (coordinates RAS+ mm, indices into the file's array).
+CSV_COLUMNS = (
+    "id",
+    "voxels",
+    "volume_ml",
+    "longest_diameter_mm",
+    "short_axis_mm",
+    "measurable",
+    "size_band",
+    "slice_axis",
+    "slice_index",
+    "slice_thickness_mm",
+    "side",
+    "side_source",
+    "centroid_x_ras_mm",
+    "centroid_y_ras_mm",
+    "centroid_z_ras_mm",
+    "long_start_x_ras_mm",
+    "long_start_y_ras_mm",
+    "long_start_z_ras_mm",
+    "long_end_x_ras_mm",
+    "long_end_y_ras_mm",
+    "long_end_z_ras_mm",
+    "short_start_x_ras_mm",
+    "short_start_y_ras_mm",
+    "short_start_z_ras_mm",
+    "short_end_x_ras_mm",
+    "short_end_y_ras_mm",
+    "short_end_z_ras_mm",
+    "bbox_i_min",
+    "bbox_j_min",
+    "bbox_k_min",
+    "bbox_i_max",
+    "bbox_j_max",
+    "bbox_k_max",
+    "hu_mean",
+    "hu_max",
+    "prob_mean",
+    "prob_max",
+)
+
+
+def _csv_row(lesion: Lesion, frame: SliceFrame) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "id": lesion.id,
+        "voxels": lesion.voxels,
+        "volume_ml": lesion.volume_ml,
+        "longest_diameter_mm": lesion.longest_diameter_mm,
+        "short_axis_mm": lesion.short_axis_mm,
+        "measurable": lesion.measurable,
+        "size_band": lesion.size_band,
+        "slice_axis": frame.slice_axis_name,
+        "slice_index": lesion.slice_index,
+        "slice_thickness_mm": lesion.slice_thickness_mm,
+        "side": lesion.side,
+        "side_source": lesion.side_source,
+        "hu_mean": lesion.hu_mean,
+        "hu_max": lesion.hu_max,
+        "prob_mean": lesion.prob_mean,
+        "prob_max": lesion.prob_max,
+    }
+    for axis, name in enumerate("xyz"):
+        row[f"centroid_{name}_ras_mm"] = lesion.centroid_ras_mm[axis]
+        for kind, points in (("long", lesion.long_axis_ras_mm), ("short", lesion.short_axis_ras_mm)):
+            row[f"{kind}_start_{name}_ras_mm"] = points[0][axis]
+            row[f"{kind}_end_{name}_ras_mm"] = points[1][axis]
+    for axis, name in enumerate("ijk"):
+        row[f"bbox_{name}_min"] = lesion.bbox_ijk_min[axis]
+        row[f"bbox_{name}_max"] = lesion.bbox_ijk_max[axis]
+    return row
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # shortest round-trip form: the CSV equals the JSON
+    return str(value)
+
+
+def lesions_csv_text(report: LesionReport) -> str:
+    """lesions.csv as text: one row per lesion, :data:`CSV_COLUMNS`, empty cells for unknowns."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for lesion in report.lesions:
+        row = _csv_row(lesion, report.frame)
+        writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe copy: NaN -> null, +-inf -> "inf"/"-inf", numpy scalars -> Python, tuples -> lists."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return value
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def lesions_document(report: LesionReport, model_facts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The lesions.json document: conventions, scan geometry, model facts, lesions."""
+    facts = dict(model_facts or {})
+    return json_safe(
+        {
+            "format": LESIONS_FORMAT,
+            "version": LESIONS_FORMAT_VERSION,
+            "coordinate_system": WORLD_FRAME_TEXT,
+            "conventions": {
+                "instances": f"{CONNECTIVITY}-connected components; ids by decreasing voxel count",
+                "diameters": DIAMETER_CONVENTION,
+                "axial_slices": "acquired voxel planes whose normal is closest to the patient's superior axis, "
+                f"measured physically in that plane; at most {MAX_SLICE_TILT_DEG:g} degrees tilt",
+                "measurable": f"RECIST 1.1: longest >= {RECIST_MIN_DIAMETER_MM:g} mm and >= "
+                f"{RECIST_THICKNESS_FACTOR:g} x slice thickness where slices are thicker than {RECIST_THICK_SLICE_MM:g} mm",
+                "size_bands_mm": list(SIZE_BAND_NAMES),
+                "indices": "voxel indices (i, j, k) into the file's array, bbox inclusive; *_ijk endpoints are "
+                "continuous (pixel centres at integers)",
+            },
+            "scan": report.scan,
+            "model": facts or None,
+            "threshold": facts.get("threshold"),
+            "lesion_count": len(report.lesions),
+            "lesions": [lesion.to_dict() for lesion in report.lesions],
+        }
+    )
+
+
+def write_lesion_outputs(
+    report: LesionReport,
+    out_dir: str | os.PathLike[str],
+    model_facts: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
+) -> list[Path]:
+    """Write lesions.csv, lesions.json and instances.nii.gz (each atomically) into ``out_dir``.
+
+    Everything is rendered in memory first, so a failure before the first write leaves nothing.
+
+    Args:
+        report: from :func:`measure_lesions`.
+        out_dir: output folder (created if missing).
+        model_facts: checkpoint, preprocessing, threshold, ... recorded in lesions.json.
+        extra_files: more files to write into ``out_dir`` (name -> bytes), e.g. report.html.
+
+    Returns:
+        The written paths.
+
+    Raises:
+        InputError: ``out_dir`` exists and is not a folder.
+    """
+    from lungtumor.atomic import atomic_output
+    from lungtumor.io.nifti import write_nifti
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder; pass a folder for the lesion outputs")
+    csv_text = lesions_csv_text(report)
+    json_text = json.dumps(lesions_document(report, model_facts), indent=2, allow_nan=False) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_nifti(report.instances, out / INSTANCES_NIFTI)]
+    written.append(write_text_atomic(out / LESIONS_CSV, csv_text))
+    written.append(write_text_atomic(out / LESIONS_JSON, json_text))
+    for name, data in (extra_files or {}).items():
+        with atomic_output(out / name, suffix=".tmp") as tmp:
+            Path(tmp).write_bytes(data)
+        written.append(out / name)
+    return written
