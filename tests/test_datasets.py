@@ -135,7 +135,8 @@ def test_msd_layout_keeps_todays_behaviour(tmp_path) -> None:
     (root / "labelsTr" / "lung_002.nii.gz").unlink()
     cases = find_cases(root)
     assert [c.case_id for c in cases] == ["lung_000", "lung_001", "lung_002"]
-    assert cases[0] == CaseFiles("lung_000", root / "imagesTr" / "lung_000.nii.gz", root / "labelsTr" / "lung_000.nii.gz", 1, (), "labelsTr/lung_000.nii.gz")
+    image, label = root / "imagesTr" / "lung_000.nii.gz", root / "labelsTr" / "lung_000.nii.gz"
+    assert cases[0] == CaseFiles("lung_000", image, label, 1, (), "labelsTr/lung_000.nii.gz")
     assert cases[2].label is None and cases[2].label_hint == "labelsTr/lung_002.nii.gz"
     assert find_cases(root, layout="msd") == cases
     # No labelsTr/ at all: an error for training, fine for listing images.
@@ -175,6 +176,22 @@ def test_nnunet_layout_lists_channel_0_and_labels(tmp_path) -> None:
     assert find_cases(root, label="2")[0].label_value == 2
 
 
+def test_nnunet_v1_folder_is_detected_by_its_file_names(tmp_path) -> None:
+    # nnU-Net v1: MSD keys in dataset.json, but <case>_0000 images and <case> labels.
+    root = tmp_path / "Task006_Lung"
+    for cid in ("lung_001", "lung_002"):
+        _write(root / "imagesTr" / f"{cid}_0000.nii.gz", _ct())
+        _write(root / "labelsTr" / f"{cid}.nii.gz", _multi_label())
+    _dataset_json(root, modality={"0": "CT"}, labels={"0": "background", "1": "lung", "2": "cancer"})
+    assert detect_layout(root) == "nnunet"
+    assert [(c.case_id, c.label_value) for c in find_cases(root)] == [("lung_001", 2), ("lung_002", 2)]
+    # An MSD folder whose case names end in 4 digits stays MSD (its labels have the same names).
+    msd = tmp_path / "msd"
+    _write(msd / "imagesTr" / "case_0001.nii.gz", _ct())
+    _write(msd / "labelsTr" / "case_0001.nii.gz", _ct())
+    assert detect_layout(msd) == "msd"
+
+
 def test_nnunet_plain_nii_file_ending(tmp_path) -> None:
     root = _nnunet(tmp_path / "Dataset007_X", ending=".nii")
     assert [c.label.name for c in find_cases(root)] == ["lung_001.nii", "lung_002.nii"]
@@ -192,7 +209,7 @@ def test_nnunet_multichannel_takes_ct_channel_0_or_refuses(tmp_path) -> None:
 @pytest.mark.parametrize(
     ("labels", "label", "match"),
     [
-        ({"background": 0, "left lung": 1, "right lung": 2}, None, "2 foreground labels .* none names a tumour; choose one with --label"),
+        ({"background": 0, "left lung": 1, "right lung": 2}, None, "none names a tumour; choose one with --label"),
         ({"background": 0, "tumor": 1, "tumor core": 2}, None, "2 name a tumour"),
         ({"background": 0, "lung": 1, "tumor": 2}, "cancer", "'cancer' is not one of the declared labels"),
         ({"background": 0, "lung": 1, "tumor": 2}, 7, "--label 7 is not a foreground label value"),
@@ -290,7 +307,8 @@ def test_tumour_mask_binarises_the_chosen_value() -> None:
     label = _multi_label()
     case = CaseFiles("c", Path("c.nii.gz"), Path("c_label.nii.gz"), 2, (1,))
     np.testing.assert_array_equal(tumour_mask(label, case), (label == 2).astype(np.uint8))
-    np.testing.assert_array_equal(tumour_mask(label, CaseFiles("c", Path("c"), Path("l"), 1, (2,))), (label == 1).astype(np.uint8))
+    lung = CaseFiles("c", Path("c"), Path("l"), 1, (2,))
+    np.testing.assert_array_equal(tumour_mask(label, lung), (label == 1).astype(np.uint8))
     assert tumour_mask(label, case).dtype == np.uint8
     # A value the dataset does not declare.
     bad = label.copy()
@@ -317,7 +335,7 @@ def test_nnunet_label_value_reaches_the_store(tmp_path) -> None:
 
     root = _nnunet(tmp_path / "Dataset012_Lung", cases=("lung_001",), shape=SHAPE)
     (case,) = find_cases(root)
-    ct, mask = load_case(case)
+    _ct, mask = load_case(case)
     expected = np.asarray(nib.load(str(root / "labelsTr" / "lung_001.nii.gz")).dataobj) == 2
     np.testing.assert_array_equal(mask.array, expected.astype(np.uint8))
     assert mask.array.sum() == 10 * 10 * 7
@@ -328,7 +346,8 @@ def test_nnunet_label_value_reaches_the_store(tmp_path) -> None:
     _, stored = SliceStore(tmp_path / "store").arrays("lung_001")
     assert set(np.unique(stored)) <= {0, 1} and stored.any()
     # The lung label instead: more voxels.
-    preprocess_task(root, tmp_path / "store_lung", PreprocessConfig(size=32), SplitConfig(val_cases=0), progress=False, label="lung")
+    cfg, split = PreprocessConfig(size=32), SplitConfig(val_cases=0)
+    preprocess_task(root, tmp_path / "store_lung", cfg, split, progress=False, label="lung")
     meta_lung = json.loads((tmp_path / "store_lung" / "cases" / "lung_001" / "meta.json").read_text())
     assert meta_lung["tumour_voxels_original"] == int(np.count_nonzero(_multi_label(SHAPE) == 1))
 
@@ -336,13 +355,15 @@ def test_nnunet_label_value_reaches_the_store(tmp_path) -> None:
 def test_cli_preprocess_layout_and_label(tmp_path, capsys) -> None:
     from lungtumor.cli import main
 
-    root = _nnunet(tmp_path / "Dataset013_Lung", cases=("lung_001",), shape=SHAPE, labels={"background": 0, "left": 1, "right": 2})
-    code = main(["preprocess", str(root), str(tmp_path / "store"), "--size", "32", "--val-cases", "0", "--layout", "nnunet"])
+    labels = {"background": 0, "left": 1, "right": 2}
+    root = _nnunet(tmp_path / "Dataset013_Lung", cases=("lung_001",), shape=SHAPE, labels=labels)
+    args = ["preprocess", str(root), str(tmp_path / "store"), "--size", "32", "--val-cases", "0", "--layout", "nnunet"]
+    code = main(args)
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("\n") == 1 and "none names a tumour; choose one with --label" in err and "dataset.json" in err
     assert not (tmp_path / "store" / "store.json").exists()
-    code = main(["preprocess", str(root), str(tmp_path / "store"), "--size", "32", "--val-cases", "0", "--layout", "nnunet", "--label", "2"])
+    code = main([*args, "--label", "2"])
     assert code == 0, capsys.readouterr().err
     meta = json.loads((tmp_path / "store" / "cases" / "lung_001" / "meta.json").read_text())
     assert meta["tumour_voxels_original"] == 10 * 10 * 7

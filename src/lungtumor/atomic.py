@@ -76,3 +76,32 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
     return Path(path)
+
+
+def _same(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_input_as_output(outputs: list[str | os.PathLike[str]], inputs: list[str | os.PathLike[str]], *, command: str) -> None:
+    """Raise a one-line ConfigError when an output is, or would replace, one of the inputs.
+
+    Catches the same path, the same file under another name (hard or symbolic links), an output
+    folder equal to an input folder (a folder predicted into itself would overwrite every scan),
+    and an output file that would land on a file inside an input folder.
+    """
+    from lungtumor.errors import ConfigError
+
+    for out in (Path(o) for o in outputs if o is not None):
+        for inp in (Path(i) for i in inputs if i is not None):
+            clash = _same(out, inp)
+            if not clash and inp.is_dir() and out.parent.resolve() == inp.resolve() and (inp / out.name).exists():
+                clash = _same(out, inp / out.name)
+            if clash:
+                raise ConfigError(
+                    f"{out}: this output is the input {inp}; `{command}` would overwrite it — write to another file or folder"
+                )

@@ -40,15 +40,18 @@ def _cmd_phantom(a: argparse.Namespace) -> None:
 
 
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:
-    from lungtumor.config import PreprocessConfig
+    from lungtumor.config import LUNG_MARGIN_MM, LUNG_SPACING_MM, PreprocessConfig
 
     d = PreprocessConfig()
     p = sub.add_parser("preprocess", help="dataset folder (MSD, nnU-Net v2 raw, CT/label pairs) -> slice store for training")
     p.add_argument("task_dir")
     p.add_argument("store_dir")
-    p.add_argument("--size", type=int, default=d.size, help=f"in-plane slice size (default {d.size}, the seed's)")
-    p.add_argument("--skip-inferior-slices", type=int, default=d.skip_inferior_slices, help=f"drop this many most inferior slices (default {d.skip_inferior_slices})")
-    p.add_argument("--clip-hu", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="clip HU before scaling (default: no clip, as the seed)")
+    p.add_argument("--preset", choices=["seed", "lung"], default=d.preset, help=f"slice grid: seed (the seed's recipe, bit for bit) or lung (crop to the lungs, spacing in mm, slices of the lung extent); default {d.preset}")
+    p.add_argument("--spacing-mm", type=float, default=None, help=f"lung preset: in-plane spacing of the model slices in mm (default {LUNG_SPACING_MM})")
+    p.add_argument("--margin-mm", type=float, default=None, help=f"lung preset: margin around the lung region's box in mm (default {LUNG_MARGIN_MM})")
+    p.add_argument("--size", type=int, default=None, help=f"seed preset: in-plane slice size (default {d.size}, the seed's)")
+    p.add_argument("--skip-inferior-slices", type=int, default=None, help=f"seed preset: drop this many most inferior slices (default {d.skip_inferior_slices})")
+    p.add_argument("--clip-hu", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help="clip HU before scaling (default: seed no clip, lung -1024 3071)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--val-cases", type=int, default=None, help="the seed's preset: last N cases (sorted) are validation, e.g. 6")
     g.add_argument("--fold", type=int, default=None, help="k-fold: this fold is validation (default 0 of 5, seeded shuffle)")
@@ -65,7 +68,14 @@ def _cmd_preprocess(a: argparse.Namespace) -> None:
     from lungtumor.config import PreprocessConfig, SplitConfig
     from lungtumor.preprocessing.store import preprocess_task
 
-    cfg = PreprocessConfig(size=a.size, skip_inferior_slices=a.skip_inferior_slices, clip_hu=tuple(a.clip_hu) if a.clip_hu else None)
+    if a.preset != "seed" and (a.size is not None or a.skip_inferior_slices is not None):
+        from lungtumor.errors import ConfigError
+
+        raise ConfigError("--size and --skip-inferior-slices belong to --preset seed; the lung preset sizes its slices by --spacing-mm and the lung region")
+    cfg = PreprocessConfig.from_preset(
+        a.preset, size=a.size, skip_inferior_slices=a.skip_inferior_slices, clip_hu=tuple(a.clip_hu) if a.clip_hu else None,
+        spacing_mm=a.spacing_mm, margin_mm=a.margin_mm,
+    )
     split = SplitConfig(folds=a.folds, fold=a.fold or 0, seed=a.split_seed, val_cases=a.val_cases)
     t0 = time.perf_counter()
     s = preprocess_task(a.task_dir, a.store_dir, cfg, split, workers=a.workers, skip_bad=a.skip_bad, layout=a.layout, label=a.label)
@@ -95,6 +105,9 @@ def _add_import_dicom(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_dicom(a: argparse.Namespace) -> None:
+    from lungtumor.atomic import refuse_input_as_output
+
+    refuse_input_as_output([a.out, a.label_out], [a.dicom_dir, a.rtstruct], command="lungtumor import-dicom")
     from lungtumor.io.importer import import_dicom
 
     r = import_dicom(a.dicom_dir, a.out, rtstruct=a.rtstruct, roi=a.roi, label_out=a.label_out, series_uid=a.series_uid, fill_rule=a.fill_rule)
@@ -182,6 +195,14 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
+    from lungtumor.atomic import refuse_input_as_output
+    from lungtumor.errors import ConfigError
+
+    refuse_input_as_output([a.output], [a.input, a.checkpoint], command="lungtumor predict")
+    if a.batch_size is not None and a.batch_size < 1:
+        raise ConfigError(f"--batch-size {a.batch_size}: must be at least 1 (slices per forward pass)")
+    if a.threshold is not None and not 0.0 < a.threshold < 1.0:
+        raise ConfigError(f"--threshold {a.threshold}: must lie strictly between 0 and 1 (a probability)")
     from lungtumor.inference.segment import predict_path
 
     results = predict_path(
@@ -218,6 +239,76 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     result = evaluate_folder(a.pred_dir, a.label_dir, out_dir=out, tolerance_mm=a.tolerance_mm, prob_dir=a.prob_dir)
     print(format_table(result))
     print(f"wrote {out}/metrics.csv and {out}/summary.json")
+
+
+def _add_lesions(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lesions", help="per-lesion table (volume, RECIST diameters, side) of a mask, instance mask, HTML report")
+    p.add_argument("mask", help="binary tumour mask .nii.gz on the CT's grid")
+    p.add_argument("ct", help="the CT (.nii.gz or a DICOM series folder)")
+    p.add_argument("--probabilities", default=None, help="probability map .nii.gz (mean/max probability per lesion)")
+    p.add_argument("--lungs", default=None, help="lung region mask .nii.gz (which lung each lesion lies in)")
+    p.add_argument("--out", required=True, help="output folder: lesions.csv, lesions.json, instances.nii.gz")
+    p.add_argument("--report", action="store_true", help="also write a self-contained report.html")
+    p.add_argument("--checkpoint", default=None, help="checkpoint that made the mask (recorded with its preprocessing)")
+    p.add_argument("--threshold", type=float, default=None, help="probability threshold that made the mask (recorded)")
+    p.add_argument("--series-uid", default=None, help="DICOM series to use where the CT folder holds several")
+    p.set_defaults(func=_cmd_lesions)
+
+
+def _cmd_lesions(a: argparse.Namespace) -> None:
+    from lungtumor.io.nifti import read_nifti
+    from lungtumor.io.readers import read_volume
+    from lungtumor.reporting.html import write_lesions_folder
+
+    model_facts: dict[str, Any] = {}
+    if a.checkpoint:
+        from lungtumor.model.checkpoint import read_checkpoint
+
+        meta = read_checkpoint(a.checkpoint)["lungtumor"]
+        model_facts = {"checkpoint": str(a.checkpoint), "preprocessing": meta.get("preprocess"), "model": meta.get("model")}
+        model_facts["threshold"] = a.threshold if a.threshold is not None else meta.get("threshold", 0.5)
+    elif a.threshold is not None:
+        model_facts = {"threshold": a.threshold}
+    mask = read_nifti(a.mask)
+    ct = read_volume(a.ct, series_uid=a.series_uid)
+    prob = read_nifti(a.probabilities, dtype="float32") if a.probabilities else None
+    lungs = read_nifti(a.lungs) if a.lungs else None
+    report, files = write_lesions_folder(ct, mask, a.out, probabilities=prob, lungs=lungs, model_facts=model_facts or None, html_report=a.report)
+    for lesion in report.lesions:
+        print(
+            f"lesion {lesion.id}: {lesion.volume_ml:.2f} ml, longest {lesion.longest_diameter_mm:.1f} mm, "
+            f"short {lesion.short_axis_mm:.1f} mm, {lesion.side or 'side unknown'}, {'measurable' if lesion.measurable else 'not measurable'}"
+        )
+    print(f"{len(report.lesions)} lesion(s); wrote " + ", ".join(str(p) for p in files))
+
+
+def _add_lungs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("lungs", help="tumour-inclusive lung region of a CT (NIfTI file or DICOM series folder) -> uint8 NIfTI")
+    p.add_argument("ct", help="CT .nii/.nii.gz file or DICOM series folder")
+    p.add_argument("out", help="output .nii.gz: 1 inside the lung region, on the CT's exact grid")
+    p.add_argument("--series-uid", default=None, help="DICOM series to use where the folder holds several")
+    p.set_defaults(func=_cmd_lungs)
+
+
+def _cmd_lungs(a: argparse.Namespace) -> None:
+    from lungtumor.errors import InputError
+    from lungtumor.io.nifti import is_nifti, write_nifti
+    from lungtumor.io.readers import read_volume
+    from lungtumor.preprocessing.lungs import find_lung_region
+
+    if not is_nifti(a.out):
+        raise InputError(f"{a.out}: the lung region is written as NIfTI; give an output name ending in .nii.gz or .nii")
+    t0 = time.perf_counter()
+    ct = read_volume(a.ct, series_uid=a.series_uid)
+    region = find_lung_region(ct)
+    write_nifti(region.mask, a.out, dtype="uint8")
+    for warning in region.warnings:
+        print(f"lungtumor lungs: warning: {warning}", file=sys.stderr)
+    box = "empty" if region.bbox_ijk is None else " x ".join(f"{lo}:{hi}" for lo, hi in region.bbox_ijk)
+    print(
+        f"{a.ct} -> {a.out}  shape {ct.shape}  region {region.volume_ml:.0f} ml (lungs {region.lung_volume_ml:.0f} ml), "
+        f"box {box}, {time.perf_counter() - t0:.1f} s"
+    )
 
 
 def _add_visualize(sub: argparse._SubParsersAction) -> None:
@@ -274,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungtumor", description="Lung tumour segmentation in chest CT.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_visualize, _add_demo):
+    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_lesions, _add_lungs, _add_visualize, _add_demo):
         add(sub)
     return parser
 

@@ -8,6 +8,7 @@ case -> GIF and PNG. Every stage prints its timing and where its output is.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lungtumor.config import PreprocessConfig, SplitConfig
-from lungtumor.errors import InputError
+from lungtumor.errors import ConfigError, InputError
 
 #: Milder augmentation than the seed's for a few minutes of CPU training on small phantom
 #: data: +-15 degrees, 0.9-1.1 zoom, 10 % shift, no elastic warp.
@@ -69,6 +70,18 @@ class DemoConfig:
     samples_per_epoch: int | None = 400
     augment_options: tuple[tuple[str, Any], ...] = DEMO_AUGMENT
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("cases", "val_cases", "size", "width", "epochs", "val_every_n_epochs", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {v}: must be a whole number >= 1")
+        if self.test_cases < 0:
+            raise ConfigError(f"--test-cases {self.test_cases}: must be >= 0")
+        if self.task_dir is None and self.val_cases >= self.cases:
+            raise ConfigError(f"--val-cases {self.val_cases}: must be fewer than --cases {self.cases}, so that some cases are left to train on")
+        if self.train_minutes is not None and not (isinstance(self.train_minutes, (int, float)) and math.isfinite(self.train_minutes) and self.train_minutes > 0):
+            raise ConfigError(f"--train-minutes {self.train_minutes}: must be a positive number of minutes (or leave it unset: no cap)")
 
 
 def _stage(name: str, log: list[tuple[str, float, str]]) -> Callable[[Callable[[], Any]], Any]:

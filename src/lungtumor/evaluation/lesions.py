@@ -23,7 +23,7 @@ matching and size bands, the HTML report):
   spacing s measures n*s along the row (a voxel-centre convention would give (n-1)*s and call a
   one-pixel lesion 0 mm).
 - **Longest axial diameter** (RECIST 1.1): the largest such distance within one slice, over all
-  slices of the lesion (ties: the lower slice index). Computed exactly: the convex hull of the
+  slices of the lesion (ties: the most inferior slice). Computed exactly: the convex hull of the
   boundary-pixel corners (``scipy.spatial.ConvexHull``), then every pair of hull vertices.
 - **Short axis**: on the same slice, the longest segment perpendicular to the long axis between
   the outermost boundary points of the lesion on that line (for a convex lesion, the longest
@@ -143,6 +143,8 @@ def binary_mask(volume: Volume, role: str = "mask") -> np.ndarray:
     array = volume.array
     if array.dtype == bool:
         return array
+    if array.dtype == np.uint8 and (array.size == 0 or array.max() <= 1):
+        return array.view(bool)  # 0/1 bytes are valid bools: no copy of a whole scan
     if array.size:
         lo, hi = array.min(), array.max()
         # Integer masks: the range is enough. Float masks must also hold whole numbers.
@@ -196,6 +198,7 @@ class SliceFrame:
             orthonormal in-plane millimetres (exact: distances computed there are world distances).
         thickness_mm: distance between consecutive slice planes.
         tilt_deg: angle between the slice planes' normal and the patient's superior axis.
+        superior_sign: +1 when the slice index grows towards superior, -1 when towards inferior.
     """
 
     slice_axis: int
@@ -203,6 +206,7 @@ class SliceFrame:
     to_plane_mm: np.ndarray
     thickness_mm: float
     tilt_deg: float
+    superior_sign: int = 1
 
     @property
     def slice_axis_name(self) -> str:
@@ -245,7 +249,8 @@ def slice_frame(affine: np.ndarray, source: str = "volume") -> SliceFrame:
     rest = col_b - (col_b @ e1) * e1
     e2 = rest / np.linalg.norm(rest)
     to_plane = np.array([[col_a @ e1, col_b @ e1], [col_a @ e2, col_b @ e2]])
-    return SliceFrame(slice_axis, (a, b), to_plane, thickness_mm, tilt_deg)
+    superior_sign = 1 if aff[2, slice_axis] > 0 else -1
+    return SliceFrame(slice_axis, (a, b), to_plane, thickness_mm, tilt_deg, superior_sign)
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,15 +368,15 @@ def _longest_slice(sub: np.ndarray, frame: SliceFrame) -> tuple[int, float, np.n
     """
     present = np.flatnonzero(sub.any(axis=(1, 2)))
     bounds = [(_bound_mm(sub[t].any(axis=1), sub[t].any(axis=0), frame.to_plane_mm), int(t)) for t in present]
-    bounds.sort(key=lambda item: (-item[0], item[1]))
-    best_t, best_len = -1, -1.0
+    bounds.sort(key=lambda item: (-item[0], item[1] * frame.superior_sign))
+    best_t, best_len = (-1 if frame.superior_sign > 0 else sub.shape[0]), -1.0
     best_ab, best_boundary = np.zeros((2, 2)), np.empty((0, 2), dtype=int)
     for bound, t in bounds:
         if bound < best_len - _TIE_MM:
             break
         boundary = _boundary_pixels(sub[t])
         length, ends = _longest(boundary, frame.to_plane_mm)
-        if length > best_len + _TIE_MM or (abs(length - best_len) <= _TIE_MM and t < best_t):
+        if length > best_len + _TIE_MM or (abs(length - best_len) <= _TIE_MM and t * frame.superior_sign < best_t * frame.superior_sign):
             best_t, best_len, best_ab, best_boundary = t, length, ends, boundary
     return best_t, best_len, best_ab, best_boundary
 
@@ -395,10 +400,14 @@ def longest_diameters_mm(labels: np.ndarray, count: int, affine: np.ndarray, sou
     """
     frame = slice_frame(affine, source)
     out = np.zeros(count, dtype=np.float64)
-    for index, box in enumerate(ndimage.find_objects(labels, max_label=count)):
+    crop_box = _bounding_box(labels != 0) if count else None
+    if crop_box is None:
+        return out
+    crop = labels[crop_box]
+    for index, box in enumerate(ndimage.find_objects(crop, max_label=count)):
         if box is None:
             continue
-        sub = _to_slices_first(labels[box] == index + 1, frame)
+        sub = _to_slices_first(crop[box] == index + 1, frame)
         out[index] = _longest_slice(sub, frame)[1]
     return out
 
@@ -426,6 +435,27 @@ def _label_dtype(count: int) -> np.dtype:
     return np.dtype(np.int64)  # pragma: no cover - more than 4e9 lesions
 
 
+def _label_cropped(fg: np.ndarray) -> tuple[np.ndarray, tuple[slice, ...], int]:
+    """Instance labels of the foreground's bounding box: (labels in the box, the box, count)."""
+    box = _bounding_box(fg)
+    if box is None:
+        return np.zeros((0, 0, 0), dtype=np.uint8), (slice(0, 0),) * fg.ndim, 0
+    crop_labels, count = ndimage.label(fg[box], structure=_STRUCTURE_3D)
+    sizes = np.bincount(crop_labels.ravel(), minlength=count + 1)[1:]
+    order = np.argsort(-sizes, kind="stable")  # ties keep ndimage's scan order
+    dtype = _label_dtype(count)
+    remap = np.zeros(count + 1, dtype=dtype)
+    remap[order + 1] = np.arange(1, count + 1, dtype=dtype)
+    return remap[crop_labels], box, int(count)
+
+
+def _uncrop(crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    labels = np.zeros(shape, dtype=crop.dtype)
+    if crop.size:
+        labels[box] = crop
+    return labels
+
+
 def label_instances(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """26-connected components with ids 1..N by decreasing voxel count.
 
@@ -439,19 +469,10 @@ def label_instances(mask: np.ndarray) -> tuple[np.ndarray, int]:
         ``(labels, count)``: labels the mask's shape, the smallest unsigned dtype that holds
         ``count`` (uint8 up to 255 lesions), 0 = background.
     """
-    fg = np.asarray(mask) != 0
-    box = _bounding_box(fg)
-    if box is None:
-        return np.zeros(fg.shape, dtype=np.uint8), 0
-    crop_labels, count = ndimage.label(fg[box], structure=_STRUCTURE_3D)
-    sizes = np.bincount(crop_labels.ravel(), minlength=count + 1)[1:]
-    order = np.argsort(-sizes, kind="stable")  # ties keep ndimage's scan order
-    dtype = _label_dtype(count)
-    remap = np.zeros(count + 1, dtype=dtype)
-    remap[order + 1] = np.arange(1, count + 1, dtype=dtype)
-    labels = np.zeros(fg.shape, dtype=dtype)
-    labels[box] = remap[crop_labels]
-    return labels, int(count)
+    fg = np.asarray(mask)
+    fg = fg if fg.dtype == bool else fg != 0
+    crop, box, count = _label_cropped(fg)
+    return _uncrop(crop, box, fg.shape), count
 
 
 # --------------------------------------------------------------------------------------------
@@ -710,7 +731,9 @@ def _lung_contact(lungs: _Lungs, lung_array: np.ndarray, instance: np.ndarray, b
 
 def _body_midline_x(ct: Volume, frame: SliceFrame, slice_index: int) -> float | None:
     """World x of the body's centroid on one axial slice (CT voxels above BODY_HU)."""
-    plane = np.take(ct.array, slice_index, axis=frame.slice_axis)
+    index: list[int | slice] = [slice(None)] * 3
+    index[frame.slice_axis] = slice_index
+    plane = ct.array[tuple(index)]  # a view (np.take would copy the whole scan first)
     body = np.argwhere(plane > BODY_HU)
     if body.size == 0:
         return None
@@ -764,16 +787,17 @@ def measure_lesions(
             check_same_grid(mask, other, "mask", role)
     prob = check_probabilities(probabilities) if probabilities is not None else None
     frame = slice_frame(mask.affine, _path(mask, "mask"))
-    labels, count = label_instances(fg)
+    crop, crop_box, count = _label_cropped(fg)
     lung_info = _prepare_lungs(lungs) if lungs is not None else None
     affine = mask.affine
     voxel_ml = mask.voxel_volume_ml
     lesions: list[Lesion] = []
-    for index, box in enumerate(ndimage.find_objects(labels, max_label=count)):
-        if box is None:  # pragma: no cover - every id has voxels
+    for index, local in enumerate(ndimage.find_objects(crop, max_label=count) if count else []):
+        if local is None:  # pragma: no cover - every id has voxels
             continue
         lesion_id = index + 1
-        instance = labels[box] == lesion_id
+        instance = crop[local] == lesion_id
+        box = tuple(slice(c.start + s.start, c.start + s.stop) for c, s in zip(crop_box, local))
         offset = np.array([s.start for s in box], dtype=np.float64)
         sub = _to_slices_first(instance, frame)
         t, long_mm, long_ab, boundary = _longest_slice(sub, frame)
@@ -812,7 +836,7 @@ def measure_lesions(
                 prob_max=float(pr.max()) if pr is not None else None,
             )
         )
-    instances = Volume(labels, mask.affine, {"path": None})
+    instances = Volume(_uncrop(crop, crop_box, mask.shape), mask.affine, {"path": None})
     scan = scan_facts(ct if ct is not None else mask, frame)
     scan["sources"] = {
         "ct": ct.meta.get("path") if ct is not None else None,

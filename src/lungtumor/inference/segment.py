@@ -1,14 +1,21 @@
 """Whole-scan inference: a CT Volume in, a mask Volume with the input's exact grid out.
 
-``segment`` applies exactly the preprocessing embedded in the checkpoint, runs the slices
-through the U-Net in batches (bfloat16 autocast where the hardware supports it), resizes the
-*probabilities* back to the original in-plane size, thresholds, puts the slices the recipe
-dropped back as zeros and undoes the reorientation, so the mask has the input's shape and
-affine (and, for DICOM input, the series' DICOM geometry in ``meta``).
+``segment`` fits the slice grid of the preprocessing embedded in the checkpoint
+(:class:`~lungtumor.preprocessing.grid.SliceGrid`: for the lung preset the lung region is found
+first), runs the slices through the U-Net in batches (bfloat16 autocast where the hardware
+supports it), maps the *probabilities* back through the same grid, thresholds, and so returns a
+mask with the input's shape and affine (and, for DICOM input, the series' DICOM geometry in
+``meta``), zero outside the grid's crop and kept slices. Post-processing (on by default) drops
+predicted components that do not touch the lung region and, optionally, lesions under a volume.
+For the seed preset this is exactly the seed's recipe (no lung region).
+
+TTA ``flip`` mirrors the patient's left-right axis: in the canonical ('L','A','S') slices
+``(N, C, H, W)`` that is H (axis -2), not W (anterior-posterior).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import nullcontext
@@ -23,49 +30,39 @@ from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_n
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume
 from lungtumor.model.checkpoint import LoadedModel, load_model
-from lungtumor.preprocessing.recipe import PreparedCT, prepare_ct, restore_slices
+from lungtumor.model.device import bf16_native, default_device, resolve_device  # noqa: F401 (re-exported)
+from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
+
+log = logging.getLogger(__name__)
 
 #: Default slices per forward pass on each kind of device.
 DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
 TTA_MODES = ("none", "flip")
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """The torch device for ``device`` (None = default), or a ConfigError a user can act on."""
-    if device is None:
-        return default_device()
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as exc:
-        raise ConfigError(f"--device {device!r}: not a device name; use cpu, cuda or cuda:N") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return dev
+#: Axis of a (N, C, H, W) canonical ('L','A','S') slice batch that runs along the patient's left-right.
+LEFT_RIGHT_AXIS = -2
+#: Connectivity of predicted lesions in post-processing: 26 neighbours (faces, edges, corners).
+LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
 
 def use_bf16(device: torch.device) -> bool:
     """bfloat16 autocast where the hardware runs it natively (fast and, for this U-Net, agreeing
     with float32 to well under 1 % of mask voxels; see the tests and BENCHMARKS.md)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
+    return bf16_native(device.type)
 
 
-def context_batch(slices: np.ndarray, start: int, stop: int, context: int) -> np.ndarray:
-    """(stop - start, 2 * context + 1, S, S) input for slices ``start:stop`` (edges repeated)."""
-    if context == 0:
+def context_batch(slices: np.ndarray, start: int, stop: int, context: int, offsets: np.ndarray | None = None) -> np.ndarray:
+    """(stop - start, C, H, W) input for slices ``start:stop`` (edges repeated).
+
+    ``offsets`` (slices, possibly fractional; :meth:`SliceGrid.context_offsets`) place the C
+    channels; None = the adjacent slices ``-context .. context``.
+    """
+    if offsets is None:
+        if context == 0:
+            return slices[start:stop, None]
+        offsets = np.arange(-context, context + 1, dtype=np.float64)
+    if len(offsets) == 1 and offsets[0] == 0:
         return slices[start:stop, None]
-    depth = slices.shape[0]
-    idx = np.clip(np.arange(start, stop)[:, None] + np.arange(-context, context + 1)[None, :], 0, depth - 1)
-    return slices[idx]
+    return context_stack(slices, np.arange(start, stop), offsets)
 
 
 @torch.no_grad()
@@ -77,16 +74,18 @@ def predict_slices(
     device: str | torch.device | None = None,
     tta: str = "none",
     precision: str = "auto",
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Sigmoid probabilities (D, S, S) float32 for preprocessed slices (D, S, S).
+    """Sigmoid probabilities (D, H, W) float32 for preprocessed slices (D, H, W).
 
     Args:
         model: from :func:`~lungtumor.model.checkpoint.load_model`.
-        slices: output of :func:`~lungtumor.preprocessing.recipe.prepare_ct`.
+        slices: output of :meth:`SliceGrid.image_to_slices`.
         batch_size: slices per forward pass (default 4 on CPU, 32 on CUDA).
         device: torch device (default: CUDA if available).
-        tta: ``none`` or ``flip`` (average with the left-right mirrored prediction).
+        tta: ``none`` or ``flip`` (average with the prediction of the patient's left-right mirror image).
         precision: ``auto`` (bf16 where supported), ``bf16`` or ``fp32``.
+        offsets: 2.5D channel offsets in slices (:meth:`SliceGrid.context_offsets`); None = adjacent slices.
     """
     if tta not in TTA_MODES:
         raise ConfigError(f"--tta {tta!r}: expected one of {TTA_MODES}")
@@ -102,11 +101,12 @@ def predict_slices(
     with autocast:
         for start in range(0, depth, bs):
             stop = min(depth, start + bs)
-            x = torch.from_numpy(np.ascontiguousarray(context_batch(slices, start, stop, model.context), dtype=np.float32))
+            x = torch.from_numpy(np.ascontiguousarray(context_batch(slices, start, stop, model.context, offsets), dtype=np.float32))
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             prob = torch.sigmoid(net(x).float())
             if tta == "flip":
-                prob = 0.5 * (prob + torch.sigmoid(net(x.flip(-1)).float()).flip(-1))
+                lr = LEFT_RIGHT_AXIS
+                prob = 0.5 * (prob + torch.sigmoid(net(x.flip(lr)).float()).flip(lr))
             out[start:stop] = prob[:, 0].cpu().numpy()
     return out
 
@@ -121,6 +121,9 @@ def segment(
     device: str | torch.device | None = None,
     precision: str = "auto",
     return_probabilities: bool = False,
+    postprocess: bool = True,
+    min_lesion_ml: float | None = None,
+    region: Volume | None = None,
 ) -> Volume | tuple[Volume, Volume]:
     """Segment tumours in a CT Volume (HU).
 
@@ -130,10 +133,17 @@ def segment(
         threshold: probability threshold (default: the checkpoint's, 0.5).
         tta, batch_size, device, precision: see :func:`predict_slices`.
         return_probabilities: also return the float32 probability Volume.
+        postprocess: drop predicted lesions (26-connected components) that do not touch the lung
+            region, and those under ``min_lesion_ml``. The seed preset has no lung region, so
+            there only ``min_lesion_ml`` acts (unless ``region`` is given).
+        min_lesion_ml: with ``postprocess``, drop lesions smaller than this many ml (None = keep all).
+        region: the lung region mask on ``volume``'s grid (e.g. ``find_lung_region(ct).mask``, as
+            ``lungtumor lungs`` writes it); None = found here for the lung preset.
 
     Returns:
-        uint8 {0, 1} mask Volume with exactly ``volume``'s shape and affine (and its meta),
-        plus the probability Volume when asked.
+        uint8 {0, 1} mask Volume with exactly ``volume``'s shape and affine (and its meta), zero
+        outside the slice grid's crop and kept slices, plus the probability Volume when asked
+        (not post-processed).
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     thr = float(threshold if threshold is not None else loaded.info.get("threshold", 0.5))
@@ -143,15 +153,69 @@ def segment(
         raise InputError(f"{volume.meta.get('path', 'CT')}: voxel type {volume.array.dtype} is not numeric")
     if volume.array.dtype.kind == "f" and not np.all(np.isfinite(volume.array)):
         raise InputError(f"{volume.meta.get('path', 'CT')}: contains NaN or infinite voxels; fix the CT first")
-    prepared: PreparedCT = prepare_ct(volume, loaded.preprocess)
-    probs = predict_slices(loaded, prepared.slices, batch_size=batch_size, device=device, tta=tta, precision=precision)
+    if min_lesion_ml is not None and not (np.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
+        raise ConfigError(f"--min-lesion-ml {min_lesion_ml} must be a volume in ml >= 0")
+    cfg = loaded.preprocess
+    if region is None and cfg.preset != "seed":
+        region = lung_region(volume)
+    grid: SliceGrid = fit_grid(volume, region, cfg)
+    probs = predict_slices(
+        loaded, grid.image_to_slices(volume), batch_size=batch_size, device=device, tta=tta, precision=precision,
+        offsets=grid.context_offsets(loaded.context),
+    )
+    meta = dict(volume.meta)
     if not return_probabilities:
         # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
-        return Volume(restore_slices(probs, prepared, volume.shape, threshold=thr), volume.affine, dict(volume.meta))
-    prob = restore_slices(probs, prepared, volume.shape)
-    mask_vol = Volume((prob > thr).astype(np.uint8), volume.affine, dict(volume.meta))
-    prob_vol = Volume(prob, volume.affine, dict(volume.meta))
-    return mask_vol, prob_vol
+        mask_vol = grid.slices_to_volume(probs, threshold=thr, meta=meta)
+        prob_vol = None
+    else:
+        prob_vol = grid.slices_to_volume(probs, meta=meta)
+        mask_vol = Volume((prob_vol.array > thr).astype(np.uint8), prob_vol.affine, dict(meta))
+    if postprocess and (region is not None or min_lesion_ml):
+        kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
+        mask_vol = Volume(kept, mask_vol.affine, dict(meta))
+    return mask_vol if prob_vol is None else (mask_vol, prob_vol)
+
+
+def lung_region(ct: Volume) -> Volume | None:
+    """The lung region mask that the lung preset crops to, or None (with a logged warning) when no
+    lungs are found: then the whole scan is segmented and no lesion is dropped for lying outside."""
+    from lungtumor.preprocessing.lungs import find_lung_region
+
+    found = find_lung_region(ct)
+    for message in found.warnings:
+        log.warning("%s", message)
+    if not found.found:
+        log.warning("%s: no lungs found; segmenting the whole field of view", ct.meta.get("path", "CT"))
+        return None
+    return found.mask
+
+
+def postprocess_mask(mask: np.ndarray, region: np.ndarray | None, voxel_ml: float, min_lesion_ml: float | None = None) -> np.ndarray:
+    """Keep the 26-connected components of ``mask`` that touch ``region`` (if given) and hold at
+    least ``min_lesion_ml`` (if given). Returns a new uint8 {0, 1} array of the same shape."""
+    from scipy import ndimage
+
+    out = np.zeros(mask.shape, dtype=np.uint8)
+    nz = mask != 0
+    box = []
+    for axis in range(3):
+        idx = np.flatnonzero(nz.any(axis=tuple(a for a in range(3) if a != axis)))
+        if idx.size == 0:
+            return out
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    sub = nz[tuple(box)]  # components never leave the mask's bounding box
+    labels, n = ndimage.label(sub, structure=LESION_CONNECTIVITY)
+    keep = np.ones(n + 1, dtype=bool)
+    keep[0] = False
+    if region is not None:
+        touching = np.zeros(n + 1, dtype=bool)
+        touching[np.unique(labels[(np.asarray(region)[tuple(box)] != 0) & (labels > 0)])] = True
+        keep &= touching
+    if min_lesion_ml:
+        keep &= np.bincount(labels.ravel(), minlength=n + 1) * float(voxel_ml) >= float(min_lesion_ml)
+    out[tuple(box)] = keep[labels]
+    return out
 
 
 def _probability_path(mask_path: Path) -> Path:
@@ -171,6 +235,8 @@ def predict_path(
     series_uid: str | None = None,
     progress: bool = True,
     output_format: str = "nifti",
+    postprocess: bool = True,
+    min_lesion_ml: float | None = None,
 ) -> list[dict[str, Any]]:
     """Segment a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
 
@@ -179,6 +245,7 @@ def predict_path(
     names (probabilities in ``OUTPUT/probabilities/``). ``output_format`` ``dicom-seg`` or
     ``nifti,dicom-seg`` (DICOM input only) also writes a DICOM-SEG beside OUTPUT as ``NAME.dcm``
     (see :func:`lungtumor.io.dicom_seg.prediction_seg_path`); ``dicom-seg`` alone skips the NIfTI.
+    ``postprocess`` and ``min_lesion_ml``: see :func:`segment`.
 
     Returns:
         One dict per input: input, output, shape, tumour volume (ml), seconds (and ``dicom_seg``).
@@ -224,7 +291,8 @@ def predict_path(
             if OUTPUT_NIFTI in formats:  # ... or a gantry tilt NIfTI cannot hold
                 check_nifti_affine(ct, mask_path)
             res = segment(
-                ct, model, threshold=threshold, tta=tta, batch_size=batch_size, device=device, return_probabilities=prob_path is not None
+                ct, model, threshold=threshold, tta=tta, batch_size=batch_size, device=device, return_probabilities=prob_path is not None,
+                postprocess=postprocess, min_lesion_ml=min_lesion_ml,
             )
             mask, prob = res if isinstance(res, tuple) else (res, None)
             if seg_path is not None:

@@ -13,6 +13,7 @@ Three layouts are recognised (:func:`detect_layout`):
     ``{"background": 0, "tumor": 1}``) and ``file_ending``. lungtumor reads one CT channel:
     a single-channel dataset is taken as it is; of a multi-channel one, channel 0 is used when
     it is named CT (the other channels are ignored, with a log message), else it is refused.
+    An nnU-Net v1 raw folder (MSD-style dataset.json, ``<case>_0000`` images) is read the same way.
 ``pairs``
     A plain folder of ``<case>_ct.nii.gz`` / ``<case>_label.nii.gz`` pairs (``.nii`` too),
     with an optional ``dataset.json`` ``labels`` map in either of the two forms above.
@@ -106,7 +107,10 @@ def _read_dataset_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{path}: unreadable dataset.json ({type(exc).__name__}: {exc}); fix the JSON or remove the file") from exc
+        raise InputError(
+            f"{path}: unreadable dataset.json ({type(exc).__name__}: {exc}); "
+            "fix the JSON or remove the file"
+        ) from exc
     if not isinstance(data, dict):
         raise InputError(f"{path}: dataset.json must hold a JSON object, found {type(data).__name__}; fix the file")
     return data
@@ -117,12 +121,29 @@ def _is_nnunet_json(data: Mapping[str, Any]) -> bool:
     return "channel_names" in data or "file_ending" in data
 
 
+def _has_channel_suffixes(root: Path) -> bool:
+    """True for an nnU-Net v1 raw folder: every image is ``<case>_XXXX`` and labels are ``<case>``.
+
+    (nnU-Net v1's dataset.json has MSD keys, so only the file names tell it from the MSD.)
+    """
+    images = list_niftis(root / IMAGES_DIR)
+    matches = [NNUNET_CHANNEL_RE.match(nifti_stem(p)) for p in images]
+    if not images or not all(matches):
+        return False
+    label_dir = root / LABELS_DIR
+    stems = [nifti_stem(p) for p in images]
+    if any(_find_label_file(label_dir, stem, NIFTI_FILE_ENDINGS) for stem in stems):
+        return False
+    return any(_find_label_file(label_dir, m["case"], NIFTI_FILE_ENDINGS) for m in matches if m is not None)
+
+
 def detect_layout(folder: str | os.PathLike[str]) -> str:
     """Which dataset layout ``folder`` is in: ``"msd"``, ``"nnunet"`` or ``"pairs"``.
 
-    ``nnunet`` when ``dataset.json`` has nnU-Net v2 keys (``channel_names`` / ``file_ending``);
-    ``msd`` when there is an ``imagesTr/`` folder otherwise; ``pairs`` when the folder holds
-    ``<case>_ct.nii.gz`` files.
+    ``nnunet`` when ``dataset.json`` has nnU-Net v2 keys (``channel_names`` / ``file_ending``),
+    or when every image in ``imagesTr/`` is ``<case>_XXXX`` and the labels are ``<case>`` (an
+    nnU-Net v1 raw folder); ``msd`` when there is an ``imagesTr/`` folder otherwise; ``pairs``
+    when the folder holds ``<case>_ct.nii.gz`` files.
 
     Raises:
         InputError: not a folder, or a folder in none of the layouts.
@@ -135,7 +156,7 @@ def detect_layout(folder: str | os.PathLike[str]) -> str:
     if _is_nnunet_json(data):
         return "nnunet"
     if (root / IMAGES_DIR).is_dir():
-        return "msd"
+        return "nnunet" if _has_channel_suffixes(root) else "msd"
     if any(_pair_stem(p, PAIR_IMAGE_SUFFIX) is not None for p in list_niftis(root)):
         return "pairs"
     raise InputError(
@@ -160,13 +181,19 @@ def _label_map(raw: Any, path: Path) -> dict[str, int | tuple[int, ...]]:
         out: dict[str, int | tuple[int, ...]] = {}
         for key, name in raw.items():
             if not str(key).strip().lstrip("-").isdigit():
-                raise InputError(f"{path}: label key {key!r} is not an integer value; MSD labels map values to names, e.g. {{\"1\": \"cancer\"}}")
+                raise InputError(
+                    f"{path}: label key {key!r} is not an integer value; "
+                    "MSD labels map values to names, e.g. {\"1\": \"cancer\"}"
+                )
             out[name] = int(key)
         return out
     out = {}
     for name, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, list)):
-            raise InputError(f"{path}: label {name!r} has value {value!r}; nnU-Net labels map names to integers, e.g. {{\"tumor\": 1}}")
+            raise InputError(
+                f"{path}: label {name!r} has value {value!r}; "
+                "nnU-Net labels map names to integers, e.g. {\"tumor\": 1}"
+            )
         if isinstance(value, list):
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
                 raise InputError(f"{path}: label {name!r} has value {value!r}; a region must be a list of integers")
@@ -213,7 +240,10 @@ def choose_label(
         if choice is None:
             return DEFAULT_TUMOUR_VALUE, ()
         if isinstance(choice, str):
-            raise InputError(f"{source}: --label {choice!r} is a name but the dataset declares no labels; pass the tumour's value (e.g. --label 1)")
+            raise InputError(
+                f"{source}: --label {choice!r} is a name but the dataset declares no labels; "
+                "pass the tumour's value (e.g. --label 1)"
+            )
         if choice == BACKGROUND_VALUE:
             raise InputError(f"{source}: --label 0 is background; pass the tumour's value (e.g. --label 1)")
         return int(choice), None
@@ -226,22 +256,34 @@ def choose_label(
             tumours = [name for name in foreground if _looks_like_tumour(name)]
             if len(tumours) != 1:
                 found = "none names a tumour" if not tumours else f"{len(tumours)} name a tumour ({', '.join(tumours)})"
-                raise InputError(f"{source}: {len(foreground)} foreground labels ({declared}) and {found}; choose one with --label NAME or --label VALUE")
+                raise InputError(
+                    f"{source}: {len(foreground)} foreground labels ({declared}) and {found}; "
+                    "choose one with --label NAME or --label VALUE"
+                )
             chosen_name = tumours[0]
     elif isinstance(choice, str):
         matches = [name for name in labels if name.lower() == choice.lower()]
         if len(matches) != 1:
             why = "is not one of" if not matches else "matches several of"
-            raise InputError(f"{source}: --label {choice!r} {why} the declared labels ({declared}); pass one of these names or values")
+            raise InputError(
+                f"{source}: --label {choice!r} {why} the declared labels ({declared}); "
+                "pass one of these names or values"
+            )
         chosen_name = matches[0]
     else:
         matches = [name for name, value in labels.items() if value == choice]
         if not matches or choice == BACKGROUND_VALUE:
-            raise InputError(f"{source}: --label {choice} is not a foreground label value ({declared}); pass one of these names or values")
+            raise InputError(
+                f"{source}: --label {choice} is not a foreground label value ({declared}); "
+                "pass one of these names or values"
+            )
         chosen_name = matches[0]
     value = labels[chosen_name]
     if isinstance(value, tuple):
-        raise InputError(f"{source}: label {chosen_name!r} is an nnU-Net region {list(value)}, not one value; choose a single-value label with --label")
+        raise InputError(
+            f"{source}: label {chosen_name!r} is an nnU-Net region {list(value)}, not one value; "
+            "choose a single-value label with --label"
+        )
     if value == BACKGROUND_VALUE:
         raise InputError(f"{source}: label {chosen_name!r} is background (0); choose the tumour with --label")
     others: set[int] = set()
@@ -311,23 +353,27 @@ def _msd_cases(root: Path, labels: dict[str, Any] | None, label: str | int | Non
     if not images.is_dir():
         raise InputError(f"{root}: no {IMAGES_DIR}/ folder; expected the MSD layout {IMAGES_DIR}/ + {LABELS_DIR}/")
     label_dir = root / LABELS_DIR
-    value, others = choose_label(labels, label, root / DATASET_JSON if labels is not None else root)
-    cases = []
-    for img in list_niftis(images):
-        cid = nifti_stem(img)
-        lbl = _find_label_file(label_dir, cid, NIFTI_FILE_ENDINGS)
-        cases.append(CaseFiles(cid, img, lbl, value, others, f"{LABELS_DIR}/{cid}.nii.gz"))
-    if not cases:
+    images_found = list_niftis(images)
+    if not images_found:
         raise InputError(f"{images}: no .nii/.nii.gz files; expected lung_XXX.nii.gz volumes")
     if require_labels and not label_dir.is_dir():
         raise InputError(f"{root}: no {LABELS_DIR}/ folder; training data needs one label file per image")
+    value, others = choose_label(labels, label, root / DATASET_JSON if labels is not None else root)
+    cases = []
+    for img in images_found:
+        cid = nifti_stem(img)
+        lbl = _find_label_file(label_dir, cid, NIFTI_FILE_ENDINGS)
+        cases.append(CaseFiles(cid, img, lbl, value, others, f"{LABELS_DIR}/{cid}.nii.gz"))
     return cases
 
 
 def _nnunet_file_ending(data: Mapping[str, Any], path: Path) -> str:
     ending = data.get("file_ending", NNUNET_DEFAULT_FILE_ENDING)
     if not isinstance(ending, str) or ending.lower() not in NIFTI_FILE_ENDINGS:
-        raise InputError(f"{path}: file_ending {ending!r} is not NIfTI; lungtumor reads .nii.gz/.nii (convert the images, e.g. with SimpleITK)")
+        raise InputError(
+            f"{path}: file_ending {ending!r} is not NIfTI; "
+            "lungtumor reads .nii.gz/.nii (convert the images, e.g. with SimpleITK)"
+        )
     return ending
 
 
@@ -367,10 +413,16 @@ def _nnunet_cases(root: Path, data: dict[str, Any], label: str | int | None, req
     channel_only: dict[str, Path] = {}
     for path in list_niftis(images):
         if not path.name.lower().endswith(ending.lower()):
-            raise InputError(f"{path}: file ending differs from dataset.json's file_ending {ending!r}; rename the file or fix file_ending")
+            raise InputError(
+                f"{path}: file ending differs from dataset.json's file_ending {ending!r}; "
+                "rename the file or fix file_ending"
+            )
         match = NNUNET_CHANNEL_RE.match(path.name[: -len(ending)])
         if match is None:
-            raise InputError(f"{path}: not an nnU-Net image name; expected <case>_0000{ending} (case id, then the 4-digit channel)")
+            raise InputError(
+                f"{path}: not an nnU-Net image name; "
+                f"expected <case>_0000{ending} (case id, then the 4-digit channel)"
+            )
         cid, channel = match["case"], int(match["channel"])
         if channel == NNUNET_CT_CHANNEL:
             ct_files[cid] = path
@@ -378,11 +430,17 @@ def _nnunet_cases(root: Path, data: dict[str, Any], label: str | int | None, req
             channel_only.setdefault(cid, path)
     for cid, path in channel_only.items():
         if cid not in ct_files:
-            raise InputError(f"{path}: case {cid!r} has no channel 0 file {cid}_0000{ending} in {IMAGES_DIR}/; add it or remove the case")
+            raise InputError(
+                f"{path}: case {cid!r} has no channel 0 file {cid}_0000{ending} in {IMAGES_DIR}/; "
+                "add it or remove the case"
+            )
     if not ct_files:
         raise InputError(f"{images}: no <case>_0000{ending} files; expected nnU-Net raw images")
     if require_labels and not label_dir.is_dir():
-        raise InputError(f"{root}: no {LABELS_DIR}/ folder; training data needs one label file per case ({LABELS_DIR}/<case>{ending})")
+        raise InputError(
+            f"{root}: no {LABELS_DIR}/ folder; "
+            f"training data needs one label file per case ({LABELS_DIR}/<case>{ending})"
+        )
     n_declared = data.get("numTraining")
     if isinstance(n_declared, int) and n_declared != len(ct_files):
         log.warning("%s: numTraining is %d but %s/ holds %d cases", json_path, n_declared, IMAGES_DIR, len(ct_files))
@@ -394,7 +452,6 @@ def _nnunet_cases(root: Path, data: dict[str, Any], label: str | int | None, req
 
 
 def _pairs_cases(root: Path, labels: dict[str, Any] | None, label: str | int | None, require_labels: bool) -> list[CaseFiles]:
-    value, others = choose_label(labels, label, root / DATASET_JSON if labels is not None else root)
     images: dict[str, Path] = {}
     label_files: dict[str, Path] = {}
     for path in list_niftis(root):
@@ -413,13 +470,21 @@ def _pairs_cases(root: Path, labels: dict[str, Any] | None, label: str | int | N
             log.debug("%s: neither <case>%s nor <case>%s; ignored", path, PAIR_IMAGE_SUFFIX, PAIR_LABEL_SUFFIX)
     for cid, path in label_files.items():
         if cid not in images:
-            raise InputError(f"{path}: label without a CT; expected {cid}{PAIR_IMAGE_SUFFIX}.nii.gz beside it (add it or remove the label)")
+            raise InputError(
+                f"{path}: label without a CT; "
+                f"expected {cid}{PAIR_IMAGE_SUFFIX}.nii.gz beside it (add it or remove the label)"
+            )
     if not images:
-        raise InputError(f"{root}: no <case>{PAIR_IMAGE_SUFFIX}.nii.gz files; expected <case>{PAIR_IMAGE_SUFFIX}.nii.gz + <case>{PAIR_LABEL_SUFFIX}.nii.gz pairs")
+        raise InputError(
+            f"{root}: no <case>{PAIR_IMAGE_SUFFIX}.nii.gz files; "
+            f"expected <case>{PAIR_IMAGE_SUFFIX}.nii.gz + <case>{PAIR_LABEL_SUFFIX}.nii.gz pairs"
+        )
     if require_labels and not label_files:
         raise InputError(f"{root}: no <case>{PAIR_LABEL_SUFFIX}.nii.gz files; training data needs one label beside each CT")
+    value, others = choose_label(labels, label, root / DATASET_JSON if labels is not None else root)
     return [
-        CaseFiles(cid, images[cid], label_files.get(cid), value, others, f"{cid}{PAIR_LABEL_SUFFIX}.nii.gz") for cid in sorted(images)
+        CaseFiles(cid, images[cid], label_files.get(cid), value, others, f"{cid}{PAIR_LABEL_SUFFIX}.nii.gz")
+        for cid in sorted(images)
     ]
 
 
@@ -452,7 +517,10 @@ def find_cases(
     """
     root = Path(folder)
     if not root.is_dir():
-        raise InputError(f"{root}: folder not found; pass a dataset folder (MSD, nnU-Net v2 raw, or <case>_ct/<case>_label pairs)")
+        raise InputError(
+            f"{root}: folder not found; "
+            "pass a dataset folder (MSD, nnU-Net v2 raw, or <case>_ct/<case>_label pairs)"
+        )
     if layout not in (LAYOUT_AUTO, *LAYOUTS):
         raise InputError(f"layout {layout!r} is unknown; use one of {', '.join((LAYOUT_AUTO, *LAYOUTS))}")
     chosen = detect_layout(root) if layout == LAYOUT_AUTO else layout
@@ -460,7 +528,10 @@ def find_cases(
     data = _read_dataset_json(json_path) if json_path.is_file() else None
     if chosen == "nnunet":
         if data is None:
-            raise InputError(f"{root}: no {DATASET_JSON}; an nnU-Net v2 raw dataset needs one with channel_names, labels and file_ending")
+            raise InputError(
+                f"{root}: no {DATASET_JSON}; "
+                "an nnU-Net v2 raw dataset needs one with channel_names, labels and file_ending"
+            )
         return _nnunet_cases(root, data, label, require_labels)
     labels = _label_map(data["labels"], json_path) if data is not None and "labels" in data else None
     if chosen == "msd":

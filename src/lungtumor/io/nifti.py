@@ -97,6 +97,14 @@ def read_nifti(path: str | os.PathLike[str], dtype: Any = None, *, allow_nan: bo
         shape = shape[:3]
     if len(shape) != 3:
         raise GeometryError(f"{p}: expected a 3D volume, found {len(img.shape)}D shape {tuple(img.shape)}; pass a single 3D volume")
+    on_disk = img.get_data_dtype()
+    if on_disk.kind not in "iubf":
+        raise InputError(f"{p}: voxels are stored as {on_disk} (not real numbers); export the CT or mask as int16, uint8 or float32")
+    pixdim = _raw_voxel_size(p)
+    uses_qform = not img.get_sform(coded=True)[1]
+    if uses_qform and (not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0)):
+        # nibabel would quietly read a zero voxel size as 1 mm: every distance and volume would be wrong.
+        raise GeometryError(f"{p}: voxel size {pixdim.tolist()} mm is not positive; fix the header's pixdim (the scanner's spacing)")
     try:
         slope, inter = img.dataobj.slope, img.dataobj.inter
         if dtype is None and (slope in (1.0, None) or np.isnan(slope)) and (inter in (0.0, None) or np.isnan(inter)):
@@ -114,6 +122,21 @@ def read_nifti(path: str | os.PathLike[str], dtype: Any = None, *, allow_nan: bo
         raise InputError(f"{p}: {n} voxels are NaN or infinite; fix or mask them before use")
     affine = _nifti_affine(img, p)
     return Volume(array, affine, {"path": str(p)})
+
+
+def _raw_voxel_size(path: Path) -> np.ndarray:
+    """pixdim[1:4] as stored in the file (nibabel's header replaces a zero by 1 when it loads)."""
+    import gzip
+
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as fh:
+        head = fh.read(NIFTI2_HEADER_BYTES)
+    size_le = int.from_bytes(head[:4], "little")
+    size_be = int.from_bytes(head[:4], "big")
+    order = "<" if size_le in (348, NIFTI2_HEADER_BYTES) else ">"
+    if NIFTI2_HEADER_BYTES in (size_le, size_be):
+        return np.frombuffer(head[104 + 8 : 104 + 32], dtype=order + "f8").astype(np.float64)  # NIfTI-2: float64 pixdim at 104
+    return np.frombuffer(head[76 + 4 : 76 + 16], dtype=order + "f4").astype(np.float64)  # NIfTI-1: float32 pixdim at 76
 
 
 def _load_image(path: Path) -> Any:

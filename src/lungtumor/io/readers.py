@@ -5,17 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lungtumor.errors import InputError
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: sizeof_hdr of a NIfTI-2 header (NIfTI-1: 348).
-NIFTI2_HEADER_BYTES = 540
-
-try:  # optional fast inflate (a declared dependency; the stdlib path stays as a fallback)
-    from isal.igzip import decompress as _gunzip
-except ImportError:  # pragma: no cover
-    _gunzip = None
-
+from lungtumor.errors import ConfigError, InputError
 from lungtumor.io.nifti import is_nifti, read_nifti
 from lungtumor.io.volume import Volume
 
@@ -30,5 +20,7 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
 
         return read_dicom_series(p, series_uid=series_uid)
     if is_nifti(p):
+        if series_uid is not None:
+            raise ConfigError(f"{p}: --series-uid chooses a series in a DICOM folder, but this input is a NIfTI file; drop --series-uid")
         return read_nifti(p)
     raise InputError(f"{p}: unknown input type; pass a .nii/.nii.gz file or a DICOM series folder")

@@ -66,7 +66,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{p}: checkpoint not found; pass best.ckpt or last.ckpt from a `lungtumor train` run folder")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError, IndexError, KeyError, TypeError, AttributeError) as exc:
+        # The safe unpickler rejects a text file or a foreign pickle with any of these.
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"{p}: not a loadable checkpoint ({first[:200]}); it is corrupt or not a safe PyTorch file — "
@@ -105,6 +106,9 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path}: weights do not match the embedded model config ({str(exc).splitlines()[0]})") from exc
+    bad = [name for name, tensor in net.state_dict().items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"{path}: weights are not finite (NaN or inf in {bad[0]}{' and more' if len(bad) > 1 else ''}); the training diverged — retrain with a lower --lr")
     net.eval().to(device)
     info = {k: v for k, v in meta.items()}
     info["epoch"] = ckpt.get("epoch")

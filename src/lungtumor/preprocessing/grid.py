@@ -67,6 +67,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from nibabel import orientations as nio
 
 from lungtumor.config import HU_AIR, PreprocessConfig, check_known_keys
 from lungtumor.errors import GeometryError, InputError
@@ -89,6 +90,12 @@ MASK_THRESHOLD = 0.5
 def preset_config(name: str, **overrides: Any) -> PreprocessConfig:
     """The config of preset ``name`` (``seed`` or ``lung``), with ``overrides`` (None values ignored)."""
     return PreprocessConfig.from_preset(name, **overrides)
+
+
+def air_value(cfg: PreprocessConfig) -> float:
+    """Air (HU_AIR, clipped as ``cfg`` clips) in the scaled units of the model slices."""
+    hu = float(HU_AIR) if cfg.clip_hu is None else float(np.clip(HU_AIR, *cfg.clip_hu))
+    return hu / float(cfg.hu_scale)
 
 
 def check_model_input(cfg: PreprocessConfig, depth: int) -> None:
@@ -170,8 +177,6 @@ class SliceGrid:
     @property
     def canonical_affine(self) -> np.ndarray:
         """4x4 affine of the reoriented (canonical) grid."""
-        from nibabel import orientations as nio
-
         return np.asarray(self.input_affine) @ nio.inv_ornt_aff(np.asarray(self.ornt), self.input_shape)
 
     @property
@@ -255,8 +260,6 @@ class SliceGrid:
 
     def _canonical(self, volume: Volume, what: str) -> np.ndarray:
         self._check_grid(volume, what)
-        from nibabel import orientations as nio
-
         return nio.apply_orientation(volume.array, np.asarray(self.ornt))
 
     def _seed_config(self) -> PreprocessConfig:
@@ -482,7 +485,10 @@ def fit_grid(ct: Volume, region: Volume | None, cfg: PreprocessConfig) -> SliceG
         InputError: seed preset and a scan with no more slices than it drops.
     """
     ornt = orientation_transform(ct.affine, cfg.axcodes)
-    canon_shape = tuple(int(ct.shape[int(a)]) for a, _ in sorted(enumerate(ornt[:, 0]), key=lambda t: t[1]))
+    shape = [0, 0, 0]
+    for src, (dst, _) in enumerate(ornt):
+        shape[int(dst)] = int(ct.shape[src])
+    canon_shape = (shape[0], shape[1], shape[2])
     common = {
         "preset": cfg.preset,
         "input_shape": ct.shape,
@@ -511,7 +517,7 @@ def fit_grid(ct: Volume, region: Volume | None, cfg: PreprocessConfig) -> SliceG
             box_ijk=((0, ci), (0, cj), (cfg.skip_inferior_slices, ck)),
             context_step_mm=None,
         )
-    canon_affine = ct.affine @ __import__("nibabel").orientations.inv_ornt_aff(ornt, ct.shape)
+    canon_affine = ct.affine @ nio.inv_ornt_aff(ornt, ct.shape)
     spacing = np.linalg.norm(canon_affine[:3, :3], axis=0)
     box = None
     if region is not None:

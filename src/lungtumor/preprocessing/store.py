@@ -1,19 +1,23 @@
 """CT volume -> 2D slices, and an MSD-layout folder -> a memory-mappable slice store.
 
-The default :class:`~lungtumor.config.PreprocessConfig` reproduces the seed's recipe:
-reorient to one canonical orientation without resampling (('L','A','S'), the MSD files' own),
-HU / 3071, drop the 30 most inferior axial slices, resize every axial slice to 256x256
-(bilinear CT, nearest mask).
+Every case is written through its :class:`~lungtumor.preprocessing.grid.SliceGrid` (recorded in
+its ``meta.json``). The default :class:`~lungtumor.config.PreprocessConfig` is the ``seed`` preset,
+which reproduces the seed's recipe bit for bit: reorient to one canonical orientation without
+resampling (('L','A','S'), the MSD files' own), HU / 3071, drop the 30 most inferior axial slices,
+resize every axial slice to 256x256 (bilinear CT, nearest mask). The ``lung`` preset crops to the
+lung region (labels outside it are reported and kept: the region grows to include them),
+resamples to a spacing in mm and keeps the slices of the lung extent; slice sizes then differ
+between cases.
 
 Store layout (``STORE_DIR``)::
 
     config.json          preprocessing config (a re-run with another config is refused)
     cases/<case>/        one folder per case, renamed into place when complete (atomic)
-        image.npy        (D, S, S) float16, HU / hu_scale, slice d = canonical axial slice
+        image.npy        (D, H, W) float16, HU / hu_scale, slice d = canonical axial slice
                          ``kept_start + d``; memory-mappable, one contiguous block per slice
-        mask.npy         (D, S, S) uint8 {0, 1}
-        meta.json        original shape/affine, orientation transform, kept range,
-                         tumour voxels per stored slice
+        mask.npy         (D, H, W) uint8 {0, 1}
+        meta.json        original shape/affine, orientation transform, kept range, the slice
+                         grid, the lung region record, tumour voxels per stored slice
     manifest.json        every case's slice count, tumour voxels per slice, split; the
                          training sampler needs nothing else
     manifest.csv         the same, one row per slice (case, slice, original_index,
@@ -44,13 +48,18 @@ from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorEr
 from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
 from lungtumor.io.nifti import read_nifti
 from lungtumor.io.volume import Volume
-from lungtumor.preprocessing.recipe import AFFINE_ATOL_MM, prepare_ct, prepare_mask
+from lungtumor.preprocessing.grid import SliceGrid, fit_grid
+from lungtumor.preprocessing.recipe import AFFINE_ATOL_MM
 
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "lungtumor-slice-store"
 STORE_VERSION = 1
-#: Affines of an image and its label may differ by float noise from re-saving; more is an error.
+#: Defaults of :func:`preprocess_task`: the seed preset and a 5-fold split.
+DEFAULT_PREPROCESS = PreprocessConfig()
+DEFAULT_SPLIT = SplitConfig()
+
+
 def _is_binary(array: np.ndarray) -> bool:
     """True when every value is 0 or 1 (min/max for integers: no sort of 80M voxels)."""
     if array.dtype.kind in "iub":
@@ -85,19 +94,52 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
     return ct, label.with_array(tumour_mask(label.array, case))
 
 
+def lung_region_for(ct: Volume, label: Volume | None, cfg: PreprocessConfig) -> tuple[Volume | None, dict[str, Any]]:
+    """The region the slice grid crops to, and a record of it for ``meta.json``.
+
+    The seed preset uses no region (None). The lung preset finds the lungs
+    (:func:`~lungtumor.preprocessing.lungs.find_lung_region`); labelled voxels outside the region are
+    reported (a warning with their count) and kept: the region grows to include them. A scan whose
+    lungs are not found is kept whole, with a warning.
+    """
+    if cfg.preset == "seed":
+        return None, {}
+    from lungtumor.preprocessing.lungs import find_lung_region, include_label
+
+    region = find_lung_region(ct)
+    info: dict[str, Any] = {"found": bool(region.found), "volume_ml": float(region.volume_ml), "label_voxels_outside": 0}
+    if not region.found:
+        for message in region.warnings:
+            log.warning("%s", message)
+        log.warning("%s: no lungs found; the whole field of view is kept for this case", ct.meta.get("path", "CT"))
+        return None, info
+    n_outside = 0
+    if label is not None:
+        region, n_outside = include_label(region, label)
+    for message in region.warnings:
+        log.warning("%s", message)
+    info["label_voxels_outside"] = int(n_outside)
+    info["volume_ml"] = float(region.volume_ml)
+    return region.mask, info
+
+
 def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> dict[str, Any]:
     """Preprocess one case into ``store_dir/cases/<case>/``, atomically.
 
-    Everything is written into a temporary folder that is renamed into place only when
-    complete, so an interrupted run leaves no half-written case.
+    The slices are written through the case's :class:`~lungtumor.preprocessing.grid.SliceGrid`
+    (recorded in ``meta.json``). Everything is written into a temporary folder that is renamed into
+    place only when complete, so an interrupted run leaves no half-written case.
 
     Returns:
         The case's metadata (also written as ``meta.json``).
     """
     ct, label = load_case(case)
-    prepared = prepare_ct(ct, cfg)
-    mask = prepare_mask(label, cfg)
+    region, region_info = lung_region_for(ct, label, cfg)
+    grid: SliceGrid = fit_grid(ct, region, cfg)
+    slices = grid.image_to_slices(ct)
+    mask = grid.mask_to_slices(label)
     tumour_voxels = mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=np.int64)
+    covered, total = grid.coverage(label)
     meta = {
         "case": case.case_id,
         "image": str(case.image),
@@ -105,18 +147,23 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
         "original_shape": list(ct.shape),
         "original_affine": ct.affine.tolist(),
         "spacing_mm": list(ct.spacing_mm),
-        "ornt": prepared.ornt.tolist(),
-        "canonical_shape": list(prepared.canonical_shape),
-        "kept_start": prepared.kept_start,
-        "n_slices": int(prepared.slices.shape[0]),
+        "ornt": [list(r) for r in grid.ornt],
+        "canonical_shape": list(grid.canonical_shape),
+        "kept_start": grid.slice_start,
+        "n_slices": int(slices.shape[0]),
+        "slice_shape": list(grid.out_shape),
         "tumour_voxels": tumour_voxels.tolist(),
-        "tumour_voxels_original": int(np.count_nonzero(label.array)),
+        "tumour_voxels_original": int(total),
+        "tumour_voxels_covered": int(covered),
+        "preset": cfg.preset,
+        "lung_region": region_info,
+        "grid": grid.to_dict(),
     }
     cases_dir = Path(store_dir) / "cases"
     cases_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{case.case_id}-", dir=cases_dir))
     try:
-        np.save(tmp / "image.npy", prepared.slices.astype(np.float16))
+        np.save(tmp / "image.npy", slices.astype(np.float16))
         np.save(tmp / "mask.npy", mask)
         (tmp / "meta.json").write_text(json.dumps(meta))
         for f in tmp.iterdir():
@@ -203,6 +250,11 @@ def _check_or_write_config(store: Path, cfg: PreprocessConfig) -> None:
             have = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: unreadable store config ({exc}); delete the store folder and re-run") from exc
+        if isinstance(have, dict) and isinstance(have.get("preprocess"), dict):
+            try:  # a store written before the presets existed lacks their keys: it reads as the seed preset
+                have = {**have, "preprocess": PreprocessConfig.from_dict(have["preprocess"]).to_dict()}
+            except (ConfigError, TypeError) as exc:
+                raise ConfigError(f"{path}: invalid store config ({exc}); delete the store folder and re-run") from exc
         if have != wanted:
             diff = {
                 k: (have.get("preprocess", {}).get(k), v)
@@ -222,8 +274,8 @@ def _check_or_write_config(store: Path, cfg: PreprocessConfig) -> None:
 def preprocess_task(
     task_dir: str | os.PathLike[str],
     store_dir: str | os.PathLike[str],
-    cfg: PreprocessConfig = PreprocessConfig(),
-    split: SplitConfig = SplitConfig(),
+    cfg: PreprocessConfig = DEFAULT_PREPROCESS,
+    split: SplitConfig = DEFAULT_SPLIT,
     *,
     workers: int = 1,
     skip_bad: bool = False,
@@ -368,6 +420,7 @@ class SliceStore:
         self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
         self.preprocess = PreprocessConfig.from_dict(self.summary["preprocess"])
         self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._metas: dict[str, dict[str, Any]] = {}
 
     @property
     def splits(self) -> dict[str, list[str]]:
@@ -382,8 +435,30 @@ class SliceStore:
         """Tumour voxels per stored slice of ``case`` (from the manifest, no data read)."""
         return np.asarray(self.manifest["cases"][case]["tumour_voxels"], dtype=np.int64)
 
+    def meta(self, case: str) -> dict[str, Any]:
+        """The case's ``meta.json`` (read once)."""
+        meta = self._metas.get(case)
+        if meta is None:
+            meta = json.loads((self.root / "cases" / case / "meta.json").read_text())
+            self._metas[case] = meta
+        return meta
+
+    def grid(self, case: str) -> SliceGrid | None:
+        """The case's :class:`~lungtumor.preprocessing.grid.SliceGrid` (None in stores written before it existed)."""
+        d = self.meta(case).get("grid")
+        return SliceGrid.from_dict(d) if d is not None else None
+
+    def context_offsets(self, case: str, context: int) -> np.ndarray:
+        """2.5D channel offsets (slices, float) of ``case``: by mm under the lung preset, adjacent slices under the seed's."""
+        if self.preprocess.context_step_mm is None:
+            return np.arange(-int(context), int(context) + 1, dtype=np.float64)
+        grid = self.grid(case)
+        if grid is None:
+            raise InputError(f"{self.root / 'cases' / case / 'meta.json'}: no slice grid recorded; re-run `lungtumor preprocess` into a new store")
+        return grid.context_offsets(context)
+
     def arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
-        """Memory-mapped (image (D,S,S) float16, mask (D,S,S) uint8) of ``case``."""
+        """Memory-mapped (image (D,H,W) float16, mask (D,H,W) uint8) of ``case`` (H, W may differ between cases)."""
         maps = self._maps.get(case)
         if maps is None:
             d = self.root / "cases" / case

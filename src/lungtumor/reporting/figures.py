@@ -138,13 +138,27 @@ def _check_inputs(ct: Volume, masks: dict[str, Volume | None], out_path: Path, m
         raise ConfigError(f"visualisation mode must be one of {MODES}, got {mode!r}")
     if every < 1 or fps < 1:
         raise ConfigError(f"every and fps must be positive integers, got every={every}, fps={fps}")
+    if min(ct.shape) < 1:
+        raise InputError(f"{ct.meta.get('path', 'CT')}: the volume has shape {ct.shape} (no voxels along an axis); pass a CT with slices")
     for role, mask in masks.items():
+        if mask is not None and not _is_binary(mask.array):
+            values = [v for v in np.unique(mask.array) if v not in (0, 1)]  # error path only: a sort is fine
+            raise InputError(
+                f"{mask.meta.get('path', role)}: the {role} must hold only 0 and 1 (found values such as "
+                f"{', '.join(f'{float(v):g}' for v in values[:5])}); threshold a probability map first (predict writes the mask)"
+            )
         if mask is not None and not mask.same_grid(ct, atol=GRID_ATOL_MM):
             raise GeometryError(
                 f"{role} {mask.meta.get('path', '')} (shape {mask.shape}, affine {np.round(mask.affine, 4).tolist()}) "
                 f"is not on the grid of CT {ct.meta.get('path', '')} (shape {ct.shape}, affine "
                 f"{np.round(ct.affine, 4).tolist()}); pass the mask predicted for (or drawn on) this CT"
             )
+
+
+def _is_binary(array: np.ndarray) -> bool:
+    if array.dtype.kind in "iub":
+        return array.size == 0 or (int(array.min()) >= 0 and int(array.max()) <= 1)
+    return bool(np.all((array == 0) | (array == 1)))
 
 
 def _tumour_area_per_slice(stacks: list[np.ndarray], n_slices: int) -> np.ndarray:

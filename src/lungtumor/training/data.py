@@ -16,18 +16,22 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from lungtumor.errors import ConfigError, InputError
+from lungtumor.preprocessing.grid import air_value, context_stack
 from lungtumor.preprocessing.store import SliceStore
 
 
 class SliceDataset(Dataset):
     """Axial slices of some cases of a store.
 
-    Item ``n`` is ``(ct (C, S, S) float32, mask (1, S, S) float32, index int64)`` where
+    Item ``n`` is ``(ct (C, H, W) float32, mask (1, H, W) float32, index int64)`` where
     C = 2 * context + 1 neighbouring slices of the same case (edge slices repeated) and the
-    centre channel is the slice itself.
+    centre channel is the slice itself. The neighbours are the adjacent slices (seed preset) or
+    lie ``context_step_mm`` apart whatever the case's slice thickness (lung preset; interpolated,
+    :func:`~lungtumor.preprocessing.grid.context_stack`). H and W may differ between cases (lung
+    preset): batch them with :class:`PadCollate`.
     """
 
     def __init__(self, store: SliceStore, cases: Sequence[str], context: int = 0) -> None:
@@ -36,6 +40,7 @@ class SliceDataset(Dataset):
         self.store = store
         self.cases = list(cases)
         self.context = int(context)
+        self.offsets = [store.context_offsets(c, self.context) for c in self.cases]
         counts = np.array([store.n_slices(c) for c in self.cases], dtype=np.int64)
         self.case_index = np.repeat(np.arange(len(self.cases)), counts)  # slice -> case position
         self.slice_index = np.concatenate([np.arange(n) for n in counts]) if len(counts) else np.zeros(0, np.int64)
@@ -55,15 +60,43 @@ class SliceDataset(Dataset):
         return np.clip(np.arange(d - self.context, d + self.context + 1), 0, depth - 1)
 
     def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        case = self.cases[int(self.case_index[n])]
+        pos = int(self.case_index[n])
+        case = self.cases[pos]
         d = int(self.slice_index[n])
         image, mask = self.store.arrays(case)
         if self.context:
-            ct = np.asarray(image[self.channel_indices(d, image.shape[0])], dtype=np.float32)
+            ct = context_stack(image, d, self.offsets[pos])[0]
         else:
             ct = np.asarray(image[d], dtype=np.float32)[None]
         m = np.asarray(mask[d], dtype=np.float32)[None]
         return torch.from_numpy(ct), torch.from_numpy(m), n
+
+
+class PadCollate:
+    """Batch items whose slices differ in size (lung preset) by padding them to the batch's largest.
+
+    CT channels are padded with ``pad_value`` (air, in the store's scaled units), masks with 0, at
+    the high end of H and W. Items of one size are stacked exactly as the default collate does.
+    """
+
+    def __init__(self, pad_value: float) -> None:
+        self.pad_value = float(pad_value)
+
+    def __call__(self, items: Sequence[tuple[torch.Tensor, torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sizes = {tuple(ct.shape[-2:]) for ct, _, _ in items}
+        if len(sizes) == 1:  # one size: the default collate (shared memory in loader workers)
+            return default_collate(items)
+        h = max(s[0] for s in sizes)
+        w = max(s[1] for s in sizes)
+        cts, masks = [], []
+        for ct, m, _ in items:
+            ph, pw = h - int(ct.shape[-2]), w - int(ct.shape[-1])
+            if ph or pw:
+                ct = torch.nn.functional.pad(ct, (0, pw, 0, ph), value=self.pad_value)
+                m = torch.nn.functional.pad(m, (0, pw, 0, ph), value=0.0)
+            cts.append(ct)
+            masks.append(m)
+        return torch.stack(cts), torch.stack(masks), torch.tensor([int(i) for _, _, i in items], dtype=torch.int64)
 
 
 def oversampling_weights(tumour_voxels: np.ndarray, target_fraction: float | None = None) -> np.ndarray:
@@ -212,6 +245,7 @@ class SliceDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
             worker_init_fn=_worker_init if workers > 0 else None,
+            collate_fn=PadCollate(air_value(self.store.preprocess)),
             **kw,
         )
 

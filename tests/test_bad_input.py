@@ -1,0 +1,140 @@
+"""Bad input and misuse, one row per case: the command, its exit code, the words its one line holds.
+
+Every row also checks that nothing was written where the command would write and that every
+input file is unchanged (by checksum). The rows are the hostile-user cases that once ended in a
+traceback, a wrong result with exit 0, or state that blocked the next run, and those that already
+passed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import affine_for
+from lungtumor.cli import EXIT_USER_ERROR, main
+from lungtumor.io.nifti import write_nifti
+from lungtumor.io.volume import Volume
+from lungtumor.model.checkpoint import NET_PREFIX, checkpoint_metadata
+from lungtumor.model.unet import ModelConfig, UNet
+from storefix import make_store
+
+SHAPE = (32, 32, 40)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A CT, a mask, a probability map, a folder of CTs, a checkpoint, a store and odd files."""
+    root = tmp_path_factory.mktemp("bad_input")
+    rng = np.random.default_rng(0)
+    ct = rng.normal(-700, 50, SHAPE).astype(np.int16)
+    mask = np.zeros(SHAPE, np.uint8)
+    mask[10:16, 10:16, 34:38] = 1
+    w = {"root": root}
+    w["ct"] = write_nifti(Volume(ct, affine_for("LAS")), root / "in" / "ct.nii.gz")
+    w["mask"] = write_nifti(Volume(mask, affine_for("LAS")), root / "mask.nii.gz")
+    w["prob"] = write_nifti(Volume(mask * np.float32(0.7), affine_for("LAS")), root / "prob.nii.gz")
+    w["folder"] = w["ct"].parent
+    # A checkpoint in lungtumor's format (weights of an untrained width-4 U-Net): no training needed.
+    net = UNet(ModelConfig(width=4))
+    meta = checkpoint_metadata(ModelConfig(width=4).to_dict(), {"size": 32, "skip_inferior_slices": 30}, 0, threshold=0.5)
+    w["ckpt"] = root / "model.ckpt"
+    torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in net.state_dict().items()}}, w["ckpt"])
+    w["text_ckpt"] = root / "notes.ckpt"
+    w["text_ckpt"].write_text("this is not a checkpoint\n")
+    nan_ckpt = {k: v.clone() for k, v in net.state_dict().items()}
+    next(iter(nan_ckpt.values())).fill_(float("nan"))
+    w["nan_ckpt"] = root / "nan.ckpt"
+    torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in nan_ckpt.items()}}, w["nan_ckpt"])
+    w["store"] = make_store(root / "s")
+    w["task"] = root / "s" / "task"
+    # A run folder whose last.ckpt is text.
+    (root / "badrun").mkdir()
+    (root / "badrun" / "config.yaml").write_text(f"store: {w['store']}\nout: {root / 'badrun'}\n")
+    (root / "badrun" / "last.ckpt").write_text("garbage")
+    # A complex-valued NIfTI and one whose voxel size is zero (qform only).
+    w["complex"] = root / "complex.nii"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.complex64), np.eye(4)), w["complex"])
+    img = nib.Nifti1Image(np.zeros((8, 8, 40), np.int16), None)
+    img.set_qform(np.eye(4), code=1)
+    img.set_sform(None, code=0)
+    w["zero_voxel"] = root / "zero_voxel.nii"
+    nib.save(img, w["zero_voxel"])
+    raw = bytearray(w["zero_voxel"].read_bytes())  # nibabel "fixes" a zero pixdim on save: patch the header
+    raw[80:84] = np.float32(0.0).tobytes()  # pixdim[1], the first voxel size (NIfTI-1 header offset 80)
+    w["zero_voxel"].write_bytes(bytes(raw))
+    return w
+
+
+def _checksums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+#: (id, argv template, words the one line must hold, paths that must not exist afterwards)
+ROWS = [
+    # predict
+    ("predict-over-its-input", "predict {ckpt} {ct} {ct}", ["overwrite"], []),
+    ("predict-folder-into-itself", "predict {ckpt} {folder} {folder}", ["overwrite"], []),
+    ("predict-batch-0", "predict {ckpt} {ct} {root}/o1.nii.gz --batch-size 0", ["--batch-size"], ["o1.nii.gz"]),
+    ("predict-threshold-2", "predict {ckpt} {ct} {root}/o2.nii.gz --threshold 2", ["--threshold"], ["o2.nii.gz"]),
+    ("predict-device-meta", "predict {ckpt} {ct} {root}/o3.nii.gz --device meta", ["--device"], ["o3.nii.gz"]),
+    ("predict-device-mps", "predict {ckpt} {ct} {root}/o4.nii.gz --device mps", ["--device"], ["o4.nii.gz"]),
+    ("predict-device-xpu", "predict {ckpt} {ct} {root}/o5.nii.gz --device xpu", ["--device"], ["o5.nii.gz"]),
+    ("predict-text-checkpoint", "predict {text_ckpt} {ct} {root}/o6.nii.gz", ["notes.ckpt"], ["o6.nii.gz"]),
+    ("predict-nan-weights", "predict {nan_ckpt} {ct} {root}/o7.nii.gz", ["nan.ckpt", "finite"], ["o7.nii.gz"]),
+    ("predict-series-uid-for-nifti", "predict {ckpt} {ct} {root}/o8.nii.gz --series-uid 1.2.3", ["--series-uid"], ["o8.nii.gz"]),
+    ("predict-missing-input", "predict {ckpt} {root}/nope.nii.gz {root}/o9.nii.gz", ["nope.nii.gz"], ["o9.nii.gz"]),
+    ("predict-complex-nifti", "predict {ckpt} {complex} {root}/o10.nii.gz", ["complex.nii"], ["o10.nii.gz"]),
+    ("predict-zero-voxel-size", "predict {ckpt} {zero_voxel} {root}/o11.nii.gz", ["zero_voxel.nii", "voxel size"], ["o11.nii.gz"]),
+    # train: every value checked before anything is written
+    ("train-batch-0", "train {store} --out {root}/r1 --batch-size 0", ["--batch-size"], ["r1"]),
+    ("train-batch-neg", "train {store} --out {root}/r2 --batch-size -2", ["--batch-size"], ["r2"]),
+    ("train-epochs-neg", "train {store} --out {root}/r3 --epochs -3", ["--epochs"], ["r3"]),
+    ("train-epochs-0", "train {store} --out {root}/r4 --epochs 0", ["--epochs"], ["r4"]),
+    ("train-lr-neg", "train {store} --out {root}/r5 --lr -1", ["--lr"], ["r5"]),
+    ("train-workers-neg", "train {store} --out {root}/r6 --num-workers -1", ["--num-workers"], ["r6"]),
+    ("train-val-every-0", "train {store} --out {root}/r7 --val-every-n-epochs 0", ["--val-every-n-epochs"], ["r7"]),
+    ("train-limit-neg", "train {store} --out {root}/r8 --limit-train-batches -1", ["--limit-train-batches"], ["r8"]),
+    ("train-samples-neg", "train {store} --out {root}/r9 --samples-per-epoch -5", ["--samples-per-epoch"], ["r9"]),
+    ("train-samples-0", "train {store} --out {root}/r10 --samples-per-epoch 0", ["--samples-per-epoch"], ["r10"]),
+    ("train-accelerator-tpu", "train {store} --out {root}/r11 --accelerator tpu", ["--accelerator"], ["r11"]),
+    ("train-threshold-2", "train {store} --out {root}/r12 --threshold 2", ["--threshold"], ["r12"]),
+    ("train-max-minutes-neg", "train {store} --out {root}/r13 --max-minutes -1", ["--max-minutes"], ["r13"]),
+    ("train-resume-text-ckpt", "train --resume {root}/badrun", ["last.ckpt"], []),
+    ("train-no-store", "train {root}/nostore --out {root}/r14", ["not a finished slice store"], ["r14"]),
+    # visualize
+    ("visualize-probabilities", "visualize {ct} {prob} --out {root}/v1.png", ["prob.nii.gz", "0 and 1"], ["v1.png"]),
+    ("visualize-bad-suffix", "visualize {ct} {mask} --out {root}/v2.jpg", [".gif"], ["v2.jpg"]),
+    # demo: option values checked before any stage runs
+    ("demo-epochs-0", "demo --workdir {root}/d1 --epochs 0", ["epochs"], ["d1"]),
+    ("demo-train-minutes-neg", "demo --workdir {root}/d2 --train-minutes -1", ["minutes"], ["d2"]),
+    # evaluate
+    ("evaluate-missing", "evaluate {root}/nopred {root}/noref", ["nopred"], ["nopred"]),
+]
+
+
+@pytest.mark.parametrize(("argv", "words", "absent"), [r[1:] for r in ROWS], ids=[r[0] for r in ROWS])
+def test_bad_input_is_one_line_nothing_written_inputs_unchanged(world, capsys, argv: str, words: list[str], absent: list[str]) -> None:
+    before = _checksums(world["root"])
+    args = argv.format(**{k: str(v) for k, v in world.items()}).split()
+    rc = main(args)
+    out, err = capsys.readouterr()
+    assert rc == EXIT_USER_ERROR, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert "Traceback" not in err and "np.float64" not in line
+    for word in words:
+        assert word in line, line
+    assert not re.search(r"/\.[^/\s]+\.[a-z0-9_]{8}", line)  # names the target, never the hidden temporary file
+    for name in absent:
+        assert not (world["root"] / name).exists(), name
+    after = _checksums(world["root"])
+    assert {k: v for k, v in after.items() if k in before} == before  # no input changed
+    assert set(after) == set(before)  # and nothing new was left behind
