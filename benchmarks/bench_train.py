@@ -31,9 +31,9 @@ from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
 from lungtumor.phantom.dataset import write_phantom_dataset
 from lungtumor.preprocessing.store import SliceStore, preprocess_task
 from lungtumor.training.augment import AugmentConfig, augment_batch
-from seed_augment import augment_sample_numpy
 from lungtumor.training.data import DataConfig, SliceDataset, make_datamodule
 from lungtumor.training.trainer import bf16_supported
+from seed_augment import augment_sample_numpy
 
 BATCH = 8
 SIZE = 256

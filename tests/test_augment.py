@@ -9,14 +9,13 @@ import torch
 
 from lungtumor.config import HU_AIR, HU_SCALE
 from lungtumor.errors import ConfigError, InputError
-from seed_augment import augment_sample_numpy  # benchmarks/: the seed's scipy way
-
 from lungtumor.training.augment import (
     CT_FILL_AIR,
     AugmentConfig,
     augment_batch,
     elastic_displacement,
 )
+from seed_augment import augment_sample_numpy  # benchmarks/: the seed's scipy way
 
 SIZE = 64
 DISK_VALUE = 1.0

@@ -230,3 +230,35 @@ def test_ddp_validation_is_sharded_and_reduces_to_the_single_process_dice(tmp_pa
         assert scored == [2 * 40 - 2 * 30]  # two validation cases of 40 slices, 30 dropped each: every slice once
     assert 0.0 < results["one"] < 1.0  # a Dice that sharding errors would move
     assert results["two"] == pytest.approx(results["one"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_mid_epoch_matches_an_uninterrupted_run(tmp_path, monkeypatch) -> None:
+    """Ctrl-C in the middle of epoch 2, then --resume: same step count and the same weights as one run.
+
+    The sampler redraws from seed + epoch and the augmentation from the global step, so the resumed
+    run repeats exactly the batches the interrupted epoch had started.
+    """
+    from lungtumor.training.module import SegmentationModule
+
+    store = make_store(tmp_path, n=4, val_cases=1)
+    opts = dict(store=str(store), epochs=3, samples_per_epoch=8, seed=3, **FAST)
+    full = train(TrainConfig(out=str(tmp_path / "full"), **opts))
+    original = SegmentationModule.training_step
+
+    def interrupting(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(SegmentationModule, "training_step", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "cut"), **opts))
+    monkeypatch.setattr(SegmentationModule, "training_step", original)
+    assert read_checkpoint(tmp_path / "cut" / "last.ckpt")["global_step"] == 2  # the end of epoch 1
+    resumed = train(TrainConfig(out=str(tmp_path / "cut"), **opts), resume=True)
+    assert resumed["global_step"] == full["global_step"] == 6
+    a = read_checkpoint(tmp_path / "full" / "last.ckpt")["state_dict"]
+    b = read_checkpoint(tmp_path / "cut" / "last.ckpt")["state_dict"]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key

@@ -219,7 +219,7 @@ def test_real_case_orientation_and_outputs(tmp_path: Path) -> None:
     ct = read_nifti(case / "ct.nii.gz")
     label = read_nifti(case / "gtv1_label.nii.gz")
     stack = axial_display_slices(label)
-    _, row, col = np.argwhere(stack > 0).mean(axis=0)
+    _, _row, col = np.argwhere(stack > 0).mean(axis=0)
     # LUNG1-002's GTV is in the right lung (world x > 0 in RAS+), so on the image's left.
     centre_world = label.affine @ np.r_[np.argwhere(label.array > 0).mean(axis=0), 1.0]
     assert centre_world[0] > 0

@@ -40,9 +40,10 @@ LUNG_WINDOW_HU = (-600.0, 1500.0)
 #: Names of the slice-grid presets (see :mod:`lungtumor.preprocessing.grid` for what each does and why).
 PRESET_NAMES = ("seed", "lung")
 #: Lung preset: in-plane target spacing of the model slices (mm). Chosen by measurement, see the grid module.
-LUNG_SPACING_MM = 1.25
-#: Lung preset: margin around the lung region's box, in-plane and along the body axis (mm).
-LUNG_MARGIN_MM = 10.0
+LUNG_SPACING_MM = 1.5
+#: Lung preset: margin around the lung region's box, in-plane and along the body axis (mm; the region itself
+#: already reaches 10 mm beyond the lungs' hull).
+LUNG_MARGIN_MM = 5.0
 #: Lung preset: model slices are padded to a multiple of this (a U-Net with up to 4 pools takes them).
 LUNG_PAD_MULTIPLE = 16
 #: Lung preset: physical distance between the 2.5D context slices (mm).

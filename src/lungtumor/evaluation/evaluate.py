@@ -8,6 +8,12 @@ resolution and voxel spacing (no resampling: a prediction must be on its label's
 
 In ``summary.json`` an undefined value (NaN, e.g. the mean of no defined Dice) is ``null`` and
 an infinite distance is the string ``"inf"``; ``metrics.csv`` writes ``nan`` and ``inf``.
+
+Lesion-wise results use the instances and the one-to-one matching rule of
+:mod:`lungtumor.evaluation.lesions` (26-connected components; ``MATCHING_RULE``): the per-case
+``lesions_*`` columns, sensitivity and false positives per scan by size band of the longest axial
+diameter (``lesion_size_bands``), and, with probability maps, an FROC curve (``froc`` in
+``summary.json`` and ``froc.png``).
 """
 
 from __future__ import annotations
@@ -24,8 +30,19 @@ from typing import Any
 
 import numpy as np
 
-from lungtumor.atomic import write_text_atomic
+from lungtumor.atomic import atomic_output, write_text_atomic
 from lungtumor.errors import GeometryError, InputError
+from lungtumor.evaluation.lesions import (
+    CONNECTIVITY,
+    MATCHING_RULE,
+    SIZE_MEASURE,
+    binary_mask,
+    froc_counts,
+    froc_png,
+    froc_summary,
+    lesion_matching,
+    size_band_summary,
+)
 from lungtumor.evaluation.metrics import (
     BOOTSTRAP_LEVEL,
     BOOTSTRAP_RESAMPLES,
@@ -33,7 +50,6 @@ from lungtumor.evaluation.metrics import (
     bootstrap_ci,
     dice,
     hd95,
-    lesion_detection,
     pooled_dice_from_terms,
     soft_dice_terms,
     surface_dice,
@@ -51,6 +67,7 @@ PROB_SUFFIX = "_prob"
 #: Output file names inside ``out_dir``.
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
+FROC_PNG = "froc.png"
 #: Per-case columns, in CSV order.
 CSV_COLUMNS = (
     "case",
@@ -79,7 +96,8 @@ class EvaluationResult:
     """Per-case rows and the summary of one evaluation.
 
     Attributes:
-        rows: one dict per case with the keys of :data:`CSV_COLUMNS` (sorted by case name).
+        rows: one dict per case with the keys of :data:`CSV_COLUMNS` (sorted by case name), plus
+            the per-lesion lists of :func:`lungtumor.evaluation.lesions.lesion_matching` (not in the CSV).
         summary: aggregate numbers (see :func:`summarize`).
         files: paths written (``metrics.csv``, ``summary.json``); empty when not written.
     """
@@ -188,23 +206,8 @@ def match_cases(pred_dir: str | os.PathLike[str], label_dir: str | os.PathLike[s
 
 
 def _binary(volume: Volume, role: str) -> np.ndarray:
-    """The volume's voxels as a bool mask; only 0 and 1 are accepted."""
-    array = volume.array
-    path = volume.meta.get("path", role)
-    if array.dtype == bool:
-        return array
-    if array.size:
-        lo, hi = array.min(), array.max()
-        # Integer masks: the range is enough. Float masks must also hold whole numbers.
-        not_binary = lo < 0 or hi > 1 or (array.dtype.kind == "f" and not np.all((array == 0) | (array == 1)))
-        if not_binary:
-            values = np.unique(array)
-            shown = ", ".join(f"{v:g}" for v in values[:8]) + (" ..." if values.size > 8 else "")
-            raise InputError(
-                f"{path}: {role} mask must hold only 0 and 1, found values {shown}; "
-                "threshold probabilities or map label values to {0, 1} first"
-            )
-    return array != 0
+    """The volume's voxels as a bool mask; only 0 and 1 are accepted (InputError naming the file otherwise)."""
+    return binary_mask(volume, role)
 
 
 def _check_same_grid(a: Volume, b: Volume, role_a: str, role_b: str) -> None:
@@ -250,7 +253,7 @@ def evaluate_case(name: str, pred: Volume, label: Volume, tolerance_mm: float = 
         "volume_ref_ml": vol_ref,
         "volume_pred_ml": vol_pred,
         "volume_abs_diff_ml": abs(vol_pred - vol_ref),
-        **lesion_detection(p, r),
+        **lesion_matching(p, r, label.affine),
     }
 
 
@@ -304,6 +307,8 @@ def summarize(rows: list[dict[str, Any]], tolerance_mm: float) -> dict[str, Any]
         "lesion_sensitivity": lesions_found / lesions_ref if lesions_ref else float("nan"),
         "false_positive_lesions": false_pos,
         "false_positive_lesions_per_scan": false_pos / n_cases if n_cases else float("nan"),
+        "lesion_matching": {"rule": MATCHING_RULE, "connectivity": CONNECTIVITY, "size": SIZE_MEASURE},
+        "lesion_size_bands": size_band_summary(rows),
     }
 
 
@@ -345,7 +350,8 @@ def evaluate_folder(
         tolerance_mm: normalised surface Dice tolerance, mm.
         prob_dir: optional folder of float probability maps, ``NAME_prob.nii.gz`` or
             ``NAME.nii.gz`` per case, on the label's grid; adds the seed's pooled soft Dice to
-            the summary (``dice_pooled_soft_seed``), labelled as not comparable.
+            the summary (``dice_pooled_soft_seed``), labelled as not comparable, and the FROC
+            curve (``froc`` in the summary, ``froc.png`` in ``out_dir``).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -374,26 +380,30 @@ def evaluate_folder(
         prob_files = {name: path for name, path in found.items() if path is not None}
 
     rows: list[dict[str, Any]] = []
+    froc_cases: list[dict[str, Any]] = []
     pooled_terms = np.zeros(3)  # sum p*y, sum p, sum y over every case
     for name, pred_path, label_path in _progress(pairs, progress, "evaluating"):
         label = read_nifti(label_path)
         pred = read_nifti(pred_path)
         rows.append(evaluate_case(name, pred, label, tolerance_mm))
         if prob_files:
-            pooled_terms += _prob_terms(prob_files[name], label)
+            terms, froc = _prob_terms(prob_files[name], label)
+            pooled_terms += terms
+            froc_cases.append(froc)
 
     summary = summarize(rows, tolerance_mm)
     if prob_files:
         summary["dice_pooled_soft_seed"] = pooled_dice_from_terms(*pooled_terms)
         summary["dice_pooled_soft_seed_label"] = POOLED_SOFT_DICE_LABEL
+        summary["froc"] = froc_summary(froc_cases)
     result = EvaluationResult(rows=rows, summary=summary)
     if out_dir is not None:
         result.files = write_results(result, out_dir)
     return result
 
 
-def _prob_terms(path: Path, label: Volume) -> np.ndarray:
-    """(sum p*y, sum p, sum y) of one probability map against its label."""
+def _prob_terms(path: Path, label: Volume) -> tuple[np.ndarray, dict[str, Any]]:
+    """(sum p*y, sum p, sum y) of one probability map against its label, and its FROC counts."""
     prob = read_nifti(path, dtype=np.float32)
     _check_same_grid(prob, label, "probability map", "label")
     lo, hi = float(prob.array.min()), float(prob.array.max())
@@ -402,7 +412,8 @@ def _prob_terms(path: Path, label: Volume) -> np.ndarray:
             f"{path}: probabilities must lie in [0, 1], found [{lo:g}, {hi:g}]; "
             "pass sigmoid probabilities, not logits or masks scaled to 255"
         )
-    return np.asarray(soft_dice_terms(prob.array, label.array != 0))
+    ref = _binary(label, "label")
+    return np.asarray(soft_dice_terms(prob.array, ref)), froc_counts(prob.array, ref)
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,7 +450,7 @@ def _json_value(value: Any) -> Any:
 
 
 def write_results(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``metrics.csv`` and ``summary.json`` into ``out_dir`` (atomically, each)."""
+    """Write ``metrics.csv``, ``summary.json`` and, with an FROC, ``froc.png`` into ``out_dir`` (atomically, each)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; pass a folder for the evaluation results")
@@ -450,8 +461,14 @@ def write_results(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> 
         writer.writerow({k: _csv_value(row[k]) for k in CSV_COLUMNS})
     csv_path = _atomic_write_text(out / METRICS_CSV, buffer.getvalue())
     summary_text = json.dumps(_json_value(result.summary), indent=2, allow_nan=False) + "\n"
+    froc = froc_png(result.summary["froc"]) if "froc" in result.summary else None  # rendered before any write
     json_path = _atomic_write_text(out / SUMMARY_JSON, summary_text)
-    return [csv_path, json_path]
+    written = [csv_path, json_path]
+    if froc is not None:
+        with atomic_output(out / FROC_PNG) as tmp:
+            tmp.write_bytes(froc)
+        written.append(out / FROC_PNG)
+    return written
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -500,8 +517,22 @@ def format_table(result: EvaluationResult, width: int = 120) -> str:
         f"lesions: sensitivity {_fmt(s['lesion_sensitivity'])} ({s['lesions_found']}/{s['lesions_ref']}), "
         f"false positives per scan {_fmt(s['false_positive_lesions_per_scan'], 2)}",
     ]
+    bands = s.get("lesion_size_bands") or []
+    if bands:
+        lines.append(
+            "by longest axial diameter: "
+            + "; ".join(
+                f"{b['band']}: sensitivity {_fmt(b['sensitivity'])} ({b['lesions_found']}/{b['lesions_ref']}), "
+                f"FP/scan {_fmt(b['false_positives_per_scan'], 2)}"
+                for b in bands
+            )
+        )
     if "dice_pooled_soft_seed" in s:
         lines.append(f"soft Dice {s['dice_pooled_soft_seed_label']}: {_fmt(s['dice_pooled_soft_seed'], 4)}")
+    if "froc" in s:
+        froc = s["froc"]
+        points = ", ".join(f"{_fmt(r, 3).rstrip('0').rstrip('.')}: {_fmt(v)}" for r, v in zip(froc["fp_rates"], froc["sensitivity_at_fp_rates"]))
+        lines.append(f"FROC sensitivity at FP/scan {points}; CPM {_fmt(froc['cpm'])}")
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(table)
     for line in lines:

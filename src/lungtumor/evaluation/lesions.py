@@ -1057,3 +1057,192 @@ def write_lesion_outputs(
             Path(tmp).write_bytes(data)
         written.append(out / name)
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# Lesion-wise evaluation (used by lungtumor.evaluation.evaluate)
+
+
+#: FROC: probability thresholds whose connected components are the lesion candidates.
+FROC_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+#: FROC: false positives per scan at which the sensitivity is reported (LUNA16's seven points;
+#: their mean is the competition performance metric, Setio et al., Med. Image Anal. 2017).
+FROC_FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+FROC_METHOD = (
+    "lesion candidates are the 26-connected components of probability >= t for each threshold t, matched to "
+    "the reference lesions by the lesion matching rule; the sensitivity at a false-positive rate is the "
+    "highest sensitivity among the thresholds whose false positives per scan do not exceed it (0 where none "
+    "does: the curve starts at 0 sensitivity and 0 false positives, above every probability); cpm = mean "
+    "sensitivity over the seven rates"
+)
+SIZE_MEASURE = (
+    "longest axial diameter (RECIST 1.1) of the reference lesion for sensitivity and of the predicted instance "
+    f"for false positives; bands half-open [0, 10), [10, 20), [20, 30), [30, inf) mm; {DIAMETER_CONVENTION}"
+)
+
+
+def _merged_box(masks: Sequence[np.ndarray]) -> tuple[slice, ...] | None:
+    """Bounding box of the union of several masks (computed per mask), None when all are empty."""
+    boxes = [b for b in (_bounding_box(m) for m in masks) if b is not None]
+    if not boxes:
+        return None
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(len(boxes[0])))
+
+
+def lesion_matching(pred: np.ndarray, ref: np.ndarray, affine: np.ndarray) -> dict[str, Any]:
+    """Lesion-wise counts of one case: instances, :data:`MATCHING_RULE`, longest diameters.
+
+    Args:
+        pred: predicted mask (bool).
+        ref: reference mask (bool), same shape.
+        affine: the grid's voxel -> RAS+ affine (for the longest axial diameters).
+
+    Returns:
+        ``lesions_ref``, ``lesions_found``, ``false_positive_lesions`` and the per-instance lists
+        ``ref_lesion_diameters_mm``, ``ref_lesion_found``, ``pred_lesion_diameters_mm``,
+        ``pred_lesion_false_positive`` (by instance id).
+    """
+    box = _merged_box((pred, ref))
+    if box is None:
+        pred_labels, n_pred, ref_labels, n_ref = np.zeros(0), 0, np.zeros(0), 0
+    else:
+        pred_labels, n_pred = label_instances(pred[box])
+        ref_labels, n_ref = label_instances(ref[box])
+    match = match_instances(pred_labels, n_pred, ref_labels, n_ref)
+    return {
+        "lesions_ref": n_ref,
+        "lesions_found": int(match.ref_found.sum()),
+        "false_positive_lesions": int(match.pred_false_positive.sum()),
+        "ref_lesion_diameters_mm": longest_diameters_mm(ref_labels, n_ref, affine).tolist() if n_ref else [],
+        "ref_lesion_found": match.ref_found.tolist(),
+        "pred_lesion_diameters_mm": longest_diameters_mm(pred_labels, n_pred, affine).tolist() if n_pred else [],
+        "pred_lesion_false_positive": match.pred_false_positive.tolist(),
+    }
+
+
+def size_band_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Sensitivity and false positives per scan in each size band, pooled over the cases of ``rows``.
+
+    Args:
+        rows: one :func:`lesion_matching` dict (or a row holding its keys) per case.
+
+    Returns:
+        One dict per band of :data:`SIZE_BAND_NAMES`: band, diameter_min_mm, diameter_max_mm,
+        lesions_ref, lesions_found, sensitivity (NaN without reference lesions in the band),
+        false_positive_lesions, false_positives_per_scan.
+    """
+    def joined(key: str, dtype: Any) -> np.ndarray:
+        return np.concatenate([np.asarray(r.get(key, []), dtype=dtype) for r in rows] + [np.empty(0, dtype=dtype)])
+
+    n_cases = len(rows)
+    ref_band, ref_found = size_band_index(joined("ref_lesion_diameters_mm", np.float64)), joined("ref_lesion_found", bool)
+    pred_band, pred_fp = size_band_index(joined("pred_lesion_diameters_mm", np.float64)), joined("pred_lesion_false_positive", bool)
+    edges = (0.0, *SIZE_BAND_EDGES_MM, math.inf)
+    bands = []
+    for index, name in enumerate(SIZE_BAND_NAMES):
+        in_ref = ref_band == index
+        n_ref, n_found = int(in_ref.sum()), int((ref_found & in_ref).sum())
+        n_fp = int((pred_fp & (pred_band == index)).sum())
+        bands.append(
+            {
+                "band": name,
+                "diameter_min_mm": edges[index],
+                "diameter_max_mm": edges[index + 1],
+                "lesions_ref": n_ref,
+                "lesions_found": n_found,
+                "sensitivity": n_found / n_ref if n_ref else float("nan"),
+                "false_positive_lesions": n_fp,
+                "false_positives_per_scan": n_fp / n_cases if n_cases else float("nan"),
+            }
+        )
+    return bands
+
+
+def froc_counts(prob: np.ndarray, ref: np.ndarray, thresholds: Sequence[float] = FROC_THRESHOLDS) -> dict[str, Any]:
+    """Found reference lesions and false-positive candidates of one case at each threshold.
+
+    Candidates at threshold t are the 26-connected components of ``prob >= t``, matched to the
+    reference lesions by :data:`MATCHING_RULE`.
+
+    Args:
+        prob: probability map in [0, 1].
+        ref: reference mask (bool), same shape.
+        thresholds: probability thresholds.
+
+    Returns:
+        ``{"lesions_ref": int, "found": [int per threshold], "false_positives": [int per threshold]}``.
+    """
+    box = _merged_box((prob >= min(thresholds), ref))
+    if box is None:
+        return {"lesions_ref": 0, "found": [0] * len(thresholds), "false_positives": [0] * len(thresholds)}
+    ref_labels, n_ref = label_instances(ref[box])
+    crop = prob[box]
+    found, false_pos = [], []
+    for t in thresholds:
+        cand_labels, n_cand = label_instances(crop >= t)
+        match = match_instances(cand_labels, n_cand, ref_labels, n_ref)
+        found.append(int(match.ref_found.sum()))
+        false_pos.append(int(match.pred_false_positive.sum()))
+    return {"lesions_ref": n_ref, "found": found, "false_positives": false_pos}
+
+
+def froc_summary(per_case: Sequence[dict[str, Any]], thresholds: Sequence[float] = FROC_THRESHOLDS) -> dict[str, Any]:
+    """Pool :func:`froc_counts` over cases: the curve, the sensitivity at :data:`FROC_FP_RATES`, the CPM.
+
+    Sensitivity pools lesions over cases (sum found / sum reference lesions); false positives
+    are per scan (sum / cases). See :data:`FROC_METHOD`. NaN sensitivities without reference lesions.
+    """
+    n_cases, n_t = len(per_case), len(thresholds)
+    n_ref = int(sum(c["lesions_ref"] for c in per_case))
+    found = np.sum([c["found"] for c in per_case], axis=0) if per_case else np.zeros(n_t)
+    false_pos = np.sum([c["false_positives"] for c in per_case], axis=0) if per_case else np.zeros(n_t)
+    sensitivity = found / n_ref if n_ref else np.full(n_t, np.nan)
+    fp_per_scan = false_pos / n_cases if n_cases else np.full(n_t, np.nan)
+    at_rates = []
+    for rate in FROC_FP_RATES:
+        ok = fp_per_scan <= rate
+        if not n_ref:
+            at_rates.append(float("nan"))
+        else:
+            at_rates.append(float(sensitivity[ok].max()) if ok.any() else 0.0)
+    return {
+        "method": FROC_METHOD,
+        "cases": n_cases,
+        "lesions_ref": n_ref,
+        "thresholds": [float(t) for t in thresholds],
+        "sensitivity": [float(v) for v in sensitivity],
+        "false_positives_per_scan": [float(v) for v in fp_per_scan],
+        "fp_rates": [float(r) for r in FROC_FP_RATES],
+        "sensitivity_at_fp_rates": at_rates,
+        "cpm": float(np.mean(at_rates)) if n_ref else float("nan"),
+    }
+
+
+def froc_png(froc: dict[str, Any]) -> bytes:
+    """The FROC curve as PNG bytes (pyplot-free Agg figure): sensitivity vs false positives per scan."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    fp = np.asarray(froc["false_positives_per_scan"], dtype=np.float64)
+    sens = np.asarray(froc["sensitivity"], dtype=np.float64)
+    order = np.argsort(fp, kind="stable")
+    rates = np.asarray(froc["fp_rates"])
+    floor = rates[0] / 2  # 0 FP/scan drawn at the left edge of the log axis
+    ax.plot(np.maximum(fp[order], floor), sens[order], marker="o", color="tab:blue", label="thresholds")
+    ax.plot(rates, froc["sensitivity_at_fp_rates"], marker="s", linestyle="none", color="tab:red", label="reported points")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(floor, max(rates[-1] * 2, float(np.nanmax(fp)) * 1.2 if np.isfinite(fp).any() and fp.size else rates[-1] * 2))
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("false positives per scan (0 drawn at the left edge)")
+    ax.set_ylabel("lesion sensitivity")
+    cpm = froc.get("cpm")
+    cpm_text = f", CPM {cpm:.3f}" if isinstance(cpm, float) and not math.isnan(cpm) else ""
+    ax.set_title(f"FROC: {froc['lesions_ref']} lesions, {froc['cases']} scans{cpm_text}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

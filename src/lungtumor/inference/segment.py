@@ -197,7 +197,7 @@ def postprocess_mask(mask: np.ndarray, region: np.ndarray | None, voxel_ml: floa
     from scipy import ndimage
 
     out = np.zeros(mask.shape, dtype=np.uint8)
-    nz = mask != 0
+    nz = mask.view(bool) if mask.dtype == np.uint8 and mask.max(initial=0) <= 1 else mask != 0
     box = []
     for axis in range(3):
         idx = np.flatnonzero(nz.any(axis=tuple(a for a in range(3) if a != axis)))
@@ -209,9 +209,7 @@ def postprocess_mask(mask: np.ndarray, region: np.ndarray | None, voxel_ml: floa
     keep = np.ones(n + 1, dtype=bool)
     keep[0] = False
     if region is not None:
-        touching = np.zeros(n + 1, dtype=bool)
-        touching[np.unique(labels[(np.asarray(region)[tuple(box)] != 0) & (labels > 0)])] = True
-        keep &= touching
+        keep &= np.bincount(labels[np.asarray(region)[tuple(box)] != 0], minlength=n + 1) > 0
     if min_lesion_ml:
         keep &= np.bincount(labels.ravel(), minlength=n + 1) * float(voxel_ml) >= float(min_lesion_ml)
     out[tuple(box)] = keep[labels]

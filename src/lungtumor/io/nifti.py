@@ -11,6 +11,7 @@ import numpy as np
 
 from lungtumor.atomic import atomic_output
 from lungtumor.errors import GeometryError, InputError
+from lungtumor.io.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: sizeof_hdr of a NIfTI-2 header (NIfTI-1: 348).
@@ -25,7 +26,6 @@ try:  # optional fast inflate (a declared dependency; the stdlib path stays as a
 except ImportError:  # pragma: no cover
     _gunzip = None
 
-from lungtumor.io.volume import Volume
 
 
 def is_nifti(path: str | os.PathLike[str]) -> bool:
