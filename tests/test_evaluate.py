@@ -262,3 +262,85 @@ def test_pooled_soft_dice_with_prob_dir(tmp_path: Path) -> None:
     _write(probs, "b.nii.gz", prob_b * 300)  # not probabilities
     with pytest.raises(InputError, match=r"must lie in \[0, 1\]"):
         evaluate_folder(label, label, None, prob_dir=probs, progress=False)
+
+
+# ------------------------------------------------------------------------------------------
+# Lesion matching by size band, and the FROC (hand-computed)
+
+BAND_SHAPE = (70, 70, 3)
+BAND_AFFINE = np.diag([-1.0, 1.0, 2.0, 1.0])  # 1 mm pixels: an n x n square measures n*sqrt(2) mm
+
+
+def _squares(*boxes: tuple[int, int, int, int], value: float = 1.0, dtype: type = np.uint8) -> np.ndarray:
+    out = np.zeros(BAND_SHAPE, dtype=dtype)
+    for i0, i1, j0, j1 in boxes:
+        out[i0:i1, j0:j1, 1] = value
+    return out
+
+
+A, B, C, D = (2, 7, 2, 7), (10, 20, 2, 12), (25, 42, 2, 19), (2, 27, 30, 55)  # 7.1, 14.1, 24.0, 35.4 mm
+FP = (50, 62, 50, 62)  # 17.0 mm, a false positive
+E, F, G, BRIDGE = (2, 12, 2, 12), (20, 23, 2, 5), (26, 29, 2, 5), (20, 29, 2, 5)  # 14.1, 4.2, 4.2 mm
+
+
+@pytest.fixture()
+def band_folders(tmp_path: Path) -> tuple[Path, Path, Path]:
+    pred, label, probs = tmp_path / "pred", tmp_path / "labels", tmp_path / "probs"
+    write_nifti(Volume(_squares(A, B, C, D), BAND_AFFINE), label / "c1.nii.gz")
+    write_nifti(Volume(_squares(A, D, FP), BAND_AFFINE), pred / "c1.nii.gz")
+    write_nifti(Volume(_squares(E, F, G), BAND_AFFINE), label / "c2.nii.gz")
+    write_nifti(Volume(_squares(E, BRIDGE), BAND_AFFINE), pred / "c2.nii.gz")  # one prediction over F and G
+    p1 = _squares(A, D, value=0.92, dtype=np.float32) + _squares(B, value=0.65, dtype=np.float32)
+    p1 += _squares(C, value=0.25, dtype=np.float32) + _squares(FP, value=0.35, dtype=np.float32)
+    p2 = _squares(E, value=0.85, dtype=np.float32) + _squares(BRIDGE, value=0.55, dtype=np.float32)
+    write_nifti(Volume(p1, BAND_AFFINE), probs / "c1.nii.gz")
+    write_nifti(Volume(p2, BAND_AFFINE), probs / "c2.nii.gz")
+    return pred, label, probs
+
+
+def test_lesions_by_size_band(band_folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    pred, label, _ = band_folders
+    result = evaluate_folder(pred, label, tmp_path / "out", progress=False)
+    rows = {r["case"]: r for r in result.rows}
+    assert (rows["c1"]["lesions_ref"], rows["c1"]["lesions_found"], rows["c1"]["false_positive_lesions"]) == (4, 2, 1)
+    # The bridge over F and G is one match: 2 of 3 found, and it is no false positive.
+    assert (rows["c2"]["lesions_ref"], rows["c2"]["lesions_found"], rows["c2"]["false_positive_lesions"]) == (3, 2, 0)
+    np.testing.assert_allclose(rows["c1"]["ref_lesion_diameters_mm"], np.array([25, 17, 10, 5]) * math.sqrt(2))
+    bands = {b["band"]: b for b in result.summary["lesion_size_bands"]}
+    assert list(bands) == ["<10 mm", "10-20 mm", "20-30 mm", ">30 mm"]
+    expected = {"<10 mm": (3, 2, 0), "10-20 mm": (2, 1, 1), "20-30 mm": (1, 0, 0), ">30 mm": (1, 1, 0)}
+    for name, (n_ref, n_found, n_fp) in expected.items():
+        band = bands[name]
+        assert (band["lesions_ref"], band["lesions_found"], band["false_positive_lesions"]) == (n_ref, n_found, n_fp), name
+        assert band["sensitivity"] == pytest.approx(n_found / n_ref)
+        assert band["false_positives_per_scan"] == pytest.approx(n_fp / 2)
+    assert result.summary["lesion_sensitivity"] == pytest.approx(4 / 7)
+    assert result.summary["lesion_matching"]["connectivity"] == 26
+    on_disk = json.loads((tmp_path / "out" / SUMMARY_JSON).read_text())
+    assert on_disk["lesion_size_bands"][3]["diameter_max_mm"] == "inf"
+    assert "one-to-one" in on_disk["lesion_matching"]["rule"]
+    assert not (tmp_path / "out" / "froc.png").exists()  # no probabilities, no FROC
+    assert "10-20 mm: sensitivity 0.500 (1/2)" in format_table(result)
+
+
+def test_froc_from_probabilities(band_folders: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    pred, label, probs = band_folders
+    result = evaluate_folder(pred, label, tmp_path / "out", prob_dir=probs, progress=False)
+    froc = result.summary["froc"]
+    assert froc["lesions_ref"] == 7 and froc["cases"] == 2
+    by_t = dict(zip(froc["thresholds"], zip(froc["sensitivity"], froc["false_positives_per_scan"])))
+    # t <= 0.2: A, B, C, D and the FP (c1), E and one of F/G (c2); t = 0.3 loses C; 0.4 loses the FP;
+    # 0.6 loses the bridge; 0.7 loses B; 0.9 loses E; 0.95 loses A and D.
+    expected = {0.05: (6, 1), 0.2: (6, 1), 0.3: (5, 1), 0.4: (5, 0), 0.5: (5, 0), 0.6: (4, 0), 0.7: (3, 0), 0.8: (3, 0), 0.9: (2, 0), 0.95: (0, 0)}
+    for t, (found, fp) in expected.items():
+        assert by_t[t] == pytest.approx((found / 7, fp / 2)), t
+    assert froc["fp_rates"] == [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    assert froc["sensitivity_at_fp_rates"] == pytest.approx([5 / 7, 5 / 7] + [6 / 7] * 5)
+    assert froc["cpm"] == pytest.approx(40 / 49)
+    png = tmp_path / "out" / "froc.png"
+    with Image.open(png) as image:
+        image.verify()
+    assert json.loads((tmp_path / "out" / SUMMARY_JSON).read_text())["froc"]["cpm"] == pytest.approx(40 / 49)
+    assert "CPM 0.816" in format_table(result)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lungtumor.errors import LungTumorError
+from lungtumor.errors import ConfigError, LungTumorError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -335,6 +335,43 @@ def _cmd_visualize(a: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+#: Training options that ``cv`` sets per fold itself.
+_CV_SETS = ("fold", "folds", "split_seed", "val_cases", "seed")
+
+
+def _add_cv(sub: argparse._SubParsersAction) -> None:
+    from lungtumor.training.options import add_train_arguments
+
+    p = sub.add_parser("cv", help="k-fold cross-validation: train every fold (and seed), score each fold's cases, report mean +- SD")
+    p.add_argument("store", help="slice store (lungtumor preprocess) or a dataset folder (preprocessed first)")
+    p.add_argument("--out", required=True, help="cross-validation folder (resumable: finished folds are reused)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a new split shuffle and initialisation (default 1)")
+    p.add_argument("--only-folds", default=None, help="run only these folds now, e.g. 0,1 (for one process per GPU)")
+    p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation of the fold predictions")
+    p.add_argument("--config", default=None, help="YAML/JSON file with training options")
+    add_train_arguments(p, exclude=_CV_SETS)
+    p.set_defaults(func=_cmd_cv)
+
+
+def _cmd_cv(a: argparse.Namespace) -> None:
+    from lungtumor.training.options import TrainConfig, load_config_file
+
+    options: dict[str, Any] = load_config_file(a.config) if a.config else {}
+    options.update({k: v for k, v in vars(a).items() if k in TrainConfig.field_names() and k not in _CV_SETS and v is not None})
+    for key in _CV_SETS:
+        options.pop(key, None)
+    base = TrainConfig.from_dict({**options, "store": a.store, "out": a.out})
+    _quiet_lightning()
+    from lungtumor.cv import cross_validate, format_report
+
+    summary = cross_validate(a.store, a.out, base, folds=a.folds, seeds=a.seeds, only_folds=a.only_folds, tta=a.tta)
+    print(format_report(summary))
+    print(f"wrote {Path(a.out) / 'cv_summary.json'} and {Path(a.out) / 'cv_cases.csv'}")
+    if summary["failed"]:
+        raise ConfigError(f"{len(summary['failed'])} fold(s) failed (listed above and in cv_summary.json); fix and re-run: finished folds are kept")
+
+
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data (or --task-dir)")
     p.add_argument("--workdir", default="demo_run", help="where everything is written (default ./demo_run)")
@@ -365,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungtumor", description="Lung tumour segmentation in chest CT.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_lesions, _add_lungs, _add_visualize, _add_demo):
+    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_lesions, _add_lungs, _add_visualize, _add_cv, _add_demo):
         add(sub)
     return parser
 

@@ -202,10 +202,10 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per :class:`TrainConfig` field (defaults None: "not given")."""
+def add_train_arguments(parser: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """Add one ``--flag`` per :class:`TrainConfig` field (defaults None: "not given"), except ``exclude``."""
     for f in dataclasses.fields(TrainConfig):
-        if f.name in POSITIONAL_FIELDS or f.name in CONFIG_FILE_ONLY_FIELDS:
+        if f.name in POSITIONAL_FIELDS or f.name in CONFIG_FILE_ONLY_FIELDS or f.name in exclude:
             continue
         meta = f.metadata
         if isinstance(f.default, bool):

@@ -1,0 +1,235 @@
+"""``lungtumor cv``: k-fold cross-validation over a store, every fold (and seed) trained and scored.
+
+For each seed and fold: train with the split chosen by the run (``TrainConfig(fold=k, folds=K,
+split_seed=seed)``, recorded in every checkpoint), predict each validation case at its original
+resolution from its source file (the store's ``meta.json`` names it) with the fold's last
+checkpoint (not the best: choosing the epoch on the same cases that are then scored would flatter
+the model), and evaluate per case. The report gives each fold's mean per-case Dice, the mean +- SD
+over folds (per seed) and over seeds, and the per-case table.
+
+Layout of ``OUT``::
+
+    seed-<s>/fold-<k>/run/            the fold's training run (checkpoints, logs)
+    seed-<s>/fold-<k>/predictions/    validation masks + probabilities at original resolution
+    seed-<s>/fold-<k>/evaluation/     metrics.csv, summary.json
+    seed-<s>/fold-<k>/done.json       written last: a finished fold is not trained again
+    cv_cases.csv, cv_summary.json     every case of every fold; per fold, per seed, overall
+
+Resumable: a fold with ``done.json`` is reused; a fold with a run but no ``done.json`` resumes its
+training from ``last.ckpt``. A fold that fails is listed with its one-line error and the others
+still report. Folds run one after another on the device the trainer picks; to use several GPUs,
+run disjoint ``--only-folds`` in separate processes (each with its own ``CUDA_VISIBLE_DEVICES``)
+into the same ``OUT`` and run once more without it to collect the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from lungtumor.atomic import write_text_atomic
+from lungtumor.errors import ConfigError, InputError, LungTumorError
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "done.json"
+CASES_CSV = "cv_cases.csv"
+SUMMARY_JSON = "cv_summary.json"
+#: Per-case columns of the cross-validation table (a subset of the evaluation's).
+CASE_COLUMNS = ("seed", "fold", "case", "dice", "surface_dice", "hd95_mm", "pred_volume_ml", "ref_volume_ml")
+
+
+def _mean_sd(values: list[float]) -> dict[str, float | int | None]:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return {"mean": None, "sd": None, "n": 0}
+    mean = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return {"mean": mean, "sd": sd, "n": len(vals)}
+
+
+def _link_folder(folder: Path, files: dict[str, Path]) -> Path:
+    """A folder of symbolic links ``name -> file`` (so that folder-level tools see just these cases)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name, target in files.items():
+        (folder / name).symlink_to(Path(target).resolve())
+    return folder
+
+
+def _fold_cases(run_dir: Path) -> list[str]:
+    from lungtumor.model.checkpoint import read_checkpoint
+
+    split = read_checkpoint(run_dir / "last.ckpt")["lungtumor"].get("split") or {}
+    return list(split.get("val", []))
+
+
+def run_fold(base: Any, store: Path, fold_dir: Path, fold: int, folds: int, seed: int, *, tta: str = "none") -> dict[str, Any]:
+    """Train (or resume), predict and evaluate one fold; returns its ``done.json`` content."""
+    from lungtumor.evaluation.evaluate import evaluate_folder
+    from lungtumor.inference.segment import predict_path
+    from lungtumor.training.trainer import train
+
+    done = fold_dir / DONE_FILE
+    if done.exists():
+        try:
+            return json.loads(done.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{done}: unreadable ({exc}); delete it to redo fold {fold}") from exc
+    run_dir = fold_dir / "run"
+    cfg = dataclasses.replace(base, store=str(store), out=str(run_dir), fold=fold, folds=folds, split_seed=seed, seed=seed, val_cases=None)
+    summary = train(cfg, resume=(run_dir / "last.ckpt").exists())
+    ckpt = Path(summary["last_checkpoint"])
+    val = _fold_cases(run_dir)
+    images, labels = {}, {}
+    for cid in val:
+        meta = json.loads((store / "cases" / cid / "meta.json").read_text())
+        image, label = Path(meta["image"]), Path(meta["label"])
+        if not image.exists() or not label.exists():
+            raise InputError(f"{store}: case {cid}'s source files ({image}, {label}) are gone; cross-validation scores at the original resolution")
+        images[f"{cid}.nii.gz"] = image
+        labels[f"{cid}.nii.gz"] = label
+    inputs = _link_folder(fold_dir / "inputs", images)
+    refs = _link_folder(fold_dir / "references", labels)
+    pred_dir = fold_dir / "predictions"
+    predict_path(ckpt, inputs, pred_dir, probabilities=True, tta=tta, progress=False)
+    result = evaluate_folder(pred_dir, refs, out_dir=fold_dir / "evaluation", prob_dir=pred_dir / "probabilities", progress=False)
+    rows = [{"seed": seed, "fold": fold, **{k: r.get(k) for k in CASE_COLUMNS if k not in ("seed", "fold")}} for r in result.rows]
+    record = {
+        "seed": seed,
+        "fold": fold,
+        "folds": folds,
+        "checkpoint": str(ckpt),
+        "val_cases": val,
+        "dice_mean": result.summary.get("dice_mean"),
+        "rows": rows,
+        "train": {k: summary.get(k) for k in ("epochs", "global_step", "seconds", "precision")},
+    }
+    write_text_atomic(done, json.dumps(record, indent=2, default=str))
+    return record
+
+
+def _parse_only(only: str | None, folds: int) -> list[int]:
+    if not only:
+        return list(range(folds))
+    try:
+        chosen = sorted({int(x) for x in only.split(",") if x.strip()})
+    except ValueError as exc:
+        raise ConfigError(f"--only-folds {only!r}: expected fold numbers like 0,2") from exc
+    bad = [k for k in chosen if not 0 <= k < folds]
+    if bad:
+        raise ConfigError(f"--only-folds {only!r}: folds are 0..{folds - 1}")
+    return chosen
+
+
+def cross_validate(
+    store_or_dataset: str | Path,
+    out: str | Path,
+    base: Any,
+    *,
+    folds: int = 5,
+    seeds: int = 1,
+    only_folds: str | None = None,
+    tta: str = "none",
+) -> dict[str, Any]:
+    """Run (or resume) the cross-validation; write and return the report.
+
+    Args:
+        store_or_dataset: a slice store, or a dataset folder (it is preprocessed into ``OUT/store``
+            with the default preprocessing first).
+        out: the cross-validation folder.
+        base: a :class:`~lungtumor.training.options.TrainConfig` with the training options
+            (``store``, ``out``, ``fold``, ``split_seed``, ``seed`` are set per fold).
+        folds: number of folds (>= 2).
+        seeds: seeds 0..seeds-1; each seed reshuffles the split and reinitialises the model.
+        only_folds: comma-separated folds to run now (the rest are reported if already done).
+        tta: prediction test-time augmentation.
+    """
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: need at least 2 folds")
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds}: need at least 1 seed")
+    run_now = _parse_only(only_folds, folds)
+    out = Path(out)
+    src = Path(store_or_dataset)
+    if not src.is_dir():
+        raise InputError(f"{src}: not found; pass a slice store (lungtumor preprocess) or a dataset folder")
+    if (src / "store.json").exists():
+        store = src
+    else:
+        from lungtumor.config import PreprocessConfig, SplitConfig
+        from lungtumor.preprocessing.store import preprocess_task
+
+        store = out / "store"
+        preprocess_task(src, store, PreprocessConfig(), SplitConfig(folds=folds))
+    records: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        for fold in range(folds):
+            fold_dir = out / f"seed-{seed}" / f"fold-{fold}"
+            if fold not in run_now:
+                if (fold_dir / DONE_FILE).exists():
+                    records.append(json.loads((fold_dir / DONE_FILE).read_text()))
+                continue
+            try:
+                records.append(run_fold(base, store, fold_dir, fold, folds, seed, tta=tta))
+            except LungTumorError as exc:
+                msg = " ".join(str(exc).split())
+                log.info("fold %d (seed %d) failed: %s", fold, seed, msg)
+                failures.append({"seed": seed, "fold": fold, "error": msg})
+    return write_report(out, records, failures, folds=folds, seeds=seeds)
+
+
+def write_report(out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]], *, folds: int, seeds: int) -> dict[str, Any]:
+    """Aggregate fold records into ``cv_summary.json`` and ``cv_cases.csv``."""
+    per_seed: dict[str, Any] = {}
+    for seed in sorted({r["seed"] for r in records}):
+        fold_means = [r["dice_mean"] for r in records if r["seed"] == seed]
+        per_seed[str(seed)] = {"folds": sorted(r["fold"] for r in records if r["seed"] == seed), "dice_over_folds": _mean_sd(fold_means)}
+    seed_means = [v["dice_over_folds"]["mean"] for v in per_seed.values()]
+    summary = {
+        "metric": "mean per-case 3D Dice at the original resolution (both-empty cases excluded)",
+        "folds": folds,
+        "seeds": seeds,
+        "per_fold": [{"seed": r["seed"], "fold": r["fold"], "dice_mean": r["dice_mean"], "cases": len(r["rows"])} for r in records],
+        "per_seed": per_seed,
+        "dice_over_seeds": _mean_sd([m for m in seed_means if m is not None]),
+        "dice_over_all_cases": _mean_sd([row["dice"] for r in records for row in r["rows"]]),
+        "failed": failures,
+        "complete": not failures and len(records) == folds * seeds,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CASE_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        for row in r["rows"]:
+            w.writerow({k: row.get(k) for k in CASE_COLUMNS})
+    write_text_atomic(out / CASES_CSV, buf.getvalue())
+    write_text_atomic(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def format_report(summary: dict[str, Any]) -> str:
+    """A short human-readable table of the report."""
+    def f(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    lines = ["seed fold  cases  mean Dice"]
+    for r in summary["per_fold"]:
+        lines.append(f"{r['seed']:>4} {r['fold']:>4}  {r['cases']:>5}  {f(r['dice_mean'])}")
+    for seed, v in summary["per_seed"].items():
+        d = v["dice_over_folds"]
+        lines.append(f"seed {seed}: mean +- SD over {d['n']} folds  {f(d['mean'])} +- {f(d['sd'])}")
+    d = summary["dice_over_seeds"]
+    lines.append(f"over {d['n']} seeds: {f(d['mean'])} +- {f(d['sd'])}")
+    for fail in summary["failed"]:
+        lines.append(f"FAILED seed {fail['seed']} fold {fail['fold']}: {fail['error']}")
+    return "\n".join(lines)

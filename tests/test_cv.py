@@ -1,0 +1,65 @@
+"""Cross-validation: every case validated exactly once per seed, resumable, failures listed."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from lungtumor.cli import main
+from lungtumor.cv import cross_validate
+from lungtumor.model.checkpoint import read_checkpoint
+from lungtumor.training.options import TrainConfig
+from storefix import make_store
+
+FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_steps=0, log_every_n_steps=1, epochs=1, samples_per_epoch=4)
+
+
+@pytest.mark.slow
+def test_cross_validation_covers_every_case_once_and_resumes(tmp_path) -> None:
+    store = make_store(tmp_path, n=4, val_cases=1)
+    out = tmp_path / "cv"
+    base = TrainConfig(store=str(store), out=str(out), **FAST)
+    summary = cross_validate(store, out, base, folds=2, seeds=1)
+    assert summary["complete"] and not summary["failed"]
+    rows = list(csv.DictReader((out / "cv_cases.csv").open()))
+    assert sorted(r["case"] for r in rows) == [f"lung_{i:03d}" for i in range(4)]  # each case once
+    vals = [set(read_checkpoint(out / "seed-0" / f"fold-{k}" / "run" / "last.ckpt")["lungtumor"]["split"]["val"]) for k in (0, 1)]
+    assert not vals[0] & vals[1]
+    fold_means = [f["dice_mean"] for f in summary["per_fold"]]
+    agg = summary["per_seed"]["0"]["dice_over_folds"]
+    defined = [m for m in fold_means if m is not None]
+    assert agg["n"] == len(defined) and agg["mean"] == pytest.approx(sum(defined) / len(defined))
+    # A second run reuses the finished folds: nothing is trained again.
+    stamp = (out / "seed-0" / "fold-0" / "run" / "last.ckpt").stat().st_mtime_ns
+    again = cross_validate(store, out, base, folds=2, seeds=1)
+    assert (out / "seed-0" / "fold-0" / "run" / "last.ckpt").stat().st_mtime_ns == stamp
+    assert again["per_fold"] == summary["per_fold"]
+    assert json.loads((out / "cv_summary.json").read_text())["complete"]
+
+
+@pytest.mark.slow
+def test_a_failed_fold_is_listed_and_the_others_report(tmp_path, capsys) -> None:
+    store = make_store(tmp_path, n=4, val_cases=1)
+    out = tmp_path / "cv"
+    # Fold 1's training cannot start (its run folder holds a corrupt last.ckpt); fold 0 still reports.
+    (out / "seed-0" / "fold-1" / "run").mkdir(parents=True)
+    (out / "seed-0" / "fold-1" / "run" / "last.ckpt").write_text("garbage")
+    args = ["cv", str(store), "--out", str(out), "--folds", "2", "--width", "4", "--batch-size", "4", "--num-workers", "0",
+            "--no-progress", "--epochs", "1", "--samples-per-epoch", "4"]
+    rc = main(args)
+    captured = capsys.readouterr()
+    assert rc == 2 and "1 fold(s) failed" in captured.err and captured.err.strip().count("\n") == 0
+    summary = json.loads((out / "cv_summary.json").read_text())
+    assert [f["fold"] for f in summary["failed"]] == [1] and "last.ckpt" in summary["failed"][0]["error"]
+    assert [f["fold"] for f in summary["per_fold"]] == [0] and not summary["complete"]
+    assert "FAILED seed 0 fold 1" in captured.out
+
+
+def test_cv_option_errors(tmp_path, capsys) -> None:
+    assert main(["cv", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["cv", str(tmp_path), "--out", str(tmp_path / "o"), "--only-folds", "7"]) == 2
+    assert "--only-folds" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
