@@ -181,3 +181,123 @@ def test_numpy_and_torch_use_the_same_geometry() -> None:
     n_ct, n_mask = augment_sample_numpy(ct[0].numpy(), mask[0].numpy(), cfg, np.random.default_rng(0))
     assert np.allclose(t_ct[0].numpy(), n_ct, atol=1e-4)
     assert (t_mask[0].numpy() != n_mask).mean() < 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# Intensity and acquisition augmentation
+
+from scipy import ndimage  # noqa: E402
+
+from lungtumor.training.augment import apply_window, combined_clip, intensity_batch  # noqa: E402
+
+INTENSITY_ON = {"noise_p": 1.0, "blur_p": 1.0, "thick_slice_p": 1.0, "contrast_p": 1.0, "gamma_p": 1.0}
+
+
+def _noise_ct(n: int = 4, channels: int = 1, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (-500.0 + 100.0 * torch.randn(n, channels, SIZE, SIZE, generator=g)) / HU_SCALE
+
+
+def test_intensity_is_off_by_default_and_leaves_the_spatial_stream_alone() -> None:
+    cfg = AugmentConfig()
+    assert not cfg.uses_intensity and cfg.clip_hu is None
+    ct, mask = _pair(6)
+    base_ct, base_mask = augment_batch(ct, mask, cfg, _gen(4))
+    # Changing the ranges of transforms whose probability is 0 changes nothing.
+    same = augment_batch(ct, mask, AugmentConfig(noise_std_hu=(5.0, 50.0), gamma_range=(0.5, 2.0)), _gen(4))
+    assert torch.equal(same[0], base_ct) and torch.equal(same[1], base_mask)
+    # Intensity on: the spatial transform (seen in the mask) is the same draw, the CT differs.
+    on_ct, on_mask = augment_batch(ct, mask, AugmentConfig(**INTENSITY_ON), _gen(4))
+    assert torch.equal(on_mask, base_mask) and not torch.equal(on_ct, base_ct)
+    assert apply_window(ct, cfg) is ct
+    for name in INTENSITY_ON:
+        x = _noise_ct()
+        assert intensity_batch(x, AugmentConfig(**{name: 0.0}), _gen(0)) is x
+
+
+def test_noise_adds_the_stated_standard_deviation() -> None:
+    ct = torch.full((4, 1, SIZE, SIZE), -500.0 / HU_SCALE)
+    out = intensity_batch(ct, AugmentConfig(noise_p=1.0, noise_std_hu=(20.0, 20.0)), _gen(0))
+    diff_hu = (out - ct) * HU_SCALE
+    assert diff_hu.std().item() == pytest.approx(20.0, rel=0.03)
+    assert abs(diff_hu.mean().item()) < 0.5
+
+
+def test_blur_matches_scipy_and_lowers_the_noise() -> None:
+    ct = _noise_ct(2, channels=2)
+    sigma = 1.2
+    out = intensity_batch(ct, AugmentConfig(blur_p=1.0, blur_sigma_px=(sigma, sigma)), _gen(0))
+    # torch's "reflect" padding is scipy's "mirror"; truncate as in the module (3 sigma).
+    ref = ndimage.gaussian_filter(ct.numpy().astype(np.float64), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
+    assert np.allclose(out.numpy(), ref, atol=1e-6)
+    assert out.std().item() < 0.4 * ct.std().item()  # white noise: std x 1 / (2 sqrt(pi) sigma) = 0.24
+    assert out.mean().item() == pytest.approx(ct.mean().item(), abs=1e-4)
+
+
+def test_thick_slice_blends_neighbouring_channels() -> None:
+    levels = torch.tensor([0.0, 3.0, 6.0]).view(1, 3, 1, 1) / HU_SCALE
+    ct = levels.expand(2, 3, 8, 8).contiguous()
+    out = intensity_batch(ct, AugmentConfig(thick_slice_p=1.0, thick_slice_weight=(0.2, 0.2)), _gen(0)) * HU_SCALE
+    assert torch.allclose(out[:, 0], torch.full_like(out[:, 0], 0.6), atol=1e-4)  # 0.6 * 0 + 0.2 * (0 + 3)
+    assert torch.allclose(out[:, 1], torch.full_like(out[:, 1], 3.0), atol=1e-4)  # linear profile: centre stays
+    assert torch.allclose(out[:, 2], torch.full_like(out[:, 2], 5.4), atol=1e-4)
+    one = _noise_ct()
+    assert torch.equal(intensity_batch(one, AugmentConfig(thick_slice_p=1.0), _gen(0)), one)  # one channel: identity
+
+
+def test_contrast_scales_the_spread_about_the_mean() -> None:
+    ct = _noise_ct()
+    out = intensity_batch(ct, AugmentConfig(contrast_p=1.0, contrast_range=(0.5, 0.5)), _gen(0))
+    for i in range(ct.shape[0]):
+        assert out[i].std().item() == pytest.approx(0.5 * ct[i].std().item(), rel=1e-4)
+        assert out[i].mean().item() == pytest.approx(ct[i].mean().item(), abs=1e-6)
+    up = intensity_batch(ct, AugmentConfig(contrast_p=1.0, contrast_range=(1.5, 1.5)), _gen(0))
+    assert up.std().item() > 1.2 * ct.std().item()
+    assert up.min() >= ct.min() - 1e-7 and up.max() <= ct.max() + 1e-7  # clipped to each sample's own range
+
+
+def test_gamma_keeps_the_range_and_follows_the_formula() -> None:
+    ct = _noise_ct()
+    out = intensity_batch(ct, AugmentConfig(gamma_p=1.0, gamma_range=(2.0, 2.0)), _gen(0))
+    x = ct.numpy().astype(np.float64)
+    lo = x.min(axis=(1, 2, 3), keepdims=True)
+    hi = x.max(axis=(1, 2, 3), keepdims=True)
+    ref = lo + (hi - lo) * ((x - lo) / (hi - lo)) ** 2
+    assert np.allclose(out.numpy(), ref, atol=1e-6)
+    assert torch.allclose(out.amin((1, 2, 3)), ct.amin((1, 2, 3))) and torch.allclose(out.amax((1, 2, 3)), ct.amax((1, 2, 3)))
+    assert out.mean().item() < ct.mean().item()  # gamma > 1 darkens the middle of the range
+
+
+def test_intensity_probability_and_reproducibility() -> None:
+    ct = _noise_ct(16)
+    cfg = AugmentConfig(noise_p=0.5, noise_std_hu=(10.0, 20.0))
+    a = intensity_batch(ct, cfg, _gen(1))
+    assert torch.equal(a, intensity_batch(ct, cfg, _gen(1)))
+    assert not torch.equal(a, intensity_batch(ct, cfg, _gen(2)))
+    unchanged = sum(torch.equal(a[i], ct[i]) for i in range(16))
+    assert 0 < unchanged < 16
+
+
+def test_window_clips_and_combines_with_the_store_clip() -> None:
+    ct = _noise_ct()
+    cfg = AugmentConfig(clip_hu=(-600.0, -400.0))
+    out = apply_window(ct, cfg) * HU_SCALE
+    assert out.min().item() >= -600.0 - 1e-3 and out.max().item() <= -400.0 + 1e-3
+    inside = ((ct * HU_SCALE) > -600) & ((ct * HU_SCALE) < -400)
+    assert torch.equal(out[inside], (ct * HU_SCALE)[inside])
+    assert combined_clip(None, None) is None
+    assert combined_clip((-1024.0, 3071.0), None) == (-1024.0, 3071.0)
+    assert combined_clip(None, (-1000.0, 500.0)) == (-1000.0, 500.0)
+    assert combined_clip((-1024.0, 3071.0), (-1200.0, 500.0)) == (-1024.0, 500.0)
+    with pytest.raises(ConfigError, match="does not overlap"):
+        combined_clip((-1024.0, 0.0), (100.0, 500.0))
+
+
+def test_intensity_config_validation_and_round_trip() -> None:
+    cfg = AugmentConfig(clip_hu=(-1000, 600), noise_p=0.3, gamma_range=(0.8, 1.2), thick_slice_p=0.1)
+    assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.clip_hu == (-1000.0, 600.0)
+    for bad in ({"noise_p": 1.5}, {"clip_hu": (500, -500)}, {"blur_sigma_px": (0.0, 1.0)}, {"gamma_range": (1.5, 0.5)},
+                {"thick_slice_weight": (0.1, 0.5)}, {"noise_std_hu": (-1.0, 2.0)}, {"contrast_range": (0.0, 1.0)}):
+        with pytest.raises(ConfigError):
+            AugmentConfig(**bad)

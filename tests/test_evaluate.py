@@ -320,7 +320,7 @@ def test_lesions_by_size_band(band_folders: tuple[Path, Path, Path], tmp_path: P
     assert on_disk["lesion_size_bands"][3]["diameter_max_mm"] == "inf"
     assert "one-to-one" in on_disk["lesion_matching"]["rule"]
     assert not (tmp_path / "out" / "froc.png").exists()  # no probabilities, no FROC
-    assert "10-20 mm: sensitivity 0.500 (1/2)" in format_table(result)
+    assert "10-20 mm: sensitivity 0.500 (1/2), false positives per scan 0.50" in format_table(result)
 
 
 def test_froc_from_probabilities(band_folders: tuple[Path, Path, Path], tmp_path: Path) -> None:

@@ -403,7 +403,7 @@ def test_bad_inputs() -> None:
     affine = _affine((1.0, 1.0, 1.0))
     mask = np.zeros((6, 6, 3), dtype=np.uint8)
     mask[2, 2, 1] = 2
-    with pytest.raises(InputError, match=r"m\.nii\.gz: mask mask must hold only 0 and 1, found values 0, 2"):
+    with pytest.raises(InputError, match=r"m\.nii\.gz: tumour mask must hold only 0 and 1, found values 0, 2"):
         measure_lesions(Volume(mask, affine, {"path": "m.nii.gz"}))
     ok = (mask > 0).astype(np.uint8)
     shifted = affine.copy()
@@ -468,3 +468,60 @@ def test_cli_lesions_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
         err = capsys.readouterr().err.strip()
         assert expected in err and str(given) in err and "\n" not in err
         assert not target.exists()  # nothing half-written
+
+
+def test_froc_counts_equal_labelling_every_threshold() -> None:
+    from scipy import ndimage
+
+    from lungtumor.evaluation.lesions import FROC_THRESHOLDS, froc_counts
+
+    rng = np.random.default_rng(11)
+    shape = (40, 36, 12)
+    prob = ndimage.gaussian_filter(rng.random(shape), 1.5)
+    prob = np.clip((prob - prob.min()) / (prob.max() - prob.min()), 0, 1) ** 3
+    ref = ndimage.gaussian_filter(rng.random(shape), 1.5) > 0.53
+    fast = froc_counts(prob, ref)
+    ref_labels, n_ref = label_instances(ref)
+    assert fast["lesions_ref"] == n_ref >= 3
+    for index, t in enumerate(FROC_THRESHOLDS):
+        cand, n_cand = label_instances(prob >= t)
+        match = match_instances(cand, n_cand, ref_labels, n_ref)
+        assert fast["found"][index] == int(match.ref_found.sum()), t
+        assert fast["false_positives"][index] == int(match.pred_false_positive.sum()), t
+    assert max(fast["false_positives"]) > 0 and max(fast["found"]) > 0
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3, 0.6])
+def test_box_by_box_labelling_equals_one_ndimage_label(density: float) -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(int(density * 100))
+    mask = rng.random((70, 60, 50)) < density  # larger than the split threshold: split at empty planes
+    mask[:, 20:23, :] = False  # empty planes to split at
+    mask[30:33, :, :] = False
+    ours, n = label_instances(mask)
+    theirs, n_theirs = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(theirs.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")  # ndimage numbers by first voxel in C order
+    remap = np.zeros(n_theirs + 1, dtype=np.int64)
+    remap[order + 1] = np.arange(1, n_theirs + 1)
+    assert n == n_theirs
+    np.testing.assert_array_equal(ours, remap[theirs])
+
+
+def test_cli_with_a_dicom_series_and_an_oblique_grid(tmp_path: Path) -> None:
+    from dicom_fixtures import write_ct_series
+    from lungtumor.io.dicom import read_dicom_series
+
+    affine = affine_for("oblique", spacing=(0.7, 0.7, 2.0))
+    shape = (40, 36, 6)
+    ct = np.full(shape, -800, dtype=np.int16)
+    write_ct_series(tmp_path / "dicom", ct, affine)
+    series = read_dicom_series(tmp_path / "dicom")  # the reader's own affine (LPS -> RAS once)
+    mask = _draw_ellipse(shape, series.affine, (8.0, 5.0), angle_deg=20.0, slices=range(2, 4))
+    mask_path = write_nifti(Volume(mask, series.affine), tmp_path / "mask.nii.gz")
+    out = tmp_path / "out"
+    assert main(["lesions", str(mask_path), str(tmp_path / "dicom"), "--out", str(out)]) == 0
+    lesion = json.loads((out / LESIONS_JSON).read_text())["lesions"][0]
+    assert lesion["longest_diameter_mm"] == pytest.approx(16.0, abs=1.5 * 0.7)
+    assert lesion["short_axis_mm"] == pytest.approx(10.0, abs=1.5 * 0.7)

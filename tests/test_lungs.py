@@ -34,6 +34,10 @@ PLEURAL_MASS = ((104.0, 5.0, LUNG_W_MM), 14.0)  # on the left lung's lateral ple
 MEDIASTINAL_MASS = ((20.0, 5.0, LUNG_W_MM + 20.0), 12.0)  # on the left lung's medial surface
 NODULE = ((60.0, 20.0, LUNG_W_MM + 30.0), 6.0)  # inside the left lung
 BOWEL_GAS = ((0.0, 0.0, LUNG_W_MM - LUNG_SEMI_MM[2] - 35.0), 20.0)
+#: Lung-like (-800 HU) bowel content below the lungs, 45 ml: left out by the position rule.
+BOWEL_MOTTLED = ((60.0, -20.0, LUNG_W_MM - LUNG_SEMI_MM[2] - 45.0), 22.0)
+#: A subcarinal mass between the lungs, 18-32 mm from the nearest lung voxel: only the hull reaches it.
+MIDLINE_MASS = ((0.0, 5.0, LUNG_W_MM + 10.0), 12.0)
 
 
 def _chest(
@@ -42,6 +46,7 @@ def _chest(
     *,
     lungs: bool = True,
     masses: bool = True,
+    midline_mass: bool = False,
     lung_hu: float = -850.0,
     seed: int = 0,
 ) -> tuple[Volume, np.ndarray, np.ndarray]:
@@ -69,12 +74,14 @@ def _chest(
         hu[lung_mask] = lung_hu
     tumour = np.zeros(shape, dtype=bool)
     if lungs and masses:
-        for (cu, cv, cw), r in (PLEURAL_MASS, MEDIASTINAL_MASS, NODULE):
+        for (cu, cv, cw), r in (PLEURAL_MASS, MEDIASTINAL_MASS, NODULE, *([MIDLINE_MASS] if midline_mass else [])):
             tumour |= (u - cu) ** 2 + (v - cv) ** 2 + (w - cw) ** 2 <= r**2
         tumour &= body
         hu[tumour] = 35.0
     (gu, gv, gw), gr = BOWEL_GAS
     hu[(u - gu) ** 2 + (v - gv) ** 2 + (w - gw) ** 2 <= gr**2] = -1000.0
+    (bu, bv, bw), br = BOWEL_MOTTLED
+    hu[(u - bu) ** 2 + (v - bv) ** 2 + (w - bw) ** 2 <= br**2] = -800.0
     hu += np.random.default_rng(seed).normal(0.0, 15.0, shape)
     affine = np.diag([-spacing[0], spacing[1], spacing[2], 1.0])
     affine[:3, 3] = (100.0, -150.0, -300.0)
@@ -195,14 +202,25 @@ def test_region_holds_lungs_and_masses_not_gas() -> None:
     truth_ml = np.count_nonzero(lungs) * ct.voxel_volume_ml
     assert 0.8 * truth_ml < region.lung_volume_ml < 1.2 * truth_ml
     assert 0.9 * truth_ml < region.volume_ml < 4.0 * truth_ml
-    # the bowel gas under the lungs, the table and the air around the body stay out
+    # the bowel gas and bowel content under the lungs, the table and the air around the body stay out
     spacing = np.array(ct.spacing_mm)
-    (gu, gv, gw), _ = BOWEL_GAS
-    centre = (np.array([gu, gv, gw]) / spacing + (np.array(ct.shape) - 1) / 2).round().astype(int)
-    assert not m[tuple(centre)]
+    for centre_mm, _ in (BOWEL_GAS, BOWEL_MOTTLED):
+        centre = (np.array(centre_mm) / spacing + (np.array(ct.shape) - 1) / 2).round().astype(int)
+        assert ct.array[tuple(centre)] < -700 and not m[tuple(centre)]
     assert not m[:, : int(ct.shape[1] * 0.05)].any() and not m[: int(ct.shape[0] * 0.05)].any()
     table_j = int(round((-114.0) / spacing[1] + (ct.shape[1] - 1) / 2))
     assert not m[:, table_j].any()
+
+
+def test_mass_between_the_lungs_needs_the_hull() -> None:
+    ct, lungs, tumour = _chest(midline_mass=True)
+    distance = ndimage.distance_transform_edt(~lungs, sampling=ct.spacing_mm)
+    cfg = LungRegionConfig()
+    assert distance[tumour].max() > cfg.margin_mm + 2.0, "a dilation by the margin alone would miss it"
+    m = _check_region(find_lung_region(ct, config=cfg), ct)
+    assert m[tumour].all()
+    m = _check_region(find_lung_region(ct, config=LungRegionConfig(hull_window_mm=0.0)), ct)
+    assert m[tumour].all(), "the hull of a single slice already bridges the lungs"
 
 
 def test_region_lies_on_the_lungs_lung_mask_has_its_own_grid() -> None:
@@ -294,7 +312,7 @@ def test_thin_and_thick_slices(slice_mm: float) -> None:
 
 def test_fine_in_plane_grid() -> None:
     """0.8 mm pixels (a stride of 4 on the analysis grid) give the same region as 4 mm pixels."""
-    extent = (320.0, 280.0, 160.0)
+    extent = (320.0, 280.0, 100.0)
     coarse, _, _ = _chest(spacing=(4.0, 4.0, 5.0), extent_mm=extent)
     fine, lungs, tumour = _chest(spacing=(0.8, 0.8, 5.0), extent_mm=extent)
     region = find_lung_region(fine)

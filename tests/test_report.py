@@ -149,7 +149,7 @@ def _contour_centre(pixels: np.ndarray) -> tuple[float, float]:
     return rows.mean() / pixels.shape[0], cols.mean() / pixels.shape[1]
 
 
-@pytest.mark.parametrize("codes", ["LAS", "RAS", "LPS"])
+@pytest.mark.parametrize("codes", ["LAS", "RAS", "LPS", "SAL", "PIR"])
 def test_images_are_radiological(codes: str, tmp_path: Path) -> None:
     # One lesion on the patient's LEFT and ANTERIOR, written on three orientations of one grid.
     shape = (48, 48, 10)
@@ -164,7 +164,7 @@ def test_images_are_radiological(codes: str, tmp_path: Path) -> None:
     aff = ras @ nio.inv_ornt_aff(ornt, shape)
     ct_v = Volume(nio.apply_orientation(ct, ornt), aff)
     mask_v = Volume(nio.apply_orientation(mask, ornt), aff)
-    parsed = _parse(write_report(ct_v, mask_v, tmp_path, lungs=None))
+    parsed = _parse(write_report(ct_v, mask_v, tmp_path))
     images = {img["alt"]: _decode(img) for img in parsed.images}
     row, col = _contour_centre(images["overview axial"])
     assert col > 0.55  # the patient's left on the image's right
@@ -216,3 +216,17 @@ def test_headless_chromium_screenshot_is_not_blank(phantom: tuple[Volume, Volume
     grey = pixels.mean(axis=-1)
     assert (grey < 60).mean() > 0.02 and (grey > 240).mean() > 0.2
     assert len(np.unique(pixels.reshape(-1, 3)[::7], axis=0)) > 200
+
+
+def test_oblique_and_single_slice_scans_render(tmp_path: Path) -> None:
+    shape = (40, 36, 6)
+    ct = np.full(shape, -800, dtype=np.int16)
+    mask = np.zeros(shape, dtype=np.uint8)
+    mask[10:18, 12:20, 2:4] = 1
+    parsed = _parse(write_report(Volume(ct, affine_for("oblique")), Volume(mask, affine_for("oblique")), tmp_path / "oblique"))
+    assert len(parsed.images) == 3
+    one = (slice(None), slice(None), slice(2, 3))
+    flat = _parse(write_report(Volume(ct[one], affine_for("LAS")), Volume(mask[one], affine_for("LAS")), tmp_path / "flat"))
+    assert len(flat.images) == 3
+    for img in flat.images:
+        _decode(img)

@@ -103,7 +103,18 @@ def test_training_size_must_fit_the_store(tmp_path) -> None:
     assert load_model(s["best_checkpoint"]).preprocess.size == 16
 
 
-def test_a_small_unet_learns_a_few_phantom_slices() -> None:
+@pytest.fixture
+def one_thread():
+    """Pin torch to one thread (tiny convolutions gain nothing from two, and lose a lot when the
+    other core is busy), restoring the caller's setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_a_small_unet_learns_a_few_phantom_slices(one_thread) -> None:
     """Learning test: a small U-Net fits 4 phantom slices (vessels, heart, tumour) to Dice >= 0.9."""
     from lungtumor.config import PreprocessConfig
     from lungtumor.phantom.dataset import make_case

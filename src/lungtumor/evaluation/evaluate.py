@@ -518,14 +518,10 @@ def format_table(result: EvaluationResult, width: int = 120) -> str:
         f"false positives per scan {_fmt(s['false_positive_lesions_per_scan'], 2)}",
     ]
     bands = s.get("lesion_size_bands") or []
-    if bands:
+    for b in bands:
         lines.append(
-            "by longest axial diameter: "
-            + "; ".join(
-                f"{b['band']}: sensitivity {_fmt(b['sensitivity'])} ({b['lesions_found']}/{b['lesions_ref']}), "
-                f"FP/scan {_fmt(b['false_positives_per_scan'], 2)}"
-                for b in bands
-            )
+            f"  longest axial diameter {b['band']}: sensitivity {_fmt(b['sensitivity'])} "
+            f"({b['lesions_found']}/{b['lesions_ref']}), false positives per scan {_fmt(b['false_positives_per_scan'], 2)}"
         )
     if "dice_pooled_soft_seed" in s:
         lines.append(f"soft Dice {s['dice_pooled_soft_seed_label']}: {_fmt(s['dice_pooled_soft_seed'], 4)}")

@@ -284,6 +284,10 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
     overlaps no reference voxel. Voxels touching by a face, an edge or a corner belong to the
     same component (3x3x3 structuring element).
 
+    This is the many-to-one count (one prediction bridging two lesions finds both). ``evaluate``
+    reports the one-to-one rule of :func:`lungtumor.evaluation.lesions.match_instances` instead
+    (the bridge finds one of them); the two differ only when a prediction touches several lesions.
+
     Args:
         pred: predicted mask.
         ref: reference mask, same shape.

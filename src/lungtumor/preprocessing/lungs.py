@@ -17,11 +17,14 @@ orientation; the result is mapped back onto the input grid exactly):
    gas and an isolated trachea), holds at least ``min_component_ml`` and does not lie below the
    lungs (its mean slice is above the lowest 5 % of the largest component's voxels). Fewer than
    ``min_lung_ml`` in total: no lungs (a warning, an empty region, never an exception).
+   Small in-plane cross-sections of pure gas (trachea, main bronchi) are then taken out, so the
+   trachea does not carry the region up the neck.
 4. **Tumour-inclusive region**: per axial slice, the convex hull of the lungs of that slice and
    of the slices within ``hull_window_mm`` above and below it (both lungs together, so hilar
    and mediastinal masses, masses on the pleura and nodules lie inside; the window carries the
-   lung's outline over a lobe that a tumour has filled or collapsed), then dilated by an
-   ellipsoid of ``margin_mm`` in-plane and ``margin_z_mm`` along the slice axis.
+   lung's outline over a lobe that a tumour has filled or collapsed, and below the lowest
+   aerated slice, but not above the apices), then dilated by an ellipsoid of ``margin_mm``
+   in-plane and ``margin_z_mm`` along the slice axis.
 
 The region is stored as one interval of the left-right axis per (anterior-posterior, slice) row,
 which makes the hull, the Euclidean (ellipsoid) dilation in mm, the volume, the bounding box and
@@ -48,7 +51,7 @@ from scipy import ndimage
 
 from lungtumor.config import CANONICAL_AXCODES
 from lungtumor.errors import ConfigError, GeometryError
-from lungtumor.io.volume import Volume, reorient, undo_reorient
+from lungtumor.io.volume import Volume, reorient, undo_reorient, undo_reorient_array
 
 __all__ = ["LungRegion", "LungRegionConfig", "find_lung_region", "include_label"]
 
@@ -59,6 +62,10 @@ log = logging.getLogger(__name__)
 LOWEST_LUNG_QUANTILE = 0.05
 #: Total lung air below this (ml) is reported as a field of view that covers little lung.
 SMALL_LUNG_ML = 500.0
+#: Largest in-plane cross-section (mm^2) of a pure-gas lung component still taken for an airway
+#: (the adult trachea is about 15-25 mm across, 200-500 mm^2; at 3 mm pixels partial volume adds
+#: a ring), so a bulla or a pneumothorax, larger, stays.
+AIRWAY_MAX_AREA_MM2 = 1000.0
 #: A hull vertex or a span end within this many voxels of a voxel centre counts as covering it.
 _SPAN_EPS = 1e-6
 
@@ -77,7 +84,8 @@ class LungRegionConfig:
         min_component_ml: smaller air components are never lung.
         min_lung_ml: with less lung air in total the scan is reported as having no lungs.
         hull_window_mm: each slice's hull also takes in the lungs of the slices this far above
-            and below it (0 = that slice alone).
+            and below it (0 = that slice alone); it extends the region below the lowest lung
+            slice, not above the highest.
         margin_mm: in-plane dilation of the hull (ellipsoid semi-axis), > 0.
         margin_z_mm: dilation along the slice axis (ellipsoid semi-axis), > 0.
     """
@@ -194,7 +202,7 @@ def find_lung_region(ct: Volume, *, config: LungRegionConfig | None = None) -> L
     low_voxel_ml = float(np.prod(low_spacing)) / 1000.0
     low_affine = las.affine @ _block_affine(stride, offset)
 
-    lungs = _lung_components(low, low_voxel_ml, cfg)
+    lungs = _lung_components(low, low_spacing, cfg)
     lung_volume_ml = float(np.count_nonzero(lungs)) * low_voxel_ml
     lung_mask = undo_reorient(Volume(lungs.view(np.uint8), low_affine, {"kind": "lung air", "source": where}), ornt)
 
@@ -225,8 +233,13 @@ def find_lung_region(ct: Volume, *, config: LungRegionConfig | None = None) -> L
     lo, hi = _row_extremes(lungs)
     window = round(cfg.hull_window_mm / low_spacing[2])
     if window > 0:  # the hull of a slice and its neighbours = the hull of their row extremes
+        top = int(np.flatnonzero(np.isfinite(lo).any(axis=0))[-1])
         lo = ndimage.minimum_filter1d(lo, 2 * window + 1, axis=1, mode="constant", cval=np.inf)
         hi = ndimage.maximum_filter1d(hi, 2 * window + 1, axis=1, mode="constant", cval=-np.inf)
+        # Not above the apices (only the z margin goes there): a lobe that a tumour fills or
+        # collapses lies at the base or beside aerated lung, and above the apices is the neck.
+        lo[:, top + 1 :] = np.inf
+        hi[:, top + 1 :] = -np.inf
     lo, hi = _hull_spans(lo, hi)
     lo, hi = _dilate_spans(lo, hi, low_spacing, cfg.margin_mm, cfg.margin_z_mm)
     full_lo, full_hi = _spans_to_full(lo, hi, stride, full_shape)
@@ -234,7 +247,12 @@ def find_lung_region(ct: Volume, *, config: LungRegionConfig | None = None) -> L
     mask_array = np.zeros(ct.shape, dtype=np.uint8, order="F")
     # A view of mask_array in the canonical orientation: writing into it fills the CT-grid mask.
     mask_las = nio.apply_orientation(mask_array, ornt)
-    count, bbox_las = _fill_spans(mask_las, full_lo, full_hi)
+    if np.shares_memory(mask_las, mask_array):
+        count, bbox_las = _fill_spans(mask_las, full_lo, full_hi)
+    else:  # pragma: no cover - nibabel returns flipped/transposed views; fill a copy otherwise
+        mask_las = np.zeros(full_shape, dtype=np.uint8)
+        count, bbox_las = _fill_spans(mask_las, full_lo, full_hi)
+        mask_array[...] = undo_reorient_array(mask_las, ornt)
     if _touches_edge(lungs):
         warnings.append(
             f"{where}: the lungs reach the edge of the field of view; the region ends there (tumour beyond it cannot be found)"
@@ -297,8 +315,10 @@ def include_label(region: LungRegion, label: Volume) -> tuple[LungRegion, int]:
 # Lung components on the analysis grid
 
 
-def _lung_components(low: np.ndarray, voxel_ml: float, cfg: LungRegionConfig) -> np.ndarray:
-    """Boolean air-lung mask on the analysis grid (I, J, K)."""
+def _lung_components(low: np.ndarray, spacing_mm: tuple[float, float, float], cfg: LungRegionConfig) -> np.ndarray:
+    """Boolean air-lung mask on the analysis grid (I, J, K) of voxel size ``spacing_mm``."""
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    pixel_area_mm2 = float(spacing_mm[0] * spacing_mm[1])
     air = low < cfg.air_hu
     gas = low < cfg.gas_hu
     if not air.any():
@@ -351,7 +371,27 @@ def _lung_components(low: np.ndarray, voxel_ml: float, cfg: LungRegionConfig) ->
             dropped.append(c)
     if dropped:
         log.debug("left out %d air component(s) below the lungs (%.0f ml)", len(dropped), float(np.sum(total[dropped])) * voxel_ml)
-    return keep[labels]
+    lungs = keep[labels]
+    del labels
+    # 3. Airways: in-plane components of the lungs that are small and pure gas are the trachea
+    #    and bronchi (walled tubes). Inside the chest the hull covers them again; above the
+    #    apices they would carry the region up the neck.
+    labels2d, n2d = ndimage.label(lungs, structure=in_plane)
+    total2d = np.bincount(labels2d.ravel(), minlength=n2d + 1)
+    gas2d = np.bincount(labels2d[gas & lungs], minlength=n2d + 1)
+    airway = (gas2d > cfg.max_gas_fraction * total2d) & (total2d * pixel_area_mm2 <= AIRWAY_MAX_AREA_MM2)
+    airway[0] = False
+    if airway.any():
+        lungs &= ~airway[labels2d]
+        # what the airways held on to (the upper trachea and larynx, where partial volume
+        # makes them less than pure gas) is now a set of small pieces of its own
+        labels, n = ndimage.label(lungs)
+        total = np.bincount(labels.ravel(), minlength=n + 1)
+        small = total * voxel_ml < cfg.min_component_ml
+        small[0] = False
+        if small.any():
+            lungs &= ~small[labels]
+    return lungs
 
 
 def _touches_edge(lungs: np.ndarray) -> bool:

@@ -200,8 +200,10 @@ def _key_slice_png(ct_stack: np.ndarray, inst_stack: np.ndarray, display: _Displ
     _caption(ax, f"#{lesion.id}")
     bar_px = SCALE_BAR_MM / display.col_mm
     x0, y0 = c1 - 0.05 * (c1 - c0) - bar_px, r1 - 0.06 * (r1 - r0)
-    ax.plot([x0, x0 + bar_px], [y0, y0], color="white", linewidth=3)
-    ax.text(x0 + bar_px / 2, y0 - 0.015 * (r1 - r0), f"{SCALE_BAR_MM:g} mm", color="white", ha="center", va="bottom", fontsize=_FONT_PT * 0.8)
+    ax.plot([x0, x0 + bar_px], [y0, y0], color="black", linewidth=5, solid_capstyle="butt")  # visible on bone too
+    ax.plot([x0, x0 + bar_px], [y0, y0], color="white", linewidth=3, solid_capstyle="butt")
+    box = {"facecolor": "black", "alpha": 0.55, "pad": 1, "edgecolor": "none"}
+    ax.text(x0 + bar_px / 2, y0 - 0.015 * (r1 - r0), f"{SCALE_BAR_MM:g} mm", color="white", ha="center", va="bottom", fontsize=_FONT_PT * 0.8, bbox=box)
     return _png(fig)
 
 

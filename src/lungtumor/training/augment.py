@@ -31,6 +31,17 @@ The seed's per-sample CPU way (scipy.ndimage, two interpolations) lives in the r
 
 Layouts: CT ``(N, C, H, W)`` float, normalised as HU / 3071; mask ``(N, 1, H, W)`` in {0, 1}.
 Elastic ``alpha``/``sigma`` are in pixels, as in imgaug, calibrated for 256x256 slices.
+
+**Intensity and acquisition** (:func:`intensity_batch`, run by :func:`augment_batch` after the
+spatial part; every one OFF by default, so the seed recipe and its random stream are unchanged):
+Gaussian noise of a per-sample standard deviation in HU (dose and reconstruction kernel), an
+in-plane Gaussian blur (soft kernels, lower resolution), thick-slice simulation (each 2.5D context
+channel blended with its neighbours: partial volume along z; identity for one channel), contrast
+about the slice's mean and gamma on the slice's min-max range (the definitions of nnU-Net's
+``ContrastAugmentationTransform`` and ``GammaTransform``, batchgenerators), each applied to a sample
+with its own probability. They act on the CT only; the mask is unchanged. The HU window
+``clip_hu`` is no augmentation: :func:`apply_window` clips every batch, training and validation,
+and the trainer records it as the checkpoint's preprocessing clip, so inference clips the same way.
 """
 
 from __future__ import annotations
@@ -60,6 +71,16 @@ _GAUSS_TRUNCATE = 4.0
 _MIN_COARSE_SIGMA = 2.0
 #: Bound of the seeds drawn from a CPU generator to seed a generator on another device.
 _SEED_BOUND = 2**62
+#: ``(low, high)`` fields of :class:`AugmentConfig`.
+_RANGE_FIELDS = (
+    "scale", "elastic_alpha", "elastic_sigma", "noise_std_hu", "blur_sigma_px", "thick_slice_weight", "contrast_range", "gamma_range",
+)
+#: Probability fields of :class:`AugmentConfig`.
+_PROBABILITY_FIELDS = ("p", "elastic_p", "noise_p", "blur_p", "thick_slice_p", "contrast_p", "gamma_p")
+#: Gaussian blur kernel radius in sigmas.
+_BLUR_TRUNCATE = 3.0
+#: Guards the division by a slice's intensity range in the gamma transform.
+_GAMMA_EPS = 1e-7
 
 
 @dataclass(frozen=True)
@@ -68,7 +89,7 @@ class AugmentConfig:
 
     Attributes:
         enabled: False = identity (validation / inference).
-        p: probability that a sample is augmented at all.
+        p: probability that a sample gets the spatial transform (the intensity transforms have their own).
         translate: maximum shift as a fraction of the size, drawn uniformly in
             ``[-translate, translate]`` independently per axis.
         translate_fixed: True = always shift by ``+translate`` on both axes (imgaug's literal
@@ -79,6 +100,17 @@ class AugmentConfig:
         elastic_sigma: ``(low, high)`` Gaussian smoothing of the displacement noise in pixels.
         elastic_p: probability that the elastic part is applied to an augmented sample.
         ct_fill: CT value outside the image (air: HU_AIR / HU_SCALE; the seed's imgaug used 0).
+        hu_scale: CT values are HU / hu_scale (the store's; the trainer sets it).
+        clip_hu: ``(low, high)`` HU window applied to every batch (training and validation) and
+            recorded as the checkpoint's preprocessing clip; None = none (the seed).
+        noise_p: probability of Gaussian noise; its standard deviation is uniform in ``noise_std_hu``.
+        blur_p: probability of an in-plane Gaussian blur of sigma uniform in ``blur_sigma_px`` (pixels).
+        thick_slice_p: probability of thick-slice simulation: channel ``c`` becomes
+            ``(1 - 2 v) x_c + v (x_(c-1) + x_(c+1))`` (edge channels repeated), ``v`` uniform in
+            ``thick_slice_weight`` (at most 1/3, a box over three slices); identity for one channel.
+        contrast_p: probability of ``(x - mean) * f + mean`` per sample, ``f`` uniform in
+            ``contrast_range``, clipped to the sample's own range (nnU-Net's definition).
+        gamma_p: probability of ``min + range * ((x - min) / range) ** g``, ``g`` uniform in ``gamma_range``.
     """
 
     enabled: bool = True
@@ -91,9 +123,21 @@ class AugmentConfig:
     elastic_sigma: tuple[float, float] = IMGAUG_ELASTIC_SIGMA
     elastic_p: float = 1.0
     ct_fill: float = CT_FILL_AIR
+    hu_scale: float = HU_SCALE
+    clip_hu: tuple[float, float] | None = None
+    noise_p: float = 0.0
+    noise_std_hu: tuple[float, float] = (0.0, 25.0)
+    blur_p: float = 0.0
+    blur_sigma_px: tuple[float, float] = (0.5, 1.0)
+    thick_slice_p: float = 0.0
+    thick_slice_weight: tuple[float, float] = (0.1, 1.0 / 3.0)
+    contrast_p: float = 0.0
+    contrast_range: tuple[float, float] = (0.75, 1.25)
+    gamma_p: float = 0.0
+    gamma_range: tuple[float, float] = (0.7, 1.5)
 
     def __post_init__(self) -> None:
-        for name in ("scale", "elastic_alpha", "elastic_sigma"):
+        for name in _RANGE_FIELDS:
             try:
                 value = tuple(float(v) for v in getattr(self, name))
             except (TypeError, ValueError):
@@ -101,9 +145,26 @@ class AugmentConfig:
             if len(value) != 2 or value[0] > value[1]:
                 raise ConfigError(f"augment config: {name} must be (low, high) with low <= high, got {value!r}")
             object.__setattr__(self, name, value)
-        for name in ("p", "elastic_p"):
+        if self.clip_hu is not None:
+            try:
+                window = tuple(float(v) for v in self.clip_hu)
+            except (TypeError, ValueError):
+                window = (self.clip_hu,)  # type: ignore[assignment]
+            if len(window) != 2 or not window[0] < window[1]:
+                raise ConfigError(f"augment config: clip_hu must be (low, high) HU with low < high, got {self.clip_hu!r}")
+            object.__setattr__(self, "clip_hu", window)
+        for name in _PROBABILITY_FIELDS:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augment config: {name} is a probability in [0, 1], got {getattr(self, name)!r}")
+        if not self.hu_scale > 0:
+            raise ConfigError(f"augment config: hu_scale must be > 0, got {self.hu_scale!r}")
+        if self.noise_std_hu[0] < 0 or self.blur_sigma_px[0] <= 0 or self.contrast_range[0] <= 0 or self.gamma_range[0] <= 0:
+            raise ConfigError(
+                "augment config: noise_std_hu must be >= 0 and blur_sigma_px, contrast_range, gamma_range > 0, got "
+                f"{self.noise_std_hu!r}, {self.blur_sigma_px!r}, {self.contrast_range!r}, {self.gamma_range!r}"
+            )
+        if not (0.0 <= self.thick_slice_weight[0] and self.thick_slice_weight[1] <= 1.0 / 3.0 + 1e-9):
+            raise ConfigError(f"augment config: thick_slice_weight must lie in [0, 1/3], got {self.thick_slice_weight!r}")
         if self.scale[0] <= 0:
             raise ConfigError(f"augment config: scale must be > 0, got {self.scale!r}")
         if self.elastic_sigma[0] <= 0 or self.elastic_alpha[0] < 0:
@@ -122,11 +183,17 @@ class AugmentConfig:
         """Whether the elastic part can ever move a pixel."""
         return self.elastic_p > 0 and self.elastic_alpha[1] > 0
 
+    @property
+    def uses_intensity(self) -> bool:
+        """Whether any intensity or acquisition augmentation is on."""
+        return any(getattr(self, n) > 0 for n in ("noise_p", "blur_p", "thick_slice_p", "contrast_p", "gamma_p"))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         d = dataclasses.asdict(self)
-        for name in ("scale", "elastic_alpha", "elastic_sigma"):
+        for name in _RANGE_FIELDS:
             d[name] = list(d[name])
+        d["clip_hu"] = list(self.clip_hu) if self.clip_hu is not None else None
         return d
 
     @classmethod
@@ -138,8 +205,8 @@ class AugmentConfig:
         """
         check_known_keys(cls, d, "augmentation")
         d = dict(d)
-        for name in ("scale", "elastic_alpha", "elastic_sigma"):
-            if name in d:
+        for name in (*_RANGE_FIELDS, "clip_hu"):
+            if d.get(name) is not None and not isinstance(d[name], (str, int, float)):
                 d[name] = tuple(d[name])
         return cls(**d)
 
@@ -322,7 +389,8 @@ def augment_batch(
 
     Every CT channel and the mask of a sample get exactly the same spatial transform; the CT
     is sampled bilinearly and padded with ``cfg.ct_fill`` (air), the mask with nearest
-    neighbour and padded with 0, so it stays exactly binary.
+    neighbour and padded with 0, so it stays exactly binary. The intensity augmentations that
+    ``cfg`` turns on (:func:`intensity_batch`) follow, on the CT only.
 
     Args:
         ct: ``(N, C, H, W)`` float CT (HU / 3071).
@@ -340,6 +408,16 @@ def augment_batch(
     _check_batch(ct, mask)
     if not cfg.enabled or ct.shape[0] == 0:
         return ct, mask
+    ct, mask = _spatial_batch(ct, mask, cfg, generator)
+    if cfg.uses_intensity:
+        ct = intensity_batch(ct, cfg, generator)
+    return ct, mask
+
+
+def _spatial_batch(
+    ct: torch.Tensor, mask: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spatial part of :func:`augment_batch` (the seed's random stream)."""
     n, _, h, w = ct.shape
     device = ct.device
     gen_device = generator.device if generator is not None else device
@@ -368,3 +446,108 @@ def augment_batch(
     ct_out[idx] = ct_warp
     mask_out[idx] = mask_warp.to(mask.dtype)
     return ct_out, mask_out
+
+
+# ------------------------------------------------------------------------------------------------
+# Intensity and acquisition
+
+
+def apply_window(ct: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """Clip ``ct`` (HU / hu_scale) to ``cfg.clip_hu``; unchanged (the same tensor) when None."""
+    if cfg.clip_hu is None:
+        return ct
+    return ct.clamp(cfg.clip_hu[0] / cfg.hu_scale, cfg.clip_hu[1] / cfg.hu_scale)
+
+
+def _chosen(n: int, p: float, generator: torch.Generator | None, gen_device: torch.device, device: torch.device) -> torch.Tensor:
+    """``(n,)`` float 0/1: which samples get a transform of probability ``p``."""
+    return (torch.rand(n, generator=generator, device=gen_device) < p).to(device=device, dtype=torch.float32)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma_px: torch.Tensor) -> torch.Tensor:
+    """Separable in-plane Gaussian blur of ``(N, C, H, W)`` with a per-sample ``sigma_px`` ``(N,)`` (reflect padding)."""
+    n, c, h, w = x.shape
+    radius = max(1, math.ceil(_BLUR_TRUNCATE * float(sigma_px.max())))
+    radius = min(radius, h - 1, w - 1)
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (taps[None, :] / sigma_px[:, None].clamp_min(1e-6)) ** 2)
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (n, k)
+    kernel = kernel.repeat_interleave(c, dim=0)  # one kernel per (sample, channel)
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def intensity_batch(ct: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The intensity and acquisition augmentations of ``cfg`` on a CT batch, per sample.
+
+    In this order, each with its own probability: thick-slice simulation, blur, contrast, gamma,
+    noise (noise last: it is added by the scanner after the anatomy is imaged). Nothing is drawn
+    from ``generator`` for a transform whose probability is 0.
+
+    Args:
+        ct: ``(N, C, H, W)`` float CT (HU / hu_scale).
+        cfg: parameters.
+        generator: random source on any device (seeded: reproducible).
+
+    Returns:
+        A new CT batch of the same shape and dtype (the input when nothing is on).
+    """
+    if not cfg.uses_intensity or ct.shape[0] == 0:
+        return ct
+    n, c, _, _ = ct.shape
+    dev = ct.device
+    gen_dev = generator.device if generator is not None else dev
+    x = ct.float()
+
+    def draw(low: float, high: float) -> torch.Tensor:
+        return _uniform(n, low, high, generator, gen_dev).to(dev)
+
+    if cfg.thick_slice_p > 0:
+        on = _chosen(n, cfg.thick_slice_p, generator, gen_dev, dev)
+        v = (draw(*cfg.thick_slice_weight) * on)[:, None, None, None]
+        if c > 1:
+            below = torch.cat((x[:, :1], x[:, :-1]), dim=1)
+            above = torch.cat((x[:, 1:], x[:, -1:]), dim=1)
+            x = (1.0 - 2.0 * v) * x + v * (below + above)
+    if cfg.blur_p > 0:
+        on = _chosen(n, cfg.blur_p, generator, gen_dev, dev)
+        sigma = draw(*cfg.blur_sigma_px)
+        blurred = _gaussian_blur(x, sigma)
+        x = torch.where(on[:, None, None, None] > 0, blurred, x)
+    if cfg.contrast_p > 0 or cfg.gamma_p > 0:
+        lo = x.amin(dim=(1, 2, 3), keepdim=True)
+        hi = x.amax(dim=(1, 2, 3), keepdim=True)
+        if cfg.contrast_p > 0:
+            on = _chosen(n, cfg.contrast_p, generator, gen_dev, dev)
+            f = 1.0 + (draw(*cfg.contrast_range) - 1.0) * on
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = ((x - mean) * f[:, None, None, None] + mean).clamp(lo, hi)
+        if cfg.gamma_p > 0:
+            on = _chosen(n, cfg.gamma_p, generator, gen_dev, dev)
+            g = 1.0 + (draw(*cfg.gamma_range) - 1.0) * on
+            span = (hi - lo).clamp_min(_GAMMA_EPS)
+            x = lo + span * ((x - lo) / span).clamp(0.0, 1.0).pow(g[:, None, None, None])
+    if cfg.noise_p > 0:
+        on = _chosen(n, cfg.noise_p, generator, gen_dev, dev)
+        std = draw(*cfg.noise_std_hu) * on / cfg.hu_scale
+        noise = torch.randn(x.shape, generator=generator, device=gen_dev).to(dev)
+        x = x + noise * std[:, None, None, None]
+    return x.to(ct.dtype)
+
+
+def combined_clip(store_clip_hu: tuple[float, float] | None, window_hu: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The HU clip a checkpoint records: the store's clip narrowed by the training window.
+
+    Raises:
+        ConfigError: the two do not overlap.
+    """
+    if window_hu is None:
+        return None if store_clip_hu is None else tuple(store_clip_hu)  # type: ignore[return-value]
+    if store_clip_hu is None:
+        return (float(window_hu[0]), float(window_hu[1]))
+    low, high = max(float(store_clip_hu[0]), float(window_hu[0])), min(float(store_clip_hu[1]), float(window_hu[1]))
+    if not low < high:
+        raise ConfigError(f"augment_options clip_hu {tuple(window_hu)} does not overlap the store's clip_hu {tuple(store_clip_hu)}; choose a window inside it")
+    return (low, high)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lungtumor.errors import ConfigError
 from lungtumor.model.checkpoint import checkpoint_metadata
 from lungtumor.model.unet import ModelConfig, UNet
-from lungtumor.training.augment import AugmentConfig, augment_batch
+from lungtumor.training.augment import AugmentConfig, apply_window, augment_batch
 from lungtumor.training.losses import make_loss
 from lungtumor.training.options import DEFAULT_THRESHOLD
 
@@ -47,6 +47,8 @@ class SegmentationModule(L.LightningModule):
         threshold: probability threshold for the validation Dice.
         split: the run's train/validation split (fold, folds, seed, case ids), embedded in every
             checkpoint so that a result can be traced to the cases it never saw.
+        copy_paste: :class:`~lungtumor.training.copy_paste.CopyPasteConfig` as a dict, or None (off);
+            its lesion bank is built from the training set when fitting starts.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class SegmentationModule(L.LightningModule):
         channels_last: bool = True,
         threshold: float = DEFAULT_THRESHOLD,
         split: dict[str, Any] | None = None,
+        copy_paste: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -76,19 +79,37 @@ class SegmentationModule(L.LightningModule):
         self._val_sums: torch.Tensor | None = None
         self._val_case_index: torch.Tensor | None = None
         self._val_slices = 0
+        self._copy_paster: Any = None
+
+    def on_fit_start(self) -> None:
+        cp = self.hparams.get("copy_paste")
+        if cp and self._copy_paster is None:
+            from lungtumor.training.copy_paste import CopyPasteConfig, CopyPaster
+
+            dm = self.trainer.datamodule
+            self._copy_paster = CopyPaster.for_dataset(
+                dm.train_set, CopyPasteConfig.from_dict(cp), exclude_cases=dm.splits["val"], seed=int(self.hparams.seed), device=self.device
+            )
 
     # -- data on the device ------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         ct, mask, index = batch
+        stored_hw = ct.shape[-2:]
         size = self.hparams.train_size
         if size is not None and ct.shape[-1] != size:
             ct = F.interpolate(ct, size=(size, size), mode="bilinear", align_corners=False)
             mask = F.interpolate(mask, size=(size, size), mode="nearest")
-        if self.trainer is not None and self.trainer.training and self.augment_cfg.enabled:
+        paster = self._copy_paster
+        if self.trainer is not None and self.trainer.training and (self.augment_cfg.enabled or paster is not None):
             # Different randomness per step, rank and epoch; reproducible for a seed.
             s = (int(self.hparams.seed) * 1_000_003 + self.global_step * 7919 + self.global_rank * 104_729) % (2**63)
             gen = torch.Generator(device=ct.device).manual_seed(s)
-            ct, mask = augment_batch(ct, mask, self.augment_cfg, generator=gen)
+            if paster is not None:  # before the spatial augmentation: the lesion deforms with its slice
+                scale = (stored_hw[0] / ct.shape[-2], stored_hw[1] / ct.shape[-1])
+                ct, mask = paster(ct, mask, index, generator=gen, pixel_scale=scale)
+            if self.augment_cfg.enabled:
+                ct, mask = augment_batch(ct, mask, self.augment_cfg, generator=gen)
+        ct = apply_window(ct, self.augment_cfg)  # every stage: the checkpoint's preprocessing clips the same way
         return ct.contiguous(memory_format=self.memory_format), mask, index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, 1, H, W) logits
@@ -104,6 +125,8 @@ class SegmentationModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss, logits = self._step(batch, "train")
+        if self._copy_paster is not None and self._copy_paster.last_fraction is not None:
+            self.log("train/copy_paste_fraction", self._copy_paster.last_fraction, on_step=False, on_epoch=True, batch_size=batch[0].shape[0])
         if not torch.isfinite(loss.detach()):
             # NaN weights would otherwise be checkpointed and later predict nothing with exit 0.
             raise ConfigError(

@@ -30,7 +30,7 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 #: Fields that are positional arguments or folders of the command, not ``--flags``.
 POSITIONAL_FIELDS = ("store", "out")
 #: Fields only a config file can set (structured values).
-CONFIG_FILE_ONLY_FIELDS = ("augment_options",)
+CONFIG_FILE_ONLY_FIELDS = ("augment_options", "copy_paste_options")
 
 
 def count_or_fraction(text: str) -> int | float:
@@ -75,6 +75,9 @@ class TrainConfig:
     size: int | None = _opt(None, "train at this slice size (<= the store's; default the store's)", type_=int)
     augment: bool = _opt(True, "turn augmentation off", flag="--no-augment")
     augment_options: dict[str, Any] = _opt({}, "AugmentConfig overrides (config files only)")  # noqa: RUF009
+    copy_paste_rate: float = _opt(0.0, "tumour copy-paste: probability that a training slice gets a pasted real lesion (default 0 = off)", type_=float)
+    lesion_dir: str | None = _opt(None, "copy-paste: folder of lesion crops (<id>_ct.nii.gz + <id>_label.nii.gz) besides the training cases' own tumours")
+    copy_paste_options: dict[str, Any] = _opt({}, "CopyPasteConfig overrides (config files only)")  # noqa: RUF009
     tumour_fraction: float | None = _opt(None, "target fraction of tumour slices per batch (default: the seed's n_neg/n_pos weights)", type_=float)
     samples_per_epoch: int | None = _opt(None, "draws per epoch (default: number of training slices)", type_=int)
     num_workers: int = _opt(2, "DataLoader workers (default 2)", type_=int)
@@ -156,6 +159,10 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} {v}: expected a count >= 0 or a fraction between 0 and 1")
         if not isinstance(self.augment_options, dict):
             raise ConfigError(f"augment_options: expected a mapping of AugmentConfig fields, found {type(self.augment_options).__name__}")
+        if not isinstance(self.copy_paste_options, dict):
+            raise ConfigError(f"copy_paste_options: expected a mapping of CopyPasteConfig fields, found {type(self.copy_paste_options).__name__}")
+        if not (isinstance(self.copy_paste_rate, (int, float)) and 0.0 <= self.copy_paste_rate <= 1.0):
+            raise ConfigError(f"--copy-paste-rate {self.copy_paste_rate}: must be a probability in [0, 1]")
 
     @classmethod
     def field_names(cls) -> list[str]:

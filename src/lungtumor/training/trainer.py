@@ -18,7 +18,8 @@ from lungtumor.atomic import atomic_output, write_text_atomic
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.model.device import bf16_native
 from lungtumor.model.unet import ModelConfig
-from lungtumor.training.augment import AugmentConfig
+from lungtumor.training.augment import AugmentConfig, combined_clip
+from lungtumor.training.copy_paste import config_from_train_options
 from lungtumor.training.data import DataConfig, make_datamodule
 from lungtumor.training.module import SegmentationModule
 from lungtumor.training.options import LR_SCHEDULES, TrainConfig, load_config_file  # noqa: F401 (re-exported)
@@ -215,7 +216,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     size = cfg.size or store_pre.size
     if size > store_pre.size:
         raise ConfigError(f"--size {size} is larger than the store's {store_pre.size}; re-preprocess with --size {size}")
-    pre = dataclasses.replace(store_pre, size=size)
+    augment_cfg = AugmentConfig.from_dict({**cfg.augment_options, "hu_scale": store_pre.hu_scale, "enabled": cfg.augment})
+    copy_paste = config_from_train_options(cfg.copy_paste_rate, cfg.lesion_dir, cfg.copy_paste_options)
+    # A training HU window is part of the preprocessing that inference must repeat.
+    pre = dataclasses.replace(store_pre, size=size, clip_hu=combined_clip(store_pre.clip_hu, augment_cfg.clip_hu))
     model_cfg = ModelConfig(in_channels=2 * cfg.context + 1, width=cfg.width, depth=cfg.depth, norm=cfg.norm, upsample=cfg.upsample)
     if size % (2**cfg.depth):
         raise ConfigError(f"--size {size} is not divisible by 2**depth = {2**cfg.depth}; use --size {size - size % 2**cfg.depth + 2**cfg.depth}")
@@ -225,7 +229,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         loss=cfg.loss,
         lr=cfg.lr,
         lr_schedule=cfg.lr_schedule,
-        augment=AugmentConfig.from_dict({**cfg.augment_options, "enabled": cfg.augment}).to_dict(),
+        augment=augment_cfg.to_dict(),
+        copy_paste=copy_paste.to_dict() if copy_paste.enabled else None,
         context=cfg.context,
         train_size=size if size != store_pre.size else None,
         image_every_n_steps=cfg.image_every_n_steps,
