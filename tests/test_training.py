@@ -273,3 +273,19 @@ def test_resume_after_an_interruption_mid_epoch_matches_an_uninterrupted_run(tmp
     b = read_checkpoint(tmp_path / "cut" / "last.ckpt")["state_dict"]
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+
+
+def test_non_finite_loss_stops_training_with_one_clear_error(tmp_path, monkeypatch) -> None:
+    from lungtumor.training.module import SegmentationModule
+
+    store = make_store(tmp_path)
+    original = SegmentationModule._step
+
+    def nan_step(self, batch, stage):
+        loss, logits = original(self, batch, stage)
+        return loss * float("nan"), logits
+
+    monkeypatch.setattr(SegmentationModule, "_step", nan_step)
+    with pytest.raises(ConfigError, match="not finite|non-finite"):
+        train(TrainConfig(store=str(store), out=str(tmp_path / "run"), epochs=1, samples_per_epoch=8, **FAST))
+    assert not (tmp_path / "run" / "best.ckpt").exists()

@@ -127,7 +127,10 @@ class SegmentationModule(L.LightningModule):
         loss, logits = self._step(batch, "train")
         if self._copy_paster is not None and self._copy_paster.last_fraction is not None:
             self.log("train/copy_paste_fraction", self._copy_paster.last_fraction, on_step=False, on_epoch=True, batch_size=batch[0].shape[0])
-        if not torch.isfinite(loss.detach()):
+        # Checked every log interval, not every step: on a GPU the check is a host sync, and a
+        # non-finite loss stays non-finite (the weights it produced are NaN) until it is seen.
+        check = self.global_step % max(1, int(self.trainer.log_every_n_steps if self._trainer else 1)) == 0
+        if check and not torch.isfinite(loss.detach()):
             # NaN weights would otherwise be checkpointed and later predict nothing with exit 0.
             raise ConfigError(
                 f"training loss is {float(loss.detach())} at step {self.global_step}; "
@@ -137,6 +140,11 @@ class SegmentationModule(L.LightningModule):
         if every and self.global_step % every == 0:
             self._log_images(batch, logits, "train")
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Between two loss checks the weights may have turned non-finite; never checkpoint them.
+        if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+            raise ConfigError(f"the weights became non-finite in epoch {self.current_epoch}; lower --lr or check the store for non-finite CT values")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         _, logits = self._step(batch, "val")
