@@ -341,3 +341,50 @@ def test_real_lidc_crop_matches_its_manifest(real_data: Path) -> None:
     bank = LesionBank.build([les], CopyPasteConfig(rate=1.0))
     inside = bank.ct_hu[bank.mask > 0].float()
     assert -1024.0 <= float(inside.min()) and float(inside.max()) <= 3071.0
+
+
+def _chest_task(root: Path, n: int = 3) -> Path:
+    """MSD-layout cases with a body, two lungs and a soft-tissue tumour in the first lung."""
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(1)
+    yy, xx = np.mgrid[0:40, 0:40]
+    body = ((yy - 20) / 18) ** 2 + ((xx - 20) / 15) ** 2 <= 1
+    lungs = (((yy - 12) / 6) ** 2 + ((xx - 20) / 9) ** 2 <= 1) | (((yy - 28) / 6) ** 2 + ((xx - 20) / 9) ** 2 <= 1)
+    for i in range(n):
+        hu = np.where(lungs, -850, np.where(body, 40, -1000))[..., None].repeat(12, axis=2) + rng.normal(0, 10, (40, 40, 12))
+        m = np.zeros((40, 40, 12), np.uint8)
+        m[10:14, 17:22, 4:8] = 1
+        hu[m > 0] = 30
+        write_nifti(Volume(hu.astype(np.int16), affine_for("LAS")), root / "imagesTr" / f"lung_{i:03d}.nii.gz")
+        write_nifti(Volume(m, affine_for("LAS")), root / "labelsTr" / f"lung_{i:03d}.nii.gz")
+    return root
+
+
+@pytest.mark.slow
+def test_training_with_copy_paste_and_a_window(tmp_path: Path) -> None:
+    import csv
+
+    from lungtumor.config import PreprocessConfig, SplitConfig
+    from lungtumor.model.checkpoint import read_checkpoint
+    from lungtumor.preprocessing.store import preprocess_task
+    from lungtumor.training.options import TrainConfig
+    from lungtumor.training.trainer import train
+
+    task = _chest_task(tmp_path / "task")
+    preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32, skip_inferior_slices=0), SplitConfig(val_cases=1), progress=False)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    _write_crop(crops, "X_R_1")
+    cfg = TrainConfig(
+        store=str(tmp_path / "store"), out=str(tmp_path / "run"), epochs=1, samples_per_epoch=16, width=4, batch_size=8, num_workers=0,
+        progress=False, image_every_n_steps=0, log_every_n_steps=1, copy_paste_rate=1.0, lesion_dir=str(crops),
+        copy_paste_options={"erode_mm": 1.0}, augment_options={"clip_hu": [-1000, 500], "noise_p": 0.5},
+    )
+    summary = train(cfg)
+    meta = read_checkpoint(summary["last_checkpoint"])
+    assert tuple(meta["lungtumor"]["preprocess"]["clip_hu"]) == (-1000.0, 500.0)  # inference clips as training did
+    assert meta["hyper_parameters"]["copy_paste"]["rate"] == 1.0
+    rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "session-0" / "metrics.csv").open()))
+    fractions = [float(r["train/copy_paste_fraction"]) for r in rows if r.get("train/copy_paste_fraction")]
+    assert fractions and fractions[0] > 0.2

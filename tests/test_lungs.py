@@ -47,6 +47,7 @@ def _chest(
     lungs: bool = True,
     masses: bool = True,
     midline_mass: bool = False,
+    airway: bool = False,
     lung_hu: float = -850.0,
     seed: int = 0,
 ) -> tuple[Volume, np.ndarray, np.ndarray]:
@@ -78,6 +79,13 @@ def _chest(
             tumour |= (u - cu) ** 2 + (v - cv) ** 2 + (w - cw) ** 2 <= r**2
         tumour &= body
         hu[tumour] = 35.0
+    if airway:  # trachea to the top slice, main bronchi into both lungs, an open mouth on top
+        hu[(u**2 + (v - 20.0) ** 2 <= 8.0**2) & (w >= LUNG_W_MM)] = -1000.0
+        for side in (-1.0, 1.0):
+            for t in np.linspace(0.0, 1.0, 12):
+                cu, cv = side * 40.0 * t, 20.0 - 15.0 * t
+                hu[(u - cu) ** 2 + (v - cv) ** 2 + (w - LUNG_W_MM) ** 2 <= 5.0**2] = -1000.0
+        hu[(np.abs(u) <= 8.0) & (v >= 20.0) & (w >= w.max() - 1.5 * spacing[2])] = -1000.0
     (gu, gv, gw), gr = BOWEL_GAS
     hu[(u - gu) ** 2 + (v - gv) ** 2 + (w - gw) ** 2 <= gr**2] = -1000.0
     (bu, bv, bw), br = BOWEL_MOTTLED
@@ -221,6 +229,23 @@ def test_mass_between_the_lungs_needs_the_hull() -> None:
     assert m[tumour].all()
     m = _check_region(find_lung_region(ct, config=LungRegionConfig(hull_window_mm=0.0)), ct)
     assert m[tumour].all(), "the hull of a single slice already bridges the lungs"
+
+
+def test_trachea_open_to_the_outside_does_not_take_the_lungs_along() -> None:
+    """Lungs -> bronchi -> trachea -> open mouth -> outside air: one 3D air component of mostly
+    pure gas. Outside air is removed per slice, so the lungs are still found, and the trachea
+    (pure gas, small cross-sections) does not carry the region up the neck."""
+    ct, lungs, tumour = _chest(extent_mm=(320.0, 280.0, 320.0), airway=True)
+    air = ct.array < -400
+    labels, _ = ndimage.label(air)
+    assert labels[0, -1, -1] == labels[tuple(np.argwhere(lungs)[0])], "the lungs reach the outside air (in front) in 3D"
+    region = find_lung_region(ct)
+    m = _check_region(region, ct)
+    assert region.found and m[lungs].all() and m[tumour].all()
+    apex_k = int(np.flatnonzero(lungs.any(axis=(0, 1)))[-1])
+    top_mm = (region.bbox_ijk[2][1] - 1 - apex_k) * ct.spacing_mm[2]
+    assert top_mm <= LungRegionConfig().margin_z_mm + ct.spacing_mm[2]
+    assert region.bbox_ijk[2][1] < ct.shape[2] - 5  # the neck above stays out
 
 
 def test_region_lies_on_the_lungs_lung_mask_has_its_own_grid() -> None:

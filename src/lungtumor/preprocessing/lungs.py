@@ -13,8 +13,8 @@ orientation; the result is mapped back onto the input grid exactly):
    about -1000), so a lung that touches the edge of a field of view cropped to one hemithorax
    survives, and the trachea stays separate from the air in front of an open mouth.
 3. **3D components** (6-connected) of the remaining air: a component is lung when it is
-   parenchyma (at most ``max_gas_fraction`` pure gas; this drops the table, bowel and stomach
-   gas and an isolated trachea), holds at least ``min_component_ml`` and does not lie below the
+   parenchyma (at most ``max_gas_fraction`` pure gas; this drops the air inside the table,
+   bowel and stomach gas and an isolated trachea), holds at least ``min_component_ml`` and does not lie below the
    lungs (its mean slice is above the lowest 5 % of the largest component's voxels). Fewer than
    ``min_lung_ml`` in total: no lungs (a warning, an empty region, never an exception).
    Small in-plane cross-sections of pure gas (trachea, main bronchi) are then taken out, so the
@@ -28,7 +28,7 @@ orientation; the result is mapped back onto the input grid exactly):
 
 The region is stored as one interval of the left-right axis per (anterior-posterior, slice) row,
 which makes the hull, the Euclidean (ellipsoid) dilation in mm, the volume, the bounding box and
-the mapping onto the input grid cheap: about 0.2-0.4 s for a 512x512x300 CT on two cores (see
+the mapping onto the input grid cheap: about 0.15-0.25 s for a 512x512x300 CT on two cores (see
 ``benchmarks/bench_lungs.py``).
 
 The approach (thresholding, removal of air that touches the border, size and position rules for
