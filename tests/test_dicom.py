@@ -181,6 +181,18 @@ def test_corrupt_file_is_named(tmp_path: Path, keep_fraction: float) -> None:
         read_dicom_series(tmp_path)
 
 
+@pytest.mark.parametrize("which", ["first", "last"])
+def test_corrupt_first_or_last_slice_is_refused_not_dropped(tmp_path: Path, which: str) -> None:
+    """A damaged end slice leaves no gap to notice; the series must still not shrink silently."""
+    hu = _hu()
+    write_ct_series(tmp_path, hu, AFFINES["axial"], shuffle_seed=None)
+    files = sorted(tmp_path.glob("IMG*.dcm"))
+    bad = files[0] if which == "first" else files[-1]
+    bad.write_bytes(bad.read_bytes()[:400])
+    with pytest.raises(InputError, match=bad.name):
+        read_dicom_series(tmp_path)
+
+
 def test_missing_slice_is_an_error(tmp_path: Path) -> None:
     write_ct_series(tmp_path, _hu(), AFFINES["axial"], shuffle_seed=None)
     (tmp_path / "IMG0002.dcm").unlink()

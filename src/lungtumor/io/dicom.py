@@ -188,9 +188,11 @@ def _make_slice(path: Path, header: Dataset) -> _Slice:
 
 def _is_damaged_ct(header: Dataset) -> bool:
     """A single-frame CT image whose header stops before its geometry (a truncated file)."""
-    sop_class = header.get("SOPClassUID") or getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "")
+    # The file meta comes first in the file, so it survives a truncation that cuts the dataset's own
+    # SOPClassUID short (a cut inside the value leaves a wrong UID, not an empty one).
+    classes = {str(header.get("SOPClassUID") or ""), str(getattr(getattr(header, "file_meta", None), "MediaStorageSOPClassUID", "") or "")}
     image_type = [str(v).upper() for v in (header.get("ImageType") or [])]
-    return str(sop_class) == CT_IMAGE_SOP_CLASS_UID and LOCALIZER_IMAGE_TYPE not in image_type
+    return CT_IMAGE_SOP_CLASS_UID in classes and LOCALIZER_IMAGE_TYPE not in image_type
 
 
 @dataclass
