@@ -380,7 +380,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--test-cases", type=int, default=None)
     p.add_argument("--val-cases", type=int, default=None, help="held-out labelled cases (the last ones in sorted order)")
     p.add_argument("--train-minutes", type=float, default=None, help="training time budget")
-    p.add_argument("--size", type=int, default=None, help="slice size")
+    p.add_argument("--preset", choices=["lung", "seed"], default=None, help="slice grid (default lung; seed = the seed's recipe)")
+    p.add_argument("--spacing-mm", type=float, default=None, help="lung preset: model pixel in mm (default 3, the SMALL phantom's own)")
+    p.add_argument("--size", type=int, default=None, help="seed preset: slice size (default 128)")
     p.add_argument("--width", type=int, default=None, help="U-Net base width")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -392,7 +394,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
     _quiet_lightning()
 
-    overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "val_cases", "train_minutes", "size", "width", "epochs") if getattr(a, k) is not None}
+    overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "val_cases", "train_minutes", "preset", "spacing_mm", "size", "width", "epochs") if getattr(a, k) is not None}
     cfg = DemoConfig(workdir=a.workdir, task_dir=a.task_dir, seed=a.seed, **overrides)
     run_demo(cfg)
 
