@@ -388,3 +388,28 @@ def test_training_with_copy_paste_and_a_window(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "session-0" / "metrics.csv").open()))
     fractions = [float(r["train/copy_paste_fraction"]) for r in rows if r.get("train/copy_paste_fraction")]
     assert fractions and fractions[0] > 0.2
+
+
+@pytest.mark.slow
+def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from lungtumor.cli import main
+    from lungtumor.config import PreprocessConfig, SplitConfig
+    from lungtumor.preprocessing.store import preprocess_task
+
+    task = _chest_task(tmp_path / "task")
+    preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32, skip_inferior_slices=0), SplitConfig(val_cases=1), progress=False)
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    _write_crop(crops, "X_R_1")
+    def argv(run: str, lesions: Path) -> list[str]:
+        return ["train", str(tmp_path / "store"), "--out", str(tmp_path / run), "--config", str(REPO / "configs" / "real_ct.yaml"),
+                "--lesion-dir", str(lesions), "--fast-dev-run", "--width", "4", "--num-workers", "0", "--no-progress"]
+
+    assert main(argv("run", crops)) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["global_step"] == 1
+    assert main(argv("run2", tmp_path / "none")) == 2  # a one-line error before any training
+    assert "lesion folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()

@@ -472,3 +472,61 @@ def test_lung_store_with_cases_of_different_extents_trains_in_padded_batches(tmp
     np.testing.assert_array_equal(ct[n0 + 5, 1, : a1[0], : a1[1]].numpy(), np.asarray(store.arrays("lung_001")[0][5], dtype=np.float32))
     # the 2.5 mm neighbours of a 1.25 mm case are two slices away
     np.testing.assert_array_equal(ct[n0 + 5, 2, : a1[0], : a1[1]].numpy(), np.asarray(store.arrays("lung_001")[0][7], dtype=np.float32))
+
+
+def test_fixed_input_size_and_a_box_that_does_not_fit(caplog) -> None:
+    ct = Volume(np.zeros((60, 50, 8), np.int16), affine_for("LAS", spacing=(1.0, 1.0, 2.0)))
+    region = np.zeros(ct.shape, np.uint8)
+    region[20:40, 20:30, 2:6] = 1
+    grid = fit_grid(ct, Volume(region, ct.affine), lung_cfg(spacing_mm=1.0, margin_mm=1.0, input_size_px=(64, 48)))
+    assert grid.out_shape == (64, 48)
+    with caplog.at_level("WARNING"):
+        big = fit_grid(ct, None, lung_cfg(spacing_mm=1.0, margin_mm=1.0, input_size_px=(32, 32)))
+    assert big.out_shape == (64, 64) and "input_size_px" in caplog.text  # grown, never cropping lung
+
+
+def test_labels_outside_the_lung_region_are_reported_and_kept(caplog) -> None:
+    from lungtumor.phantom.dataset import make_case
+    from lungtumor.preprocessing.store import lung_region_for
+
+    ct, label = make_case(3, size="SMALL")
+    lab = label.array.copy()
+    lab[:3, :3, :4] = 1  # a labelled corner outside the body
+    with caplog.at_level("WARNING"):
+        region, info = lung_region_for(ct, label.with_array(lab), lung_cfg())
+    assert info["found"] and info["label_voxels_outside"] == 36 and "36 labelled voxels" in caplog.text
+    grid = fit_grid(ct, region, lung_cfg())
+    assert grid.coverage(label.with_array(lab)) == (int(lab.sum()), int(lab.sum()))
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        none, info = lung_region_for(ct.with_array(np.full(ct.shape, 40, np.int16)), None, lung_cfg())
+    assert none is None and not info["found"] and "no lungs found" in caplog.text
+    assert lung_region_for(ct, label, PreprocessConfig()) == (None, {})
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_postprocess_matches_labelling_the_whole_mask(path: str, order: str, monkeypatch) -> None:
+    from scipy import ndimage
+
+    from lungtumor.inference import segment as seg
+    from lungtumor.inference.segment import postprocess_mask
+
+    if path == "dense":
+        monkeypatch.setattr(seg, "SPARSE_LESION_VOXELS", 0)
+    rng = np.random.default_rng(5)
+    full = np.ones((3, 3, 3), bool)
+    for trial in range(6):
+        mask = np.asarray((ndimage.uniform_filter(rng.random((30, 28, 20)), 3) > 0.55).astype(np.uint8), order=order)
+        region = np.zeros(mask.shape, np.uint8, order="F" if order == "C" else "C")
+        region[5 + trial : 20, 4:18, 3:15] = 1
+        labels, n = ndimage.label(mask, structure=full)
+        keep = np.zeros(n + 1, bool)
+        keep[np.unique(labels[(region > 0) & (labels > 0)])] = True
+        expected = keep[labels].astype(np.uint8)
+        got = postprocess_mask(mask, region, voxel_ml=0.001)
+        np.testing.assert_array_equal(got, expected)
+        assert 0 < got.sum() < mask.sum()
+        sizes = np.bincount(labels.ravel())
+        small = postprocess_mask(mask, region, voxel_ml=0.001, min_lesion_ml=0.02)
+        np.testing.assert_array_equal(small, (keep & (sizes * 0.001 >= 0.02))[labels].astype(np.uint8))

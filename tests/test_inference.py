@@ -153,3 +153,34 @@ def test_real_dicom_and_nifti_predictions_sit_on_the_input_grid(real_data, tmp_p
     a, b = nib.load(str(src)), nib.load(str(out2))
     assert a.shape == b.shape and np.allclose(a.affine, b.affine, atol=1e-5)
     assert nib.aff2axcodes(b.affine) == ("L", "P", "S")
+
+
+def test_predict_with_a_lung_preset_checkpoint_keeps_the_grid_and_zero_outside_the_crop(tmp_path) -> None:
+    """A model that says 'tumour' everywhere: the mask is exactly the lung crop (box and kept slices)
+    of the grid, on the input's grid; post-processing keeps it (it touches the lungs)."""
+    from lungtumor.model.unet import UNet
+    from lungtumor.phantom.dataset import make_case
+    from lungtumor.preprocessing.grid import fit_grid
+    from lungtumor.preprocessing.lungs import find_lung_region
+
+    cfg = ModelConfig(width=2, depth=2)
+    net = UNet(cfg)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.fill_(5.0)
+    pre = PreprocessConfig.from_preset("lung", spacing_mm=3.0)
+    torch.save(
+        {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "lungtumor": checkpoint_metadata(cfg.__dict__, pre.to_dict(), 0, threshold=0.5)},
+        tmp_path / "lung.ckpt",
+    )
+    ct, _ = make_case(4, size="SMALL")
+    write_nifti(reorient(ct, ("L", "P", "S"))[0], tmp_path / "ct.nii.gz")
+    predict_path(tmp_path / "lung.ckpt", tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz", progress=False)
+    src, mask = read_nifti(tmp_path / "ct.nii.gz"), read_nifti(tmp_path / "mask.nii.gz")
+    assert mask.shape == src.shape and np.allclose(mask.affine, src.affine, atol=1e-5) and mask.array.dtype == np.uint8
+    grid = fit_grid(src, find_lung_region(src).mask, pre)
+    expected = np.zeros(grid.canonical_shape, np.uint8)
+    (i0, i1), (j0, j1), (k0, k1) = grid.box_ijk
+    expected[i0:i1, j0:j1, k0:k1] = 1
+    assert 0 < expected.sum() < expected.size
+    np.testing.assert_array_equal(reorient(mask, ("L", "A", "S"))[0].array, expected)

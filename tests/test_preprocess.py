@@ -180,3 +180,26 @@ def test_not_a_task_folder(tmp_path) -> None:
         preprocess_task(tmp_path, tmp_path / "store", CFG, progress=False)
     with pytest.raises(InputError, match="not found"):
         preprocess_task(tmp_path / "nope", tmp_path / "store", CFG, progress=False)
+
+
+def test_cli_lung_preset_store_records_the_grid_and_keeps_every_label(tmp_path, capsys) -> None:
+    from lungtumor.cli import main
+    from lungtumor.phantom.dataset import make_case
+    from lungtumor.preprocessing.grid import SliceGrid
+
+    task = tmp_path / "task"
+    for seed in (1, 2):
+        ct, label = make_case(seed, size="SMALL")
+        write_nifti(ct, task / "imagesTr" / f"lung_{seed:03d}.nii.gz")
+        write_nifti(label, task / "labelsTr" / f"lung_{seed:03d}.nii.gz")
+    rc = main(["preprocess", str(task), str(tmp_path / "store"), "--preset", "lung", "--spacing-mm", "3", "--margin-mm", "4", "--val-cases", "1"])
+    assert rc in (0, None), capsys.readouterr().err
+    config = json.loads((tmp_path / "store" / "config.json").read_text())["preprocess"]
+    assert config["preset"] == "lung" and config["spacing_mm"] == 3.0 and config["margin_mm"] == 4.0
+    store = SliceStore(tmp_path / "store")
+    for cid in ("lung_001", "lung_002"):
+        meta = store.meta(cid)
+        grid = SliceGrid.from_dict(meta["grid"])
+        assert grid.pixel_spacing_mm == pytest.approx((3.0, 3.0)) and meta["lung_region"]["found"]
+        assert meta["tumour_voxels_covered"] == meta["tumour_voxels_original"]
+        assert store.arrays(cid)[0].shape == grid.slice_shape and grid.out_shape[0] % 16 == 0

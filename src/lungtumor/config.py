@@ -42,7 +42,7 @@ PRESET_NAMES = ("seed", "lung")
 #: Lung preset: in-plane target spacing of the model slices (mm). Chosen by measurement, see the grid module.
 LUNG_SPACING_MM = 1.5
 #: Lung preset: margin around the lung region's box, in-plane and along the body axis (mm; the region itself
-#: already reaches 10 mm beyond the lungs' hull).
+#: already reaches 15 mm in-plane and 10 mm along z beyond the lungs' hull).
 LUNG_MARGIN_MM = 5.0
 #: Lung preset: model slices are padded to a multiple of this (a U-Net with up to 4 pools takes them).
 LUNG_PAD_MULTIPLE = 16

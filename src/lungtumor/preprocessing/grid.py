@@ -30,21 +30,24 @@ Presets (``PreprocessConfig.preset``; :func:`preset_config`):
   voxel at 512 -> 256), and its pixel size depends on the field of view. Use it to reproduce old
   stores and checkpoints.
 * ``lung``: physical and lung-aware; the choices were measured (``benchmarks/bench_grid.py``,
-  BENCHMARKS.md) on FULL phantom cases and the shared real scans (LUNG1-001/-002, LIDC-IDRI-0001):
+  BENCHMARKS.md) on FULL phantom cases and the shared real scans (LUNG1-002, LIDC-IDRI-0001):
 
-  - ``spacing_mm = 1.25``: the seed's pixel is 1.4-1.7 mm on FULL phantoms and 1.95 mm on the
-    512-pixel, 500 mm field of view of LUNG1 (0.6-0.98 mm native, 1.56 mm on a typical MSD scan);
-    1.25 mm is finer than all of them (a 5 mm nodule spans 4 pixels instead of 2.6 at 1.95 mm)
-    while the lung crop (about 290 x 220 mm with margins on the real scans, 290 x 165 mm on
-    phantoms) stays at 40-60 % of the seed's 256 x 256 pixels, which is what makes whole-scan
-    prediction about 2x faster at finer resolution. 1.0 mm costs 1.6x more pixels for a resolution
-    the 2D U-Net's receptive field does not use on nodules >= 3 mm; 1.5 mm would be faster still
-    but gives up most of the small-nodule margin over the seed on MSD-like scans.
-  - ``margin_mm = 10``: covers the lung finder's boundary uncertainty and the pleura/chest wall
-    that juxtapleural tumours touch; each 5 mm of margin adds about 4 % pixels per slice.
+  - ``spacing_mm = 1.5``: the seed's pixel is 1.43-1.66 mm on FULL phantoms, 1.41 mm on
+    LIDC-IDRI-0001 and 1.95 mm on LUNG1's 500 mm field of view (about 1.56 mm on a typical MSD
+    scan); 1.5 mm is as fine or finer on all of them and the same on every scan. Model pixels
+    relative to the seed preset (lung crop x kept slices): 0.39-0.40 on FULL phantoms and
+    0.62-0.64 on the real scans at 1.5 mm, against 0.56-0.59 / 0.86-0.94 at 1.25 mm and
+    0.82-0.89 / 1.36-1.48 at 1.0 mm. 1.5 mm is the finest spacing at which whole-scan prediction
+    is more than 2x faster than the seed preset on a FULL phantom; ``--spacing-mm 1.25`` buys
+    finer small nodules at 1.4-1.5x the pixels.
+  - ``margin_mm = 5``: the lung region is already tumour-inclusive and reaches 15 mm in-plane and
+    10 mm along z beyond the lungs' hull (:mod:`lungtumor.preprocessing.lungs`); 5 mm more keeps
+    the chest wall beside juxtapleural tumours in view. 10 mm costs 10-23 % more pixels and kept slices for no coverage:
+    100 % of the tumour voxels of every measured scan lie inside the crop with either.
   - ``pad_multiple = 16``: any U-Net with up to 4 pools (the seed's has 3) takes the slices; the
     crop's own size per case is kept (no fixed input size), because a fixed size large enough for
-    the largest chest (about 400 x 300 mm) would spend 1.6-2x the pixels on the typical one;
+    the largest chest (about 400 x 300 mm, 272 x 208 pixels) would spend 1.7-2.1x the pixels on the
+    measured scans;
     training batches of cases with different sizes are padded with air by the loader
     (:class:`lungtumor.training.data.PadCollate`). ``input_size_px`` fixes the size instead.
   - 2.5D context by millimetres (``context_step_mm = 2.5``), not by slice count: the model
