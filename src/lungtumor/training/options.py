@@ -55,7 +55,9 @@ class TrainConfig:
 
     ``None`` for ``precision`` means bfloat16 mixed where the hardware supports it, else 32-bit.
     ``augment_options`` overrides fields of :class:`~lungtumor.training.augment.AugmentConfig` (e.g.
-    ``{"rotate_deg": 15, "elastic_p": 0}``; config files only). Values are validated when the config
+    ``{"rotate_deg": 15, "elastic_p": 0}``; config files only), ``copy_paste_options`` those of
+    :class:`~lungtumor.training.copy_paste.CopyPasteConfig` (config files only; ``copy_paste_rate`` and
+    ``lesion_dir`` are flags). Values are validated when the config
     is built, so a bad option is a one-line :class:`~lungtumor.errors.ConfigError`, never a
     traceback in the middle of training.
     """
