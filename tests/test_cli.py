@@ -21,10 +21,10 @@ def test_phantom_preprocess_and_errors(tmp_path, capsys) -> None:
     assert rc == 0 and "3 training + 1 test" in out
     ds = json.loads((tmp_path / "task" / "dataset.json").read_text())
     assert ds["numTraining"] == 3 and ds["numTest"] == 1
-    rc, out, _ = _run(capsys, "preprocess", str(tmp_path / "task"), str(tmp_path / "store"), "--size", "64", "--val-cases", "1")
+    rc, out, _ = _run(capsys, "preprocess", str(tmp_path / "task"), str(tmp_path / "store"), "--preset", "seed", "--size", "64", "--val-cases", "1")
     assert rc == 0 and "3 cases (2 train, 1 val)" in out
     # a different config on the same store: one line, exit 2
-    rc, _, err = _run(capsys, "preprocess", str(tmp_path / "task"), str(tmp_path / "store"), "--size", "32")
+    rc, _, err = _run(capsys, "preprocess", str(tmp_path / "task"), str(tmp_path / "store"), "--preset", "seed", "--size", "32")
     assert rc == 2 and err.count("\n") == 1 and "different config" in err
     rc, _, err = _run(capsys, "preprocess", str(tmp_path / "missing"), str(tmp_path / "s2"))
     assert rc == 2 and "missing" in err and "Traceback" not in err

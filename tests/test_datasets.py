@@ -357,7 +357,7 @@ def test_cli_preprocess_layout_and_label(tmp_path, capsys) -> None:
 
     labels = {"background": 0, "left": 1, "right": 2}
     root = _nnunet(tmp_path / "Dataset013_Lung", cases=("lung_001",), shape=SHAPE, labels=labels)
-    args = ["preprocess", str(root), str(tmp_path / "store"), "--size", "32", "--val-cases", "0", "--layout", "nnunet"]
+    args = ["preprocess", str(root), str(tmp_path / "store"), "--preset", "seed", "--size", "32", "--val-cases", "0", "--layout", "nnunet"]
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2

@@ -185,7 +185,7 @@ def test_duplicate_names_rejected(tmp_path: Path) -> None:
     _write(tmp_path / "p", "a.nii.gz", _mask())
     _write(tmp_path / "p", "a.nii", _mask())
     _write(tmp_path / "l", "a.nii.gz", _mask())
-    with pytest.raises(InputError, match="two prediction files"):
+    with pytest.raises(InputError, match="same case"):
         match_cases(tmp_path / "p", tmp_path / "l")
 
 

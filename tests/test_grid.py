@@ -297,7 +297,7 @@ def test_other_config_errors() -> None:
 def test_cli_preprocess_preset_errors_are_one_line(tmp_path, capsys) -> None:
     from lungtumor.cli import main
 
-    for args in (["--preset", "lung", "--size", "128"], ["--preset", "lung", "--spacing-mm", "0"], ["--spacing-mm", "1.5"]):
+    for args in (["--preset", "lung", "--size", "128"], ["--preset", "lung", "--spacing-mm", "0"], ["--preset", "seed", "--spacing-mm", "1.5"], ["--size", "64"]):
         rc = main(["preprocess", str(tmp_path / "task"), str(tmp_path / "store"), *args])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and "\n" not in err and "Traceback" not in err and err

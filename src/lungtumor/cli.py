@@ -46,7 +46,11 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("preprocess", help="dataset folder (MSD, nnU-Net v2 raw, CT/label pairs) -> slice store for training")
     p.add_argument("task_dir")
     p.add_argument("store_dir")
-    p.add_argument("--preset", choices=["seed", "lung"], default=d.preset, help=f"slice grid: seed (the seed's recipe, bit for bit) or lung (crop to the lungs, spacing in mm, slices of the lung extent); default {d.preset}")
+    p.add_argument(
+        "--preset", choices=["seed", "lung"], default="lung",
+        help="slice grid: lung (default: crop to the lung region, spacing in mm, the slices of the lung extent) or seed "
+        "(the seed's recipe bit for bit: drop 30 slices, resize to 256x256; to reproduce old stores and checkpoints)",
+    )
     p.add_argument("--spacing-mm", type=float, default=None, help=f"lung preset: in-plane spacing of the model slices in mm (default {LUNG_SPACING_MM})")
     p.add_argument("--margin-mm", type=float, default=None, help=f"lung preset: margin around the lung region's box in mm (default {LUNG_MARGIN_MM})")
     p.add_argument("--size", type=int, default=None, help=f"seed preset: in-plane slice size (default {d.size}, the seed's)")
@@ -71,7 +75,10 @@ def _cmd_preprocess(a: argparse.Namespace) -> None:
     if a.preset != "seed" and (a.size is not None or a.skip_inferior_slices is not None):
         from lungtumor.errors import ConfigError
 
-        raise ConfigError("--size and --skip-inferior-slices belong to --preset seed; the lung preset sizes its slices by --spacing-mm and the lung region")
+        raise ConfigError(
+            "--size and --skip-inferior-slices belong to --preset seed (the seed's recipe); add --preset seed, "
+            "or leave them out: the lung preset sizes its slices by --spacing-mm and the lung region"
+        )
     cfg = PreprocessConfig.from_preset(
         a.preset, size=a.size, skip_inferior_slices=a.skip_inferior_slices, clip_hu=tuple(a.clip_hu) if a.clip_hu else None,
         spacing_mm=a.spacing_mm, margin_mm=a.margin_mm,
@@ -178,9 +185,17 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment a CT (NIfTI file, folder of NIfTI, or DICOM series folder)")
-    p.add_argument("checkpoint")
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint (best.ckpt / last.ckpt), several joined by commas, or a folder of runs (e.g. a `lungtumor cv` folder): "
+        "several make an ensemble that averages probabilities",
+    )
     p.add_argument("input")
     p.add_argument("output", help="output .nii.gz (or a folder when INPUT is a folder of NIfTI files)")
+    p.add_argument("--report", action="store_true", help="also write the lesion table (RECIST diameters) and report.html into NAME_report/")
+    p.add_argument("--no-postprocess", dest="postprocess", action="store_false", help="keep predicted lesions that do not touch the lung region")
+    p.add_argument("--min-lesion-ml", type=float, default=None, help="drop predicted lesions smaller than this (ml; default keep all)")
+    p.add_argument("--skip-bad", action="store_true", help="folder input: warn about a case that fails and go on with the others")
     p.add_argument("--probabilities", action="store_true", help="also write a float32 probability map (NAME_prob.nii.gz)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the checkpoint's, 0.5)")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
@@ -198,7 +213,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     from lungtumor.atomic import refuse_input_as_output
     from lungtumor.errors import ConfigError
 
-    refuse_input_as_output([a.output], [a.input, a.checkpoint], command="lungtumor predict")
+    checkpoints = [c for c in a.checkpoint.split(",") if c] if "," in a.checkpoint else [a.checkpoint]
+    refuse_input_as_output([a.output], [a.input, *checkpoints], command="lungtumor predict")
     if a.batch_size is not None and a.batch_size < 1:
         raise ConfigError(f"--batch-size {a.batch_size}: must be at least 1 (slices per forward pass)")
     if a.threshold is not None and not 0.0 < a.threshold < 1.0:
@@ -206,7 +222,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     from lungtumor.inference.segment import predict_path
 
     results = predict_path(
-        a.checkpoint,
+        checkpoints if len(checkpoints) > 1 else checkpoints[0],
         a.input,
         a.output,
         probabilities=a.probabilities,
@@ -216,10 +232,22 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         device=a.device,
         series_uid=a.series_uid,
         output_format=a.output_format,
+        postprocess=a.postprocess,
+        min_lesion_ml=a.min_lesion_ml,
+        report=a.report,
+        skip_bad=a.skip_bad,
     )
+    failed = [r for r in results if r.get("error")]
     for r in results:
+        if r.get("error"):
+            print(f"{r['input']}: skipped: {r['error']}")
+            continue
         seg = f" + {r['dicom_seg']}" if r.get("dicom_seg") and r["dicom_seg"] != r["output"] else ""
+        if r.get("report"):
+            seg += f" + {r['report']}"
         print(f"{r['input']} -> {r['output']}{seg}  shape {tuple(r['shape'])}  tumour {r['volume_ml']:.2f} ml  {r['seconds']:.1f} s")
+    if failed:
+        raise ConfigError(f"{len(failed)} of {len(results)} inputs failed and were skipped (listed above); fix them and predict those again")
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:

@@ -40,6 +40,7 @@ from lungtumor.evaluation.lesions import (
     froc_counts,
     froc_png,
     froc_summary,
+    json_safe,
     lesion_matching,
     size_band_summary,
 )
@@ -55,7 +56,7 @@ from lungtumor.evaluation.metrics import (
     surface_dice,
     volume_ml,
 )
-from lungtumor.io.nifti import is_nifti, nifti_stem, read_nifti
+from lungtumor.io.nifti import list_niftis, nifti_stem, read_nifti
 from lungtumor.io.volume import Volume
 
 #: Default normalised-surface-Dice tolerance, mm.
@@ -133,18 +134,7 @@ def nifti_cases(folder: str | os.PathLike[str], role: str) -> dict[str, Path]:
     path = Path(folder)
     if not path.is_dir():
         raise InputError(f"{path}: {role} folder not found; pass a folder of .nii/.nii.gz files")
-    cases: dict[str, Path] = {}
-    for entry in sorted(path.iterdir()):
-        # "._x" files are macOS resource forks shipped inside the MSD archives, not volumes.
-        if entry.name.startswith(".") or not is_nifti(entry) or not entry.is_file():
-            continue
-        stem = nifti_stem(entry)
-        if stem in cases:
-            raise InputError(
-                f"{path}: two {role} files for case {stem!r} ({cases[stem].name}, {entry.name}); keep one of them"
-            )
-        cases[stem] = entry
-    return cases
+    return {nifti_stem(entry): entry for entry in list_niftis(path)}
 
 
 def probability_file(prob_dir: Path, name: str) -> Path | None:
@@ -432,23 +422,6 @@ def _csv_value(value: Any) -> Any:
     return value
 
 
-def _json_value(value: Any) -> Any:
-    """JSON-safe: NaN -> null, +-inf -> "inf"/"-inf" (strict JSON has neither)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return _json_value(value.item())
-    return value
-
-
 def write_results(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> list[Path]:
     """Write ``metrics.csv``, ``summary.json`` and, with an FROC, ``froc.png`` into ``out_dir`` (atomically, each)."""
     out = Path(out_dir)
@@ -460,7 +433,7 @@ def write_results(result: EvaluationResult, out_dir: str | os.PathLike[str]) -> 
     for row in result.rows:
         writer.writerow({k: _csv_value(row[k]) for k in CSV_COLUMNS})
     csv_path = _atomic_write_text(out / METRICS_CSV, buffer.getvalue())
-    summary_text = json.dumps(_json_value(result.summary), indent=2, allow_nan=False) + "\n"
+    summary_text = json.dumps(json_safe(result.summary), indent=2, allow_nan=False) + "\n"
     froc = froc_png(result.summary["froc"]) if "froc" in result.summary else None  # rendered before any write
     json_path = _atomic_write_text(out / SUMMARY_JSON, summary_text)
     written = [csv_path, json_path]

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.errors import ConfigError, InputError
+from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume
@@ -86,6 +86,9 @@ def predict_slices(
         tta: ``none`` or ``flip`` (average with the prediction of the patient's left-right mirror image).
         precision: ``auto`` (bf16 where supported), ``bf16`` or ``fp32``.
         offsets: 2.5D channel offsets in slices (:meth:`SliceGrid.context_offsets`); None = adjacent slices.
+
+    The model's network is moved to ``device`` and to the channels-last memory format in place
+    (``nn.Module.to`` does that), so that repeated calls do not copy the weights again.
     """
     if tta not in TTA_MODES:
         raise ConfigError(f"--tta {tta!r}: expected one of {TTA_MODES}")
@@ -113,7 +116,7 @@ def predict_slices(
 
 def segment(
     volume: Volume,
-    model: LoadedModel | str | os.PathLike[str],
+    model: LoadedModel | str | os.PathLike[str] | list[Any],
     *,
     threshold: float | None = None,
     tta: str = "none",
@@ -129,7 +132,8 @@ def segment(
 
     Args:
         volume: the CT, any orientation (from :func:`~lungtumor.io.readers.read_volume`).
-        model: a loaded model or a checkpoint path.
+        model: a loaded model or a checkpoint path, or several (a list, or a folder of runs such as a
+            ``lungtumor cv`` folder): an ensemble whose probabilities are averaged (one preprocessing).
         threshold: probability threshold (default: the checkpoint's, 0.5).
         tta, batch_size, device, precision: see :func:`predict_slices`.
         return_probabilities: also return the float32 probability Volume.
@@ -145,7 +149,8 @@ def segment(
         outside the slice grid's crop and kept slices, plus the probability Volume when asked
         (not post-processed).
     """
-    loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    models = load_ensemble(model)
+    loaded = models[0]
     thr = float(threshold if threshold is not None else loaded.info.get("threshold", 0.5))
     if not 0.0 <= thr <= 1.0:
         raise ConfigError(f"--threshold {thr} must be between 0 and 1")
@@ -159,10 +164,16 @@ def segment(
     if region is None and cfg.preset != "seed":
         region = lung_region(volume)
     grid: SliceGrid = fit_grid(volume, region, cfg)
+    slices = grid.image_to_slices(volume)
     probs = predict_slices(
-        loaded, grid.image_to_slices(volume), batch_size=batch_size, device=device, tta=tta, precision=precision,
-        offsets=grid.context_offsets(loaded.context),
+        loaded, slices, batch_size=batch_size, device=device, tta=tta, precision=precision, offsets=grid.context_offsets(loaded.context)
     )
+    for member in models[1:]:  # an ensemble: the mean of the members' probabilities
+        probs += predict_slices(
+            member, slices, batch_size=batch_size, device=device, tta=tta, precision=precision, offsets=grid.context_offsets(member.context)
+        )
+    if len(models) > 1:
+        probs /= len(models)
     meta = dict(volume.meta)
     if not return_probabilities:
         # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
@@ -175,6 +186,35 @@ def segment(
         kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
         mask_vol = Volume(kept, mask_vol.affine, dict(meta))
     return mask_vol if prob_vol is None else (mask_vol, prob_vol)
+
+
+def load_ensemble(model: Any, device: str | torch.device | None = None) -> list[LoadedModel]:
+    """One or several models (loaded, checkpoint paths, or folders holding ``last.ckpt`` files such as a
+    ``lungtumor cv`` folder) as a list; all must share one preprocessing, else a one-line ConfigError."""
+    items = list(model) if isinstance(model, (list, tuple)) else [model]
+    paths: list[Any] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)) and Path(item).is_dir():
+            found = sorted(Path(item).rglob("last.ckpt"))
+            if not found:
+                raise InputError(f"{item}: no last.ckpt below this folder; pass checkpoint files or a `lungtumor cv` / `train` folder")
+            paths.extend(found)
+        else:
+            paths.append(item)
+    if not paths:
+        raise ConfigError("no checkpoint given; pass at least one")
+    dev = resolve_device(device) if device is not None else torch.device("cpu")
+    loaded = [p if isinstance(p, LoadedModel) else load_model(p, device=dev) for p in paths]
+    first = loaded[0]
+    for other, path in zip(loaded[1:], paths[1:]):
+        if other.preprocess != first.preprocess:
+            a, b = first.preprocess.to_dict(), other.preprocess.to_dict()
+            diff = sorted(k for k in a if a[k] != b.get(k))
+            raise ConfigError(
+                f"{path}: its preprocessing differs from {paths[0]} ({', '.join(diff[:4])}); an ensemble averages models "
+                "trained on the same slices, so pass checkpoints of one preprocessing"
+            )
+    return loaded
 
 
 def lung_region(ct: Volume) -> Volume | None:
@@ -269,7 +309,7 @@ def _probability_path(mask_path: Path) -> Path:
 
 
 def predict_path(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: Any,
     input_path: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
@@ -283,6 +323,8 @@ def predict_path(
     output_format: str = "nifti",
     postprocess: bool = True,
     min_lesion_ml: float | None = None,
+    report: bool = False,
+    skip_bad: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
 
@@ -291,12 +333,20 @@ def predict_path(
     names (probabilities in ``OUTPUT/probabilities/``). ``output_format`` ``dicom-seg`` or
     ``nifti,dicom-seg`` (DICOM input only) also writes a DICOM-SEG beside OUTPUT as ``NAME.dcm``
     (see :func:`lungtumor.io.dicom_seg.prediction_seg_path`); ``dicom-seg`` alone skips the NIfTI.
-    ``postprocess`` and ``min_lesion_ml``: see :func:`segment`.
+    ``postprocess`` and ``min_lesion_ml``: see :func:`segment`. ``checkpoint`` may be several
+    checkpoints (or a ``lungtumor cv`` folder): an ensemble. ``report`` also writes, per input, the
+    lesion table and the self-contained HTML report into ``OUTPUT_NAME_report/``
+    (:func:`lungtumor.reporting.html.write_lesions_folder`). ``skip_bad`` (folders): a case that fails
+    is reported in its result (``error``) and the others go on; without it the first failure stops
+    the run (outputs already written are complete files: every writer is atomic).
 
     Returns:
-        One dict per input: input, output, shape, tumour volume (ml), seconds (and ``dicom_seg``).
+        One dict per input: input, output, shape, tumour volume (ml), seconds (and ``dicom_seg``,
+        ``report``, or ``error`` for a skipped case).
     """
-    from lungtumor.io.dicom_seg import OUTPUT_NIFTI, check_dicom_seg_source, parse_output_formats, prediction_seg_path
+    from lungtumor.io.dicom_seg import parse_output_formats, prediction_seg_path
+    from lungtumor.io.nifti import list_niftis
+    from lungtumor.progress import progress_bar
 
     src = Path(input_path)
     out = Path(output)
@@ -304,16 +354,15 @@ def predict_path(
         raise InputError(f"{src}: input not found; pass a .nii/.nii.gz file, a folder of them, or a DICOM series folder")
     formats = parse_output_formats(output_format)
     seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
-    model = load_model(checkpoint, device=resolve_device(device))
+    models = load_ensemble(checkpoint, device=device)
     jobs: list[tuple[Path, Path, Path | None]] = []
     if src.is_dir():
-        niftis = sorted(p for p in src.iterdir() if is_nifti(p) and not p.name.startswith("."))
+        niftis = list_niftis(src)
         if niftis:
             if is_nifti(out):
                 raise InputError(f"{out}: INPUT {src} is a folder of NIfTI files, so OUTPUT must be a folder, not a .nii.gz file")
             for p in niftis:
-                target = out / p.name
-                jobs.append((p, target, out / "probabilities" / p.name if probabilities else None))
+                jobs.append((p, out / p.name, out / "probabilities" / p.name if probabilities else None))
         else:  # a DICOM series folder
             if not is_nifti(out) and out != seg_path:
                 raise InputError(f"{out}: OUTPUT for a DICOM series must be a .nii.gz file")
@@ -325,42 +374,91 @@ def predict_path(
             raise InputError(f"{out}: OUTPUT must end in .nii.gz (or .nii) when INPUT is a file")
         jobs.append((src, out, _probability_path(out) if probabilities else None))
 
-    from lungtumor.progress import progress_bar
-
+    options = dict(
+        threshold=threshold, tta=tta, batch_size=batch_size, device=device, series_uid=series_uid,
+        postprocess=postprocess, min_lesion_ml=min_lesion_ml, report=report,
+    )
     results = []
     with progress_bar(total=len(jobs), description="predict", enabled=progress and len(jobs) > 1) as advance:
         for in_path, mask_path, prob_path in jobs:
-            t0 = time.perf_counter()
-            ct = read_volume(in_path, series_uid=series_uid)
-            if seg_path is not None:  # refused before the model runs: no Frame of Reference, ...
-                check_dicom_seg_source(ct)
-            if OUTPUT_NIFTI in formats:  # ... or a gantry tilt NIfTI cannot hold
-                check_nifti_affine(ct, mask_path)
-            res = segment(
-                ct, model, threshold=threshold, tta=tta, batch_size=batch_size, device=device, return_probabilities=prob_path is not None,
-                postprocess=postprocess, min_lesion_ml=min_lesion_ml,
-            )
-            mask, prob = res if isinstance(res, tuple) else (res, None)
-            if seg_path is not None:
-                from lungtumor import __version__
-                from lungtumor.io.dicom_seg import write_dicom_seg
-
-                used = threshold if threshold is not None else model.info.get("threshold", 0.5)
-                write_dicom_seg(mask, ct, seg_path, algorithm_version=__version__, checkpoint_name=Path(checkpoint).name, threshold=used)
-            if OUTPUT_NIFTI in formats:
-                write_nifti(mask, mask_path, dtype=np.uint8)
-            if prob is not None and prob_path is not None:
-                write_nifti(prob, prob_path, dtype=np.float32)
-            results.append(
-                {
-                    "input": str(in_path),
-                    "output": str(mask_path) if OUTPUT_NIFTI in formats else str(seg_path),
-                    "dicom_seg": str(seg_path) if seg_path is not None else None,
-                    "probabilities": str(prob_path) if prob_path else None,
-                    "shape": mask.shape,
-                    "volume_ml": float(mask.array.sum(dtype=np.int64)) * mask.voxel_volume_ml,
-                    "seconds": time.perf_counter() - t0,
-                }
-            )
+            try:
+                results.append(_predict_one(models, checkpoint, in_path, mask_path, prob_path, seg_path, formats, **options))
+            except LungTumorError as exc:
+                if not skip_bad or len(jobs) == 1:
+                    raise
+                log.warning("skipping %s: %s", in_path, " ".join(str(exc).split()))
+                results.append({"input": str(in_path), "output": None, "error": " ".join(str(exc).split())})
             advance()
     return results
+
+
+def _predict_one(
+    models: list[LoadedModel],
+    checkpoint: Any,
+    in_path: Path,
+    mask_path: Path,
+    prob_path: Path | None,
+    seg_path: Path | None,
+    formats: Any,
+    *,
+    threshold: float | None,
+    tta: str,
+    batch_size: int | None,
+    device: str | None,
+    series_uid: str | None,
+    postprocess: bool,
+    min_lesion_ml: float | None,
+    report: bool,
+) -> dict[str, Any]:
+    """One input of :func:`predict_path`: read, check, segment, write."""
+    from lungtumor.io.dicom_seg import OUTPUT_NIFTI, check_dicom_seg_source
+
+    t0 = time.perf_counter()
+    ct = read_volume(in_path, series_uid=series_uid)
+    if seg_path is not None:  # refused before the model runs: no Frame of Reference, ...
+        check_dicom_seg_source(ct)
+    if OUTPUT_NIFTI in formats:  # ... or a gantry tilt NIfTI cannot hold
+        check_nifti_affine(ct, mask_path)
+    res = segment(
+        ct, models, threshold=threshold, tta=tta, batch_size=batch_size, device=device, return_probabilities=prob_path is not None or report,
+        postprocess=postprocess, min_lesion_ml=min_lesion_ml,
+    )
+    mask, prob = res if isinstance(res, tuple) else (res, None)
+    used = threshold if threshold is not None else models[0].info.get("threshold", 0.5)
+    if seg_path is not None:
+        from lungtumor import __version__
+        from lungtumor.io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(mask, ct, seg_path, algorithm_version=__version__, checkpoint_name=_checkpoint_names(checkpoint), threshold=used)
+    if OUTPUT_NIFTI in formats:
+        write_nifti(mask, mask_path, dtype=np.uint8)
+    if prob is not None and prob_path is not None:
+        write_nifti(prob, prob_path, dtype=np.float32)
+    report_dir = None
+    if report:
+        from lungtumor.reporting.html import write_lesions_folder
+
+        report_dir = mask_path.with_name(f"{nifti_stem(mask_path)}_report")
+        facts = {
+            "checkpoint": _checkpoint_names(checkpoint),
+            "preprocessing": models[0].preprocess.to_dict(),
+            "threshold": used,
+            "ensemble_members": len(models),
+            "tta": tta,
+        }
+        write_lesions_folder(ct, mask, report_dir, probabilities=prob, model_facts=facts, html_report=True)
+    return {
+        "input": str(in_path),
+        "output": str(mask_path) if OUTPUT_NIFTI in formats else str(seg_path),
+        "dicom_seg": str(seg_path) if seg_path is not None else None,
+        "probabilities": str(prob_path) if prob_path else None,
+        "report": str(report_dir / "report.html") if report_dir is not None else None,
+        "shape": mask.shape,
+        "volume_ml": float(mask.array.sum(dtype=np.int64)) * mask.voxel_volume_ml,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _checkpoint_names(checkpoint: Any) -> str:
+    items = checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    return ", ".join(Path(c).name if isinstance(c, (str, os.PathLike)) else "model" for c in items)

@@ -1,0 +1,84 @@
+"""predict: ensembles of checkpoints, the lesion report beside the mask, and --skip-bad over folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import affine_for
+from lungtumor.cli import main
+from lungtumor.errors import ConfigError
+from lungtumor.inference.segment import load_ensemble, segment
+from lungtumor.io.nifti import read_nifti, write_nifti
+from lungtumor.io.volume import Volume
+from lungtumor.model.checkpoint import NET_PREFIX, checkpoint_metadata, load_model
+from lungtumor.model.unet import ModelConfig, UNet
+
+SHAPE = (32, 32, 40)
+SEED_PRE = {"size": 32, "skip_inferior_slices": 30}
+
+
+def _checkpoint(path: Path, seed: int, preprocess: dict | None = None) -> Path:
+    torch.manual_seed(seed)
+    net = UNet(ModelConfig(width=4))
+    meta = checkpoint_metadata(ModelConfig(width=4).to_dict(), preprocess or SEED_PRE, 0, threshold=0.5)
+    torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+def _ct(tmp_path: Path, name: str = "ct.nii.gz") -> Path:
+    rng = np.random.default_rng(0)
+    ct = rng.normal(-700, 50, SHAPE).astype(np.int16)
+    ct[10:18, 12:20, 33:38] = 40
+    return write_nifti(Volume(ct, affine_for("LAS")), tmp_path / "in" / name)
+
+
+def test_an_ensemble_averages_its_members_probabilities(tmp_path) -> None:
+    a, b = _checkpoint(tmp_path / "a.ckpt", 1), _checkpoint(tmp_path / "b.ckpt", 2)
+    ct = read_nifti(_ct(tmp_path))
+    _, pa = segment(ct, load_model(a), return_probabilities=True, precision="fp32")
+    _, pb = segment(ct, load_model(b), return_probabilities=True, precision="fp32")
+    mask, pab = segment(ct, [a, b], return_probabilities=True, precision="fp32")
+    assert not np.allclose(pa.array, pb.array)  # two different members
+    np.testing.assert_allclose(pab.array, (pa.array + pb.array) / 2, atol=1e-6)
+    assert mask.shape == ct.shape and np.array_equal(mask.affine, ct.affine)
+    # a folder of runs (e.g. a cv folder) is an ensemble of its last.ckpt files
+    for k, src in enumerate((a, b)):
+        (tmp_path / "cv" / f"fold-{k}" / "run").mkdir(parents=True)
+        (tmp_path / "cv" / f"fold-{k}" / "run" / "last.ckpt").write_bytes(src.read_bytes())
+    assert len(load_ensemble(tmp_path / "cv")) == 2
+
+
+def test_an_ensemble_refuses_members_of_different_preprocessing(tmp_path) -> None:
+    a = _checkpoint(tmp_path / "a.ckpt", 1)
+    b = _checkpoint(tmp_path / "b.ckpt", 2, {"size": 64, "skip_inferior_slices": 30})
+    with pytest.raises(ConfigError, match="b.ckpt.*preprocessing differs"):
+        load_ensemble([a, b])
+    rc = main(["predict", f"{a},{b}", str(_ct(tmp_path)), str(tmp_path / "out.nii.gz")])
+    assert rc == 2 and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_report_is_written_beside_the_mask(tmp_path, capsys) -> None:
+    ckpt = _checkpoint(tmp_path / "a.ckpt", 1)
+    out = tmp_path / "pred" / "case.nii.gz"
+    assert main(["predict", str(ckpt), str(_ct(tmp_path)), str(out), "--report", "--threshold", "0.45"]) == 0
+    report = tmp_path / "pred" / "case_report"
+    assert (report / "report.html").exists() and (report / "lesions.json").exists() and out.exists()
+    assert "report.html" in capsys.readouterr().out
+
+
+def test_skip_bad_goes_on_and_still_exits_non_zero(tmp_path, capsys) -> None:
+    ckpt = _checkpoint(tmp_path / "a.ckpt", 1)
+    _ct(tmp_path, "a.nii.gz")
+    (tmp_path / "in" / "b.nii.gz").write_bytes(b"not a nifti")
+    _ct(tmp_path, "c.nii.gz")
+    out = tmp_path / "pred"
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), str(out)]) == 2  # without --skip-bad: stops at b
+    capsys.readouterr()
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), str(out), "--skip-bad"]) == 2
+    captured = capsys.readouterr()
+    assert (out / "a.nii.gz").exists() and (out / "c.nii.gz").exists() and not (out / "b.nii.gz").exists()
+    assert "b.nii.gz: skipped" in captured.out and "1 of 3 inputs failed" in captured.err
