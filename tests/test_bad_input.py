@@ -54,6 +54,9 @@ def world(tmp_path_factory) -> dict[str, Path]:
     torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in nan_ckpt.items()}}, w["nan_ckpt"])
     w["store"] = make_store(root / "s")
     w["task"] = root / "s" / "task"
+    # A run folder whose config.yaml is corrupt.
+    (root / "yamlrun").mkdir()
+    (root / "yamlrun" / "config.yaml").write_text("store: [unclosed\n  - : :\n")
     # A run folder whose last.ckpt is text.
     (root / "badrun").mkdir()
     (root / "badrun" / "config.yaml").write_text(f"store: {w['store']}\nout: {root / 'badrun'}\n")
@@ -107,6 +110,8 @@ ROWS = [
     ("train-threshold-2", "train {store} --out {root}/r12 --threshold 2", ["--threshold"], ["r12"]),
     ("train-max-minutes-neg", "train {store} --out {root}/r13 --max-minutes -1", ["--max-minutes"], ["r13"]),
     ("train-resume-text-ckpt", "train --resume {root}/badrun", ["last.ckpt"], []),
+    ("train-resume-corrupt-config", "train --resume {root}/yamlrun", ["config.yaml"], []),
+    ("train-size-0", "train {root}/nostore --out {root}/r15 --size 0", ["--size"], ["r15"]),
     ("train-no-store", "train {root}/nostore --out {root}/r14", ["not a finished slice store"], ["r14"]),
     # visualize
     ("visualize-probabilities", "visualize {ct} {prob} --out {root}/v1.png", ["prob.nii.gz", "0 and 1"], ["v1.png"]),

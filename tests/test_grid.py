@@ -186,13 +186,13 @@ def test_seed_preset_reproduces_the_recipe_bit_for_bit(tmp_path) -> None:
 
 def test_an_old_seed_store_config_still_matches(tmp_path) -> None:
     """A store written before the presets existed (no new keys) is the seed preset on a re-run."""
-    from lungtumor.preprocessing.store import _check_or_write_config
+    from lungtumor.preprocessing.store import _check_config
 
     old = {k: v for k, v in PreprocessConfig().to_dict().items() if k not in ("preset", "spacing_mm", "margin_mm", "pad_multiple", "input_size_px", "context_step_mm")}
     (tmp_path / "config.json").write_text(json.dumps({"format": "lungtumor-slice-store", "version": 1, "preprocess": old}))
-    _check_or_write_config(tmp_path, PreprocessConfig())
+    assert _check_config(tmp_path, PreprocessConfig())
     with pytest.raises(ConfigError, match="different config"):
-        _check_or_write_config(tmp_path, lung_cfg())
+        _check_config(tmp_path, lung_cfg())
 
 
 # --------------------------------------------------------------------------------------------

@@ -203,3 +203,97 @@ def test_cli_lung_preset_store_records_the_grid_and_keeps_every_label(tmp_path, 
         assert grid.pixel_spacing_mm == pytest.approx((3.0, 3.0)) and meta["lung_region"]["found"]
         assert meta["tumour_voxels_covered"] == meta["tumour_voxels_original"]
         assert store.arrays(cid)[0].shape == grid.slice_shape and grid.out_shape[0] % 16 == 0
+
+
+# --------------------------------------------------------------------------------------------
+# Run state that cannot be corrupted
+
+
+def test_failed_first_run_leaves_no_config_and_the_fixed_rerun_works(tmp_path) -> None:
+    from storefix import make_task
+
+    from lungtumor.config import PreprocessConfig, SplitConfig
+    from lungtumor.preprocessing.store import preprocess_task
+
+    task = make_task(tmp_path / "task", n=2)
+    with pytest.raises(InputError):  # 40 slices, and the seed recipe would drop 50
+        preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32, skip_inferior_slices=50), SplitConfig(val_cases=1), progress=False)
+    assert not (tmp_path / "store" / "config.json").exists()
+    s = preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32), SplitConfig(val_cases=1), progress=False)
+    assert len(s["splits"]["train"]) == 1
+
+
+def test_a_store_refuses_a_case_from_another_source_and_a_changed_split(tmp_path) -> None:
+    import shutil
+
+    from storefix import make_task
+
+    from lungtumor.config import PreprocessConfig, SplitConfig
+    from lungtumor.preprocessing.store import preprocess_task
+
+    a = make_task(tmp_path / "a", n=2, seed=0)
+    b = make_task(tmp_path / "b", n=2, seed=1)
+    store = tmp_path / "store"
+    cfg, split = PreprocessConfig(size=32), SplitConfig(val_cases=1)
+    preprocess_task(a, store, cfg, split, progress=False)
+    with pytest.raises(ConfigError, match="lung_000.*use a new STORE_DIR"):
+        preprocess_task(b, store, cfg, split, progress=False)
+    with pytest.raises(ConfigError, match="train STORE --fold"):
+        preprocess_task(a, store, cfg, SplitConfig(folds=2, fold=1), progress=False)
+    # A truncated cached array is detected and the case rebuilt, identical to before.
+    image = store / "cases" / "lung_001" / "image.npy"
+    good = image.read_bytes()
+    image.write_bytes(good[: len(good) // 2])
+    preprocess_task(a, store, cfg, split, progress=False)
+    assert image.read_bytes() == good
+    shutil.rmtree(store / "cases" / "lung_000")
+
+
+def test_corrupt_store_files_are_one_line_errors(tmp_path) -> None:
+    from storefix import make_store
+
+    from lungtumor.preprocessing.store import SliceStore
+
+    store = make_store(tmp_path)
+    for name in ("manifest.json", "store.json"):
+        original = (store / name).read_text()
+        (store / name).write_text(original[: len(original) // 2])
+        with pytest.raises(InputError, match=name) as info:
+            SliceStore(store)
+        assert "\n" not in str(info.value)
+        (store / name).write_text(original)
+    (store / "cases" / "lung_000" / "meta.json").write_text("{")
+    with pytest.raises(InputError, match="meta.json"):
+        SliceStore(store).meta("lung_000")
+    image = store / "cases" / "lung_001" / "image.npy"
+    image.write_bytes(image.read_bytes()[:200])
+    with pytest.raises(InputError, match="lung_001"):
+        SliceStore(store).arrays("lung_001")
+
+
+def test_the_reader_keeps_a_bounded_number_of_cases_open(tmp_path) -> None:
+    """600 tiny cases read in turn: open memory maps (and file descriptors) stay bounded."""
+    import json
+    import os
+
+    from lungtumor.config import PreprocessConfig
+    from lungtumor.preprocessing.store import MAX_OPEN_CASES, STORE_FORMAT, SliceStore
+
+    n = 600
+    cases = {}
+    for i in range(n):
+        d = tmp_path / "cases" / f"c{i:03d}"
+        d.mkdir(parents=True)
+        np.save(d / "image.npy", np.full((2, 4, 4), i, np.float16))
+        np.save(d / "mask.npy", np.zeros((2, 4, 4), np.uint8))
+        cases[f"c{i:03d}"] = {"n_slices": 2, "kept_start": 0, "tumour_voxels": [0, 0], "split": "train"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"cases": cases}))
+    (tmp_path / "store.json").write_text(json.dumps({"format": STORE_FORMAT, "preprocess": PreprocessConfig().to_dict(), "splits": {"train": list(cases), "val": []}}))
+    store = SliceStore(tmp_path)
+    fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
+    for cid in cases:
+        image, _ = store.arrays(cid)
+        assert float(image[0, 0, 0]) == float(np.float16(int(cid[1:])))
+    assert len(store._maps) == MAX_OPEN_CASES
+    if fds_before is not None:
+        assert len(os.listdir("/proc/self/fd")) - fds_before <= 2 * MAX_OPEN_CASES + 8

@@ -154,7 +154,6 @@ def _quiet_lightning() -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
-    import yaml
 
     from lungtumor.errors import ConfigError
     from lungtumor.training.options import TrainConfig, load_config_file
@@ -164,7 +163,10 @@ def _cmd_train(a: argparse.Namespace) -> None:
         saved = Path(a.resume) / "config.yaml"
         if not saved.exists():
             raise ConfigError(f"{saved}: not found; --resume takes a run folder written by `lungtumor train`")
-        options.update(yaml.safe_load(saved.read_text()) or {})
+        from lungtumor.training.options import load_config_file
+
+        saved_options = load_config_file(saved)  # a corrupt config.yaml is a one-line error naming it
+        options.update(saved_options)
     if a.config:
         options.update(load_config_file(a.config))
     given = {k: v for k, v in vars(a).items() if k in TrainConfig.field_names() and v is not None}

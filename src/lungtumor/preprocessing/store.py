@@ -36,6 +36,7 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,10 @@ from lungtumor.preprocessing.recipe import AFFINE_ATOL_MM
 log = logging.getLogger(__name__)
 
 STORE_FORMAT = "lungtumor-slice-store"
+#: Cases whose memory maps a reader keeps open at once (two file descriptors each); the least
+#: recently used are closed beyond it, so stores of thousands of cases stay far below the usual
+#: limit of 1,024 open files per process, per DataLoader worker.
+MAX_OPEN_CASES = 128
 STORE_VERSION = 1
 #: Defaults of :func:`preprocess_task`: the seed preset and a 5-fold split.
 DEFAULT_PREPROCESS = PreprocessConfig()
@@ -144,6 +149,7 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
         "case": case.case_id,
         "image": str(case.image),
         "label": str(case.label),
+        "source": source_identity(case),
         "original_shape": list(ct.shape),
         "original_affine": ct.affine.tolist(),
         "spacing_mm": list(ct.spacing_mm),
@@ -242,7 +248,8 @@ def split_cases(case_ids: Iterable[str], split: SplitConfig) -> dict[str, list[s
 # Whole store
 
 
-def _check_or_write_config(store: Path, cfg: PreprocessConfig) -> None:
+def _check_config(store: Path, cfg: PreprocessConfig) -> bool:
+    """True when ``store`` already holds ``cfg``; False for a new store; ConfigError for another config."""
     path = store / "config.json"
     wanted = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocess": cfg.to_dict()}
     if path.exists():
@@ -265,10 +272,17 @@ def _check_or_write_config(store: Path, cfg: PreprocessConfig) -> None:
                 f"{store}: store was built with a different config (stored vs requested: {diff}); "
                 "use a new STORE_DIR or the options it was built with"
             )
-        return
-    if any(store.iterdir()):
+        return True
+    # A first run interrupted before any case finished leaves only an empty cases/ folder.
+    entries = [e for e in store.iterdir() if not (e.name == "cases" and e.is_dir() and not any(e.iterdir()))]
+    if entries:
         raise ConfigError(f"{store}: folder is not empty and is not a lungtumor store; choose an empty or new folder")
-    write_text_atomic(path, json.dumps(wanted, indent=2))
+    return False
+
+
+def _write_config(store: Path, cfg: PreprocessConfig) -> None:
+    wanted = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocess": cfg.to_dict()}
+    write_text_atomic(store / "config.json", json.dumps(wanted, indent=2))
 
 
 def preprocess_task(
@@ -304,20 +318,34 @@ def preprocess_task(
     cases = find_cases(task_dir, layout=layout, label=label)
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(store, cfg)
     # Left-overs of an interrupted run are never valid cases.
     for tmp in (store / "cases").glob(".tmp-*") if (store / "cases").is_dir() else []:
         shutil.rmtree(tmp, ignore_errors=True)
+    config_written = _check_config(store, cfg)
+    _check_split_unchanged(store, split)
 
     metas: dict[str, dict[str, Any]] = {}
     todo = []
     for case in cases:
-        meta_path = store / "cases" / case.case_id / "meta.json"
-        if meta_path.exists():
-            metas[case.case_id] = json.loads(meta_path.read_text())
-        else:
-            todo.append(case)
+        case_dir = store / "cases" / case.case_id
+        if (case_dir / "meta.json").exists():
+            meta = read_json(case_dir / "meta.json", "case metadata")
+            check_same_source(meta, case, store)
+            if cached_arrays_ok(case_dir, meta):
+                metas[case.case_id] = meta
+                continue
+            log.warning("%s: cached arrays are truncated or corrupt; rebuilding this case", case_dir)
+            shutil.rmtree(case_dir)
+        todo.append(case)
     skipped: dict[str, str] = {}
+
+    def on_success() -> None:
+        # The config is written once the first case has succeeded: a first run that fails leaves
+        # no config behind to refuse the corrected re-run as "a different config".
+        nonlocal config_written
+        if not config_written:
+            _write_config(store, cfg)
+            config_written = True
 
     from lungtumor.progress import progress_bar
 
@@ -326,13 +354,13 @@ def preprocess_task(
             results: Iterable[tuple[str, dict[str, Any] | None, LungTumorError | None]] = (
                 _process_case_safe(c, str(store), cfg) for c in todo
             )
-            _collect(results, metas, skipped, skip_bad, advance)
+            _collect(results, metas, skipped, skip_bad, advance, on_success)
         else:
             ctx = _pool_context()
             with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
                 futures = [pool.submit(_process_case_safe, c, str(store), cfg) for c in todo]
                 try:
-                    _collect((f.result() for f in cf.as_completed(futures)), metas, skipped, skip_bad, advance)
+                    _collect((f.result() for f in cf.as_completed(futures)), metas, skipped, skip_bad, advance, on_success)
                 except BaseException:
                     for f in futures:
                         f.cancel()
@@ -340,10 +368,12 @@ def preprocess_task(
 
     if not metas:
         raise InputError(f"{task_dir}: no case could be preprocessed ({len(skipped)} skipped)")
+    if not config_written:  # every case was already in the store
+        _write_config(store, cfg)
     return write_manifest(store, cfg, split, metas, skipped)
 
 
-def _collect(results, metas, skipped, skip_bad, advance) -> None:  # type: ignore[no-untyped-def]
+def _collect(results, metas, skipped, skip_bad, advance, on_success) -> None:  # type: ignore[no-untyped-def]
     for cid, meta, err in results:
         if err is not None:
             if not skip_bad:
@@ -352,7 +382,69 @@ def _collect(results, metas, skipped, skip_bad, advance) -> None:  # type: ignor
             skipped[cid] = str(err)
         else:
             metas[cid] = meta
+            on_success()
         advance()
+
+
+def source_identity(case: CaseFiles) -> dict[str, Any]:
+    """Where a case came from: resolved paths, sizes and modification times of its image and label."""
+    out: dict[str, Any] = {}
+    for role, path in (("image", case.image), ("label", case.label)):
+        if path is None:
+            continue
+        st = Path(path).stat()
+        out[role] = {"path": str(Path(path).resolve()), "size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns)}
+    return out
+
+
+def check_same_source(meta: dict[str, Any], case: CaseFiles, store: Path) -> None:
+    """Refuse to reuse a stored case that came from other files than the dataset's case of that name."""
+    recorded = meta.get("source")
+    if not recorded:  # a store written before sources were recorded: nothing to compare
+        return
+    now = source_identity(case)
+    for role in ("image", "label"):
+        if recorded.get(role) != now.get(role):
+            was, is_ = recorded.get(role) or {}, now.get(role) or {}
+            raise ConfigError(
+                f"{store}: case {case.case_id} was preprocessed from {was.get('path')} ({was.get('size')} bytes) but the dataset's "
+                f"{role} is now {is_.get('path')} ({is_.get('size')} bytes); use a new STORE_DIR (or delete the store) for this dataset"
+            )
+
+
+def cached_arrays_ok(case_dir: Path, meta: dict[str, Any]) -> bool:
+    """True when ``image.npy`` and ``mask.npy`` open and have the slice count and shape ``meta`` records."""
+    try:
+        image = np.load(case_dir / "image.npy", mmap_mode="r")
+        mask = np.load(case_dir / "mask.npy", mmap_mode="r")
+    except (OSError, ValueError, EOFError):
+        return False
+    n = int(meta.get("n_slices", -1))
+    return image.shape[0] == n and mask.shape == image.shape[:1] + image.shape[1:] and image.ndim == 3
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file of the store, or a one-line InputError naming it (truncated, corrupt, unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: {what} missing; the store is incomplete, re-run `lungtumor preprocess` into a new folder") from exc
+    except (OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{path}: {what} is corrupt ({first}); delete the store folder and re-run `lungtumor preprocess`") from exc
+
+
+def _check_split_unchanged(store: Path, split: SplitConfig) -> None:
+    """A store's split is fixed once written: runs depend on it. A different fold is the run's to choose."""
+    summary_path = store / "store.json"
+    if not summary_path.exists():
+        return
+    have = read_json(summary_path, "store summary").get("split_config")
+    if have is not None and have != split.to_dict():
+        raise ConfigError(
+            f"{store}: the store's split is {have}, not {split.to_dict()}; runs trained on this store depend on it, so it is "
+            "not rewritten: choose the fold when training (`lungtumor train STORE --fold K`) or preprocess into a new folder"
+        )
 
 
 def write_manifest(
@@ -414,12 +506,12 @@ class SliceStore:
                 f"{self.root}: not a finished slice store (store.json/manifest.json missing); "
                 "run `lungtumor preprocess TASK_DIR STORE_DIR` first"
             )
-        self.summary: dict[str, Any] = json.loads(summary_path.read_text())
+        self.summary: dict[str, Any] = read_json(summary_path, "store summary")
         if self.summary.get("format") != STORE_FORMAT:
             raise InputError(f"{summary_path}: not a lungtumor slice store")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+        self.manifest: dict[str, Any] = read_json(manifest_path, "store manifest")
         self.preprocess = PreprocessConfig.from_dict(self.summary["preprocess"])
-        self._maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._maps: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._metas: dict[str, dict[str, Any]] = {}
 
     @property
@@ -439,7 +531,7 @@ class SliceStore:
         """The case's ``meta.json`` (read once)."""
         meta = self._metas.get(case)
         if meta is None:
-            meta = json.loads((self.root / "cases" / case / "meta.json").read_text())
+            meta = read_json(self.root / "cases" / case / "meta.json", "case metadata")
             self._metas[case] = meta
         return meta
 
@@ -460,16 +552,25 @@ class SliceStore:
     def arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
         """Memory-mapped (image (D,H,W) float16, mask (D,H,W) uint8) of ``case`` (H, W may differ between cases)."""
         maps = self._maps.get(case)
-        if maps is None:
-            d = self.root / "cases" / case
+        if maps is not None:
+            self._maps.move_to_end(case)
+            return maps
+        d = self.root / "cases" / case
+        try:
             maps = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / "mask.npy", mmap_mode="r"))
-            self._maps[case] = maps
+        except (OSError, ValueError, EOFError) as exc:
+            raise InputError(f"{d}: image.npy/mask.npy unreadable or truncated ({exc}); re-run `lungtumor preprocess` to rebuild the case") from exc
+        if maps[0].shape[0] != self.n_slices(case) or maps[0].shape != maps[1].shape:
+            raise InputError(f"{d}: image.npy {maps[0].shape} / mask.npy {maps[1].shape} do not match the manifest; re-run `lungtumor preprocess`")
+        self._maps[case] = maps
+        while len(self._maps) > MAX_OPEN_CASES:  # each map holds a file descriptor
+            self._maps.popitem(last=False)
         return maps
 
     def __getstate__(self) -> dict[str, Any]:
         # Memory maps are reopened in each worker process rather than pickled.
         state = dict(self.__dict__)
-        state["_maps"] = {}
+        state["_maps"] = OrderedDict()
         return state
 
 
