@@ -506,7 +506,8 @@ def fit_grid(ct: Volume, region: Volume | None, cfg: PreprocessConfig) -> SliceG
         if ck <= cfg.skip_inferior_slices:
             raise InputError(
                 f"{ct.meta.get('path', 'CT')}: has {ck} axial slices, not more than the "
-                f"{cfg.skip_inferior_slices} the recipe drops; use --skip-inferior-slices smaller than {ck}"
+                f"{cfg.skip_inferior_slices} the seed preset drops; preprocess with --skip-inferior-slices below {ck}, or use the lung preset "
+                "(it keeps the slices of the lung extent), and a model trained on it"
             )
         s = cfg.size
         # The CT's centre convention (bilinear, align_corners=False); the seed's mask differs (module docstring).
