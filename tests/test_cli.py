@@ -38,7 +38,7 @@ def test_train_errors_are_one_line(tmp_path, capsys) -> None:
     bad = tmp_path / "c.yaml"
     bad.write_text("epochz: 3\n")
     rc, _, err = _run(capsys, "train", str(tmp_path / "nostore"), "--out", str(tmp_path / "r"), "--config", str(bad))
-    assert rc == 2 and "unknown training options" in err
+    assert rc == 2 and "unknown training option" in err
 
 
 def test_evaluate_and_visualize_errors(tmp_path, capsys) -> None:

@@ -82,3 +82,14 @@ def test_skip_bad_goes_on_and_still_exits_non_zero(tmp_path, capsys) -> None:
     captured = capsys.readouterr()
     assert (out / "a.nii.gz").exists() and (out / "c.nii.gz").exists() and not (out / "b.nii.gz").exists()
     assert "b.nii.gz: skipped" in captured.out and "1 of 3 inputs failed" in captured.err
+
+
+def test_a_scan_that_is_not_hu_is_warned_about(tmp_path, caplog) -> None:
+    from lungtumor.inference.segment import hu_range_warnings
+
+    ct = read_nifti(_ct(tmp_path))
+    assert hu_range_warnings(ct) == []
+    scaled = Volume(ct.array.astype(np.float32) * 1000, ct.affine, {"path": "x1000.nii.gz"})
+    assert "x1000.nii.gz" in hu_range_warnings(scaled)[0]
+    no_air = Volume(np.full((8, 8, 8), 40, np.int16), ct.affine)
+    assert "no air" in hu_range_warnings(no_air)[0]

@@ -88,7 +88,7 @@ def test_config_file_and_unknown_options(tmp_path) -> None:
     p.write_text("epochs: 3\nbatch-size: 2\nloss: bce+dice\n")
     cfg = TrainConfig.from_dict(load_config_file(p))
     assert cfg.epochs == 3 and cfg.batch_size == 2 and cfg.loss == "bce+dice"
-    with pytest.raises(ConfigError, match="unknown training options"):
+    with pytest.raises(ConfigError, match="unknown training option"):
         TrainConfig.from_dict({"epochz": 3})
     j = tmp_path / "c.json"
     j.write_text(json.dumps({"lr": 0.01}))

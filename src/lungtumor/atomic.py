@@ -65,6 +65,11 @@ def atomic_output(path: str | os.PathLike[str], suffix: str | None = None) -> It
         yield Path(tmp)
         publish_permissions(tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename == tmp:  # name the file the user asked for, not our hidden temporary one
+            raise OSError(exc.errno, exc.strerror, str(target)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

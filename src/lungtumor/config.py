@@ -33,6 +33,9 @@ def check_known_keys(cls: type, d: dict[str, Any], what: str) -> None:
 
 #: Hounsfield units of air, used to pad and as the value outside the body.
 HU_AIR = -1000
+#: Two volumes are on the same grid when their shapes are equal and their affines agree to this (mm):
+#: far below any voxel, above float32 storage and DICOM decimal-string rounding.
+GRID_ATOL_MM = 1e-3
 #: Lung window for display (centre, width) in HU.
 LUNG_WINDOW_HU = (-600.0, 1500.0)
 

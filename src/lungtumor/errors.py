@@ -7,8 +7,12 @@ found, and how to fix it. The CLI prints ``str(exc)`` on one line and exits non-
 from __future__ import annotations
 
 
-class LungTumorError(Exception):
-    """Base class for every error that is the user's to fix (bad input, bad options)."""
+class LungTumorError(ValueError):
+    """Base class for every error that is the user's to fix (bad input, bad options).
+
+    A ``ValueError``, so that code catching bad values in general catches these too.
+    Programmer errors (a wrong shape passed between our own functions) are not LungTumorErrors.
+    """
 
 
 class InputError(LungTumorError):

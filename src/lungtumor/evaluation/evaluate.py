@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import atomic_output, write_text_atomic
+from lungtumor.config import GRID_ATOL_MM
 from lungtumor.errors import GeometryError, InputError
 from lungtumor.evaluation.lesions import (
     CONNECTIVITY,
@@ -61,8 +62,6 @@ from lungtumor.io.volume import Volume
 
 #: Default normalised-surface-Dice tolerance, mm.
 DEFAULT_TOLERANCE_MM = 2.0
-#: Two grids are the same when shapes agree and affines agree to this many mm.
-GRID_ATOL_MM = 1e-3
 #: A probability map for case NAME may be called NAME + this suffix (``NAME_prob.nii.gz``).
 PROB_SUFFIX = "_prob"
 #: Output file names inside ``out_dir``.

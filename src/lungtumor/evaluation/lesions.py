@@ -60,6 +60,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull
 
 from lungtumor.atomic import write_text_atomic
+from lungtumor.config import GRID_ATOL_MM
 from lungtumor.errors import GeometryError, InputError
 from lungtumor.io.volume import Volume
 
@@ -92,8 +93,6 @@ LUNG_SECOND_FRACTION = 0.1
 #: The lung region is labelled on a strided copy of at most this many voxels (only the
 #: assignment of each lung to a side depends on it).
 LUNG_LABEL_MAX_VOXELS = 8_000_000
-#: Two grids are the same when shapes agree and affines agree to this many mm.
-GRID_ATOL_MM = 1e-3
 #: Slack for probabilities stored as float16/float32 slightly outside [0, 1].
 PROB_RANGE_SLACK = 1e-3
 #: Cubic millimetres per millilitre.

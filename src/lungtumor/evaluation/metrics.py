@@ -134,20 +134,6 @@ def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def _crop_to_union(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop both masks to the union's bounding box plus a margin (distances are unchanged)."""
-    union = pred | ref
-    slices = []
-    for axis in range(union.ndim):
-        other_axes = tuple(a for a in range(union.ndim) if a != axis)
-        present = np.flatnonzero(union.any(axis=other_axes))
-        lo = max(int(present[0]) - _CROP_MARGIN_VOXELS, 0)
-        hi = min(int(present[-1]) + 1 + _CROP_MARGIN_VOXELS, union.shape[axis])
-        slices.append(slice(lo, hi))
-    box = tuple(slices)
-    return pred[box], ref[box]
-
-
 def _monai_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Masks as MONAI wants them: one-hot-like float tensors shaped (B=1, C=1, *spatial).
 

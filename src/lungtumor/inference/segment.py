@@ -160,6 +160,8 @@ def segment(
         raise InputError(f"{volume.meta.get('path', 'CT')}: contains NaN or infinite voxels; fix the CT first")
     if min_lesion_ml is not None and not (np.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
         raise ConfigError(f"--min-lesion-ml {min_lesion_ml} must be a volume in ml >= 0")
+    for message in hu_range_warnings(volume):
+        log.warning("%s", message)
     cfg = loaded.preprocess
     if region is None and cfg.preset != "seed":
         region = lung_region(volume)
@@ -186,6 +188,27 @@ def segment(
         kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
         mask_vol = Volume(kept, mask_vol.affine, dict(meta))
     return mask_vol if prob_vol is None else (mask_vol, prob_vol)
+
+
+#: A CT in Hounsfield units spans about -1024 (air) to 3071 (dense bone, the 12-bit top); scanners
+#: write -2048/-3024 outside the reconstruction circle and metal may reach ~30,000.
+PLAUSIBLE_HU = (-4000.0, 40000.0)
+#: Every chest CT holds air (lungs, outside the body) well below this.
+AIR_BELOW_HU = -500.0
+
+
+def hu_range_warnings(volume: Volume) -> list[str]:
+    """Warnings for a volume that does not look like CT in HU (scaled values, or no air at all)."""
+    if volume.array.size == 0:
+        return []
+    lo, hi = float(volume.array.min()), float(volume.array.max())
+    where = volume.meta.get("path", "CT")
+    out = []
+    if lo < PLAUSIBLE_HU[0] or hi > PLAUSIBLE_HU[1]:
+        out.append(f"{where}: values span {lo:g} to {hi:g}, far outside CT's Hounsfield range; is the file scaled (e.g. x1000) or not a CT?")
+    elif lo > AIR_BELOW_HU:
+        out.append(f"{where}: no voxel below {AIR_BELOW_HU:g} HU (lowest {lo:g}): no air, so not a chest CT in HU? The result may be meaningless")
+    return out
 
 
 def load_ensemble(model: Any, device: str | torch.device | None = None) -> list[LoadedModel]:

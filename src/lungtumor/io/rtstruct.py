@@ -171,6 +171,8 @@ def rasterize_rtstruct(
     if len(matches) > 1:
         raise InputError(f"{path}: {len(matches)} ROIs are named '{roi_name}'; rename them so the name is unique")
     roi = matches[0]
+    if roi.get("ROINumber") in (None, ""):
+        raise InputError(f"{path}: ROI '{roi_name}' has no ROINumber, so its contours cannot be found; re-export the RTSTRUCT")
     roi_number = int(roi.ROINumber)
 
     ct_frame = str(ct.meta.get("frame_of_reference_uid", "") or "")

@@ -72,7 +72,7 @@ from typing import Any
 import numpy as np
 from nibabel import orientations as nio
 
-from lungtumor.config import HU_AIR, PreprocessConfig, check_known_keys
+from lungtumor.config import GRID_ATOL_MM, HU_AIR, PreprocessConfig, check_known_keys
 from lungtumor.errors import GeometryError, InputError
 from lungtumor.io.volume import Volume, orientation_transform, reorient, undo_reorient_array
 
@@ -82,8 +82,6 @@ log = logging.getLogger(__name__)
 GridConfig = PreprocessConfig
 #: Canonical slices converted and resampled at a time (bounds the float32 working memory).
 CHUNK_SLICES = 32
-#: Affines of a volume and of the grid it is mapped with may differ by float noise; more is an error.
-GRID_ATOL_MM = 1e-3
 #: Tolerance when deciding that a step or an index is a whole number of voxels.
 _INTEGER_TOL = 1e-9
 #: A mask voxel is set where the bilinearly mapped-back value is above this.

@@ -15,7 +15,6 @@ from lungtumor.io.volume import Volume, reorient, undo_reorient_array
 log = logging.getLogger(__name__)
 
 
-AFFINE_ATOL_MM = 1e-3
 
 
 # --------------------------------------------------------------------------------------------

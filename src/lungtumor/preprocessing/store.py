@@ -44,13 +44,12 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import publish_permissions, write_text_atomic
-from lungtumor.config import PreprocessConfig, SplitConfig
+from lungtumor.config import GRID_ATOL_MM, PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorError
 from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
 from lungtumor.io.nifti import read_nifti
 from lungtumor.io.volume import Volume
 from lungtumor.preprocessing.grid import SliceGrid, fit_grid
-from lungtumor.preprocessing.recipe import AFFINE_ATOL_MM
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
             f"{case.label}: shape {label.shape} differs from its image {case.image.name} {ct.shape}; "
             "the label must be on the image's grid"
         )
-    if not np.allclose(label.affine, ct.affine, atol=AFFINE_ATOL_MM):
+    if not np.allclose(label.affine, ct.affine, atol=GRID_ATOL_MM):
         raise GeometryError(
             f"{case.label}: affine differs from its image {case.image.name} "
             f"(max difference {np.abs(label.affine - ct.affine).max():.4g} mm); the label must be on the image's grid"
@@ -315,6 +314,8 @@ def preprocess_task(
     Returns:
         The store summary (also written as ``store.json``).
     """
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"--workers {workers}: must be at least 1 (processes working on cases in parallel)")
     cases = find_cases(task_dir, layout=layout, label=label)
     store = Path(store_dir)
     store.mkdir(parents=True, exist_ok=True)

@@ -34,14 +34,12 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import atomic_output
-from lungtumor.config import LUNG_WINDOW_HU
+from lungtumor.config import GRID_ATOL_MM, LUNG_WINDOW_HU
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.volume import Volume, reorient
 
 #: Orientation every volume is brought to before display (see the module docstring).
 DISPLAY_AXCODES = ("L", "P", "S")
-#: Two grids are the same when shapes agree and affines agree to this many mm.
-GRID_ATOL_MM = 1e-3
 #: Slices shown beyond the tumour-bearing range on each side in the GIF.
 TUMOUR_MARGIN_SLICES = 3
 #: At most this many GIF frames; longer ranges are subsampled evenly.

@@ -30,12 +30,12 @@ DEFAULT_LOSS = "bce"
 
 def _check_pair(logits: torch.Tensor, target: torch.Tensor) -> None:
     if logits.shape != target.shape:
-        raise ConfigError(
+        raise ValueError(
             f"loss: logits shape {tuple(logits.shape)} differs from target shape {tuple(target.shape)}; "
             "the model's out_channels and the mask layout (N, 1, H, W) must agree"
         )
     if logits.ndim < 2:
-        raise ConfigError(f"loss: expected (N, C, H, W) tensors, got shape {tuple(logits.shape)}")
+        raise ValueError(f"loss: expected (N, C, H, W) tensors, got shape {tuple(logits.shape)}")
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

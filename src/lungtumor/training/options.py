@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lungtumor.config import check_known_keys
 from lungtumor.errors import ConfigError, InputError
 
 #: Probability threshold that turns the sigmoid into a mask (the seed thresholds at 0.5).
@@ -174,10 +175,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a dict (config file, keys already normalised to ``_``); unknown keys are an error."""
-        names = set(cls.field_names())
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown training options {unknown}; valid options: {sorted(names)}")
+        check_known_keys(cls, d, "training option")
         try:
             return cls(**d)
         except TypeError as exc:  # a value of the wrong kind, e.g. a list where a number goes
