@@ -17,12 +17,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/lungtumor demo
 
+# One pytest worker per core (each single-threaded, see tests/conftest.py).
+JOBS ?= 2
+
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(JOBS)
 
 # The suite without the end-to-end tests marked slow (a quick check while editing).
 test-quick: setup lint
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(JOBS) -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

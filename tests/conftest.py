@@ -8,8 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Keep the suite's thread use predictable on small CI machines.
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Keep the suite's thread use predictable on small CI machines. Under pytest-xdist (`make test`
+# runs one worker per core) every worker, and every process it starts, uses one thread: two
+# workers with two threads each on two cores oversubscribe them, which slows oneDNN several-fold.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+else:
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 
