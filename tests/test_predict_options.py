@@ -93,3 +93,48 @@ def test_a_scan_that_is_not_hu_is_warned_about(tmp_path, caplog) -> None:
     assert "x1000.nii.gz" in hu_range_warnings(scaled)[0]
     no_air = Volume(np.full((8, 8, 8), 40, np.int16), ct.affine)
     assert "no air" in hu_range_warnings(no_air)[0]
+
+
+@pytest.mark.slow
+def test_prediction_is_sharded_across_launcher_processes(tmp_path) -> None:
+    """Two CPU processes started by torch's launcher (torchrun): each case predicted once, every output complete.
+
+    No process group is needed (ranks share nothing but the folder), so none is initialised; under
+    one that is (e.g. gloo or NCCL set up by the caller), its rank and world size are used.
+    """
+    import subprocess
+    import sys
+
+    ckpt = _checkpoint(tmp_path / "a.ckpt", 1)
+    for name in ("a", "b", "c", "d", "e"):
+        _ct(tmp_path, f"{name}.nii.gz")
+    out = tmp_path / "pred"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "0", "-m", "lungtumor.cli",
+         "predict", str(ckpt), str(tmp_path / "in"), str(out)],
+        capture_output=True, text=True, timeout=240, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [ln for ln in proc.stdout.splitlines() if " -> " in ln]
+    predicted = sorted(Path(ln.split(" -> ")[0]).name for ln in lines)
+    assert predicted == ["a.nii.gz", "b.nii.gz", "c.nii.gz", "d.nii.gz", "e.nii.gz"]  # each exactly once over both ranks
+    single = tmp_path / "single"
+    assert main(["predict", str(ckpt), str(tmp_path / "in"), str(single)]) == 0
+    for name in ("a", "b", "c", "d", "e"):
+        np.testing.assert_array_equal(read_nifti(out / f"{name}.nii.gz").array, read_nifti(single / f"{name}.nii.gz").array)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_shard_of_this_process_reads_the_launcher_environment(monkeypatch) -> None:
+    from lungtumor.inference.segment import shard_of_this_process
+
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+        monkeypatch.delenv(key, raising=False)
+    assert shard_of_this_process() == (0, 1)
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert shard_of_this_process() == (2, 4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert shard_of_this_process() == (1, 2)

@@ -366,6 +366,11 @@ def predict_path(
     Returns:
         One dict per input: input, output, shape, tumour volume (ml), seconds (and ``dicom_seg``,
         ``report``, or ``error`` for a skipped case).
+
+    Sharded: started by a launcher (``torchrun --nproc-per-node N -m lungtumor.cli predict ...``, or N
+    SLURM tasks), each process predicts every N-th input of a folder (:func:`shard_of_this_process`),
+    on its own GPU where there are several; no input is predicted twice, and every output is
+    written atomically, so the shards never see each other's partial files.
     """
     from lungtumor.io.dicom_seg import parse_output_formats, prediction_seg_path
     from lungtumor.io.nifti import list_niftis
@@ -377,7 +382,9 @@ def predict_path(
         raise InputError(f"{src}: input not found; pass a .nii/.nii.gz file, a folder of them, or a DICOM series folder")
     formats = parse_output_formats(output_format)
     seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
-    models = load_ensemble(checkpoint, device=device)
+    if device is not None:
+        resolve_device(device)  # a bad --device is refused before any work
+    models = load_ensemble(checkpoint)
     jobs: list[tuple[Path, Path, Path | None]] = []
     if src.is_dir():
         niftis = list_niftis(src)
@@ -397,6 +404,11 @@ def predict_path(
             raise InputError(f"{out}: OUTPUT must end in .nii.gz (or .nii) when INPUT is a file")
         jobs.append((src, out, _probability_path(out) if probabilities else None))
 
+    rank, world = shard_of_this_process()
+    if world > 1:  # torchrun / SLURM / Lightning launchers: each rank predicts every world-th case, none twice
+        jobs = jobs[rank::world]
+        if device is None and torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     options = dict(
         threshold=threshold, tta=tta, batch_size=batch_size, device=device, series_uid=series_uid,
         postprocess=postprocess, min_lesion_ml=min_lesion_ml, report=report,
@@ -413,6 +425,22 @@ def predict_path(
                 results.append({"input": str(in_path), "output": None, "error": " ".join(str(exc).split())})
             advance()
     return results
+
+
+def shard_of_this_process() -> tuple[int, int]:
+    """(rank, world size) of this process: from an initialised torch.distributed group, else from the
+    launcher's environment (torchrun's RANK/WORLD_SIZE, SLURM's SLURM_PROCID/SLURM_NTASKS), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_key in os.environ and world_key in os.environ:
+            try:
+                rank, world = int(os.environ[rank_key]), int(os.environ[world_key])
+            except ValueError:
+                continue
+            if 0 <= rank < world:
+                return rank, world
+    return 0, 1
 
 
 def _predict_one(
