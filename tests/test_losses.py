@@ -84,6 +84,9 @@ def test_float32_under_bf16_autocast_and_gradients() -> None:
         assert torch.isfinite(grad.float()).all()
 
 
-def test_shape_mismatch() -> None:
-    with pytest.raises(ConfigError, match="differs from target shape"):
+def test_shape_mismatch_is_a_programmer_error_not_a_user_config_error() -> None:
+    from lungtumor.errors import LungTumorError
+
+    with pytest.raises(ValueError, match="differs from target shape") as info:
         bce_loss(torch.zeros(1, 2, 4, 4), torch.zeros(1, 1, 4, 4))
+    assert not isinstance(info.value, LungTumorError)  # the CLI would report it as the user's mistake
