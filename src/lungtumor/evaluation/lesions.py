@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nibabel import orientations as nio
 from scipy import ndimage
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull
@@ -62,7 +61,7 @@ from scipy.spatial import ConvexHull
 from lungtumor.atomic import write_text_atomic
 from lungtumor.config import GRID_ATOL_MM
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.io.volume import Volume
+from lungtumor.io.volume import Volume, voxel_orientation
 
 #: Connectivity of lesion instances (3x3x3 structuring element).
 CONNECTIVITY = 26
@@ -227,12 +226,7 @@ def slice_frame(affine: np.ndarray, source: str = "volume") -> SliceFrame:
             :data:`MAX_SLICE_TILT_DEG` from it, or the orientation is unknown.
     """
     aff = np.asarray(affine, dtype=np.float64)
-    try:
-        ornt = nio.io_orientation(aff)
-    except Exception as exc:  # nibabel raises for degenerate affines
-        raise GeometryError(f"{source}: cannot determine the orientation of affine {aff.tolist()}: {exc}") from exc
-    if np.any(np.isnan(ornt)):
-        raise GeometryError(f"{source}: the orientation of affine {aff.tolist()} is unknown (an axis has no direction)")
+    ornt = voxel_orientation(aff, str(source))
     slice_axis = int(np.flatnonzero(ornt[:, 0] == 2)[0])
     a, b = (ax for ax in range(3) if ax != slice_axis)
     col_a, col_b = aff[:3, a], aff[:3, b]

@@ -96,15 +96,21 @@ class Volume:
 # Orientation
 
 
+def voxel_orientation(affine: np.ndarray, source: str = "volume") -> np.ndarray:
+    """nibabel's orientation (axis, flip) of each voxel axis of ``affine``, or a one-line GeometryError."""
+    aff = np.asarray(affine, dtype=np.float64)
+    try:
+        ornt = nio.io_orientation(aff)
+    except Exception as exc:  # nibabel raises for degenerate affines
+        raise GeometryError(f"{source}: cannot determine the orientation of affine {aff.tolist()}: {exc}") from exc
+    if np.any(np.isnan(ornt)):
+        raise GeometryError(f"{source}: the orientation of affine {aff.tolist()} is unknown (an axis has no direction)")
+    return ornt
+
+
 def orientation_transform(affine: np.ndarray, axcodes: tuple[str, ...]) -> np.ndarray:
     """nibabel orientation transform taking an array with ``affine`` to ``axcodes``."""
-    try:
-        current = nio.io_orientation(affine)
-    except Exception as exc:  # nibabel raises for degenerate affines
-        raise GeometryError(f"cannot determine the orientation of affine {affine!r}: {exc}") from exc
-    if np.any(np.isnan(current)):
-        raise GeometryError(f"the orientation of affine {affine.tolist()} is unknown (an axis has no direction)")
-    return nio.ornt_transform(current, nio.axcodes2ornt(axcodes))
+    return nio.ornt_transform(voxel_orientation(affine), nio.axcodes2ornt(axcodes))
 
 
 def reorient(volume: Volume, axcodes: tuple[str, ...]) -> tuple[Volume, np.ndarray]:
