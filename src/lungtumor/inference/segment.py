@@ -497,7 +497,8 @@ def _predict_one(
             "ensemble_members": len(models),
             "tta": tta,
         }
-        write_lesions_folder(ct, mask, report_dir, probabilities=prob, model_facts=facts, html_report=True)
+        written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
+        write_lesions_folder(ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True)
     return {
         "input": str(in_path),
         "output": str(mask_path) if OUTPUT_NIFTI in formats else str(seg_path),
