@@ -61,7 +61,7 @@ from scipy.spatial import ConvexHull
 from lungtumor.atomic import write_text_atomic
 from lungtumor.config import GRID_ATOL_MM
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.io.volume import Volume, voxel_orientation
+from lungtumor.io.volume import Volume, foreground_box, voxel_orientation
 
 #: Connectivity of lesion instances (3x3x3 structuring element).
 CONNECTIVITY = 26
@@ -395,7 +395,7 @@ def longest_diameters_mm(labels: np.ndarray, count: int, affine: np.ndarray, sou
     """
     frame = slice_frame(affine, source)
     out = np.zeros(count, dtype=np.float64)
-    crop_box = _bounding_box(labels != 0) if count else None
+    crop_box = foreground_box(labels != 0) if count else None
     if crop_box is None:
         return out
     crop = labels[crop_box]
@@ -409,18 +409,6 @@ def longest_diameters_mm(labels: np.ndarray, count: int, affine: np.ndarray, sou
 
 # --------------------------------------------------------------------------------------------
 # Instances
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the foreground, None when empty."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(mask.any(axis=others))
-        if present.size == 0:
-            return None
-        box.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(box)
 
 
 def _label_dtype(count: int) -> np.dtype:
@@ -490,7 +478,7 @@ def _label_cropped(fg: np.ndarray) -> _Labelled:
     The same ids as ``ndimage.label`` on the whole array followed by a stable sort on size
     (ndimage numbers components by their first voxel in C order), computed box by box.
     """
-    box = _bounding_box(fg)
+    box = foreground_box(fg)
     if box is None:
         return _Labelled(np.zeros((0, 0, 0), dtype=np.uint8), (slice(0, 0),) * fg.ndim, 0, [], np.zeros(0, dtype=np.int64))
     pieces = []

@@ -50,6 +50,7 @@ import torch
 from scipy import ndimage
 
 from lungtumor.errors import ConfigError, GeometryError
+from lungtumor.io.volume import foreground_box
 
 #: HD95's percentile.
 HD_PERCENTILE = 95.0
@@ -95,31 +96,19 @@ def _check_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return p[box], r[box]
 
 
-def _bounds(mask: np.ndarray) -> list[tuple[int, int]] | None:
-    """Per-axis (first, last) foreground index of one mask, None when empty."""
-    bounds = []
-    for axis in range(mask.ndim):
-        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other_axes))
-        if present.size == 0:
-            return None
-        bounds.append((int(present[0]), int(present[-1])))
-    return bounds
-
-
 def _union_box(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...]:
     """Bounding box of pred | ref plus a margin, clipped to the array.
 
     Computed per mask and merged: ``pred | ref`` on a full scan is slow when one array is
     Fortran-ordered (as nibabel returns NIfTI data) and the other C-ordered.
     """
-    boxes = [b for b in (_bounds(pred), _bounds(ref)) if b is not None]
+    boxes = [b for b in (foreground_box(pred), foreground_box(ref)) if b is not None]
     if not boxes:
         return (slice(0, 0),) * pred.ndim
     slices = []
     for axis, size in enumerate(pred.shape):
-        lo = min(b[axis][0] for b in boxes) - _CROP_MARGIN_VOXELS
-        hi = max(b[axis][1] for b in boxes) + 1 + _CROP_MARGIN_VOXELS
+        lo = min(b[axis].start for b in boxes) - _CROP_MARGIN_VOXELS
+        hi = max(b[axis].stop for b in boxes) + _CROP_MARGIN_VOXELS
         slices.append(slice(max(lo, 0), min(hi, size)))
     return tuple(slices)
 

@@ -28,7 +28,7 @@ import torch
 from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
-from lungtumor.io.volume import Volume
+from lungtumor.io.volume import Volume, foreground_box
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, default_device, resolve_device  # noqa: F401 (re-exported)
 from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
@@ -312,10 +312,7 @@ def postprocess_mask(mask: np.ndarray, region: np.ndarray | None, voxel_ml: floa
         sel = keep[comp]
         (out.T if flip else out)[tuple(c[sel] for c in coords)] = 1
         return out
-    box = []
-    for axis in range(3):
-        idx = np.flatnonzero(nz.any(axis=tuple(a for a in range(3) if a != axis)))
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    box = foreground_box(nz)  # not None: count > 0
     labels, n = ndimage.label(nz[tuple(box)], structure=LESION_CONNECTIVITY)  # components never leave the box
     keep = np.ones(n + 1, dtype=bool)
     if region is not None:

@@ -96,6 +96,17 @@ class Volume:
 # Orientation
 
 
+def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box (one slice per axis, stop exclusive) of the non-zero voxels; None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if present.size == 0:
+            return None
+        box.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(box)
+
+
 def voxel_orientation(affine: np.ndarray, source: str = "volume") -> np.ndarray:
     """nibabel's orientation (axis, flip) of each voxel axis of ``affine``, or a one-line GeometryError."""
     aff = np.asarray(affine, dtype=np.float64)
