@@ -71,12 +71,13 @@ def _positive_number(value: Any) -> bool:
 class PreprocessConfig:
     """How a CT volume becomes 2D slices (the slice grid's config). Written into every store and checkpoint.
 
-    Two presets (``preset``): ``seed`` (the default here, the seed's recipe bit for bit: drop the
+    Two presets (``preset``): ``seed`` (the dataclass default, so that stores and checkpoints written
+    before the presets existed read back as what they are; the seed's recipe bit for bit: drop the
     ``skip_inferior_slices`` most inferior slices, resize every axial slice to ``size`` pixels) and
     ``lung`` (physical and lung-aware: crop to the lung region's box plus ``margin_mm``, resample
     in-plane to ``spacing_mm``, pad to ``pad_multiple`` or to ``input_size_px``, keep the slices of the
-    lung extent; :class:`~lungtumor.preprocessing.grid.SliceGrid` records every step). Build one with
-    :meth:`from_preset`. Invalid values raise :class:`~lungtumor.errors.ConfigError` on construction.
+    lung extent; :class:`~lungtumor.preprocessing.grid.SliceGrid` records every step; the default of
+    ``lungtumor preprocess``, ``cv`` and the demo). Build one with :meth:`from_preset`. Invalid values raise :class:`~lungtumor.errors.ConfigError` on construction.
 
     Attributes:
         size: seed preset: in-plane size (pixels) every axial slice is resized to.

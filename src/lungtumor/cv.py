@@ -143,7 +143,7 @@ def cross_validate(
 
     Args:
         store_or_dataset: a slice store, or a dataset folder (it is preprocessed into ``OUT/store``
-            with the default preprocessing first).
+            with the lung preset, `lungtumor preprocess`'s default, first).
         out: the cross-validation folder.
         base: a :class:`~lungtumor.training.options.TrainConfig` with the training options
             (``store``, ``out``, ``fold``, ``split_seed``, ``seed`` are set per fold).
@@ -168,7 +168,7 @@ def cross_validate(
         from lungtumor.preprocessing.store import preprocess_task
 
         store = out / "store"
-        preprocess_task(src, store, PreprocessConfig(), SplitConfig(folds=folds))
+        preprocess_task(src, store, PreprocessConfig.from_preset("lung"), SplitConfig(folds=folds))  # `preprocess`'s default
     records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for seed in range(seeds):
