@@ -61,7 +61,7 @@ def test_evaluate_and_visualize_errors(tmp_path, capsys) -> None:
 def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
     from lungtumor.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(workdir=str(tmp_path / "demo"), cases=3, test_cases=1, val_cases=1, size=64, width=4, epochs=1, train_minutes=1.0, samples_per_epoch=16, batch_size=8)
+    cfg = DemoConfig(workdir=str(tmp_path / "demo"), cases=3, test_cases=1, val_cases=1, heldout_cases=1, size=64, width=4, epochs=1, train_minutes=1.0, samples_per_epoch=16, batch_size=8)
     result = run_demo(cfg)
     out = capsys.readouterr().out
     work = tmp_path / "demo"
@@ -75,10 +75,16 @@ def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
     # every prediction sits on its input's grid
     from lungtumor.io.nifti import read_nifti
 
-    for pred in (work / "predictions" / "val").glob("*.nii.gz"):
-        ct = read_nifti(work / "data" / "imagesTr" / pred.name)
-        mask = read_nifti(pred)
-        assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-5)
+    for folder, data in (("val", "data"), ("heldout", "heldout")):
+        preds = list((work / "predictions" / folder).glob("*.nii.gz"))
+        assert preds
+        for pred in preds:
+            ct = read_nifti(work / data / "imagesTr" / pred.name)
+            mask = read_nifti(pred)
+            assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-5)
+    # the minimum lesion volume was chosen on the validation cases and recorded
+    choice = json.loads((work / "evaluation" / "postprocessing.json").read_text())
+    assert choice["cases"] == 1 and result["postprocessing"]["min_lesion_ml"] == choice["min_lesion_ml"]
     assert result["checkpoint"]
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from lungtumor.cli import main
 from lungtumor.cv import cross_validate
+from lungtumor.errors import ConfigError
 from lungtumor.model.checkpoint import read_checkpoint
 from lungtumor.training.options import TrainConfig
 from storefix import make_store
@@ -63,3 +64,47 @@ def test_cv_option_errors(tmp_path, capsys) -> None:
     assert main(["cv", str(tmp_path), "--out", str(tmp_path / "o"), "--only-folds", "7"]) == 2
     assert "--only-folds" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_parallel_folds_run_in_their_own_processes_and_match_the_sequential_run(tmp_path, monkeypatch) -> None:
+    import lungtumor.cv as cv
+
+    store = make_store(tmp_path, n=4, val_cases=1)
+    base = TrainConfig(store=str(store), out=str(tmp_path), **FAST)
+    monkeypatch.setattr(cv.os, "cpu_count", lambda: 2)  # one thread per fold process, as in-process here
+    par = cross_validate(store, tmp_path / "par", base, folds=2, seeds=1, parallel=2)
+    seq = cross_validate(store, tmp_path / "seq", base, folds=2, seeds=1, parallel=1)
+    assert par["complete"] and [f["fold"] for f in par["per_fold"]] == [0, 1]
+    for k in (0, 1):  # each fold ran in a child process (its log), the sequential run in this one
+        assert (tmp_path / "par" / "seed-0" / f"fold-{k}" / cv.WORKER_LOG).exists()
+        assert not (tmp_path / "seq" / "seed-0" / f"fold-{k}" / cv.WORKER_LOG).exists()
+        done = [json.loads((tmp_path / d / "seed-0" / f"fold-{k}" / "done.json").read_text()) for d in ("par", "seq")]
+        assert done[0]["val_cases"] == done[1]["val_cases"] and json.dumps(done[0]["rows"]) == json.dumps(done[1]["rows"])
+    # Same split, seed and thread count: the same models and scores as one process.
+    assert [f["dice_mean"] for f in par["per_fold"]] == pytest.approx([f["dice_mean"] for f in seq["per_fold"]], abs=1e-6)
+    a = read_checkpoint(tmp_path / "par" / "seed-0" / "fold-1" / "run" / "last.ckpt")["state_dict"]
+    b = read_checkpoint(tmp_path / "seq" / "seed-0" / "fold-1" / "run" / "last.ckpt")["state_dict"]
+    assert all(float((a[k].float() - b[k].float()).abs().max()) < 1e-5 for k in a)
+
+
+@pytest.mark.slow
+def test_a_failed_fold_process_is_listed_with_its_error(tmp_path, monkeypatch) -> None:
+    import lungtumor.cv as cv
+
+    store = make_store(tmp_path, n=4, val_cases=1)
+    out = tmp_path / "cv"
+    (out / "seed-0" / "fold-1" / "run").mkdir(parents=True)
+    (out / "seed-0" / "fold-1" / "run" / "last.ckpt").write_text("garbage")
+    monkeypatch.setattr(cv.os, "cpu_count", lambda: 2)
+    summary = cross_validate(store, out, TrainConfig(store=str(store), out=str(out), **FAST), folds=2, parallel=2)
+    assert [f["fold"] for f in summary["per_fold"]] == [0] and [f["fold"] for f in summary["failed"]] == [1]
+    assert "last.ckpt" in summary["failed"][0]["error"] and cv.WORKER_LOG in summary["failed"][0]["error"]
+
+
+def test_parallel_option_errors(tmp_path) -> None:
+    store = make_store(tmp_path, n=4, val_cases=1)
+    with pytest.raises(ConfigError, match="--parallel 0"):
+        cross_validate(store, tmp_path / "a", TrainConfig(store=str(store), out=str(tmp_path), **FAST), folds=2, parallel=0)
+    with pytest.raises(ConfigError, match="one fold per device"):
+        cross_validate(store, tmp_path / "b", TrainConfig(store=str(store), out=str(tmp_path), devices="2", **FAST), folds=2, parallel=2)

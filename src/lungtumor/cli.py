@@ -379,6 +379,7 @@ def _add_cv(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, each a new split shuffle and initialisation (default 1)")
     p.add_argument("--only-folds", default=None, help="run only these folds now, e.g. 0,1 (for one process per GPU)")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation of the fold predictions")
+    p.add_argument("--parallel", type=int, default=None, help="folds trained at once, one process each (default: one per visible GPU; 1 on a CPU)")
     p.add_argument("--config", default=None, help="YAML/JSON file with training options")
     add_train_arguments(p, exclude=_CV_SETS)
     p.set_defaults(func=_cmd_cv)
@@ -395,7 +396,7 @@ def _cmd_cv(a: argparse.Namespace) -> None:
     _quiet_lightning()
     from lungtumor.cv import cross_validate, format_report
 
-    summary = cross_validate(a.store, a.out, base, folds=a.folds, seeds=a.seeds, only_folds=a.only_folds, tta=a.tta)
+    summary = cross_validate(a.store, a.out, base, folds=a.folds, seeds=a.seeds, only_folds=a.only_folds, tta=a.tta, parallel=a.parallel)
     print(format_report(summary))
     print(f"wrote {Path(a.out) / 'cv_summary.json'} and {Path(a.out) / 'cv_cases.csv'}")
     if summary["failed"]:
@@ -408,7 +409,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task-dir", default=None, help="run on a real MSD-layout folder instead of the phantom")
     p.add_argument("--cases", type=int, default=None, help="phantom training cases")
     p.add_argument("--test-cases", type=int, default=None)
-    p.add_argument("--val-cases", type=int, default=None, help="held-out labelled cases (the last ones in sorted order)")
+    p.add_argument("--val-cases", type=int, default=None, help="validation cases (the last ones in sorted order; with --task-dir the held-out ones)")
+    p.add_argument("--heldout-cases", type=int, default=None, help="phantom held-out cases, a dataset of their own, scored at the end")
     p.add_argument("--train-minutes", type=float, default=None, help="training time budget")
     p.add_argument("--preset", choices=["lung", "seed"], default=None, help="slice grid (default lung; seed = the seed's recipe)")
     p.add_argument("--spacing-mm", type=float, default=None, help="lung preset: model pixel in mm (default 3, the SMALL phantom's own)")
@@ -424,7 +426,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
     _quiet_lightning()
 
-    overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "val_cases", "train_minutes", "preset", "spacing_mm", "size", "width", "epochs") if getattr(a, k) is not None}
+    overrides = {k: getattr(a, k) for k in ("cases", "test_cases", "val_cases", "heldout_cases", "train_minutes", "preset", "spacing_mm", "size", "width", "epochs") if getattr(a, k) is not None}
     cfg = DemoConfig(workdir=a.workdir, task_dir=a.task_dir, seed=a.seed, **overrides)
     run_demo(cfg)
 

@@ -17,9 +17,14 @@ Layout of ``OUT``::
 
 Resumable: a fold with ``done.json`` is reused; a fold with a run but no ``done.json`` resumes its
 training from ``last.ckpt``. A fold that fails is listed with its one-line error and the others
-still report. Folds run one after another on the device the trainer picks; to use several GPUs,
-run disjoint ``--only-folds`` in separate processes (each with its own ``CUDA_VISIBLE_DEVICES``)
-into the same ``OUT`` and run once more without it to collect the report.
+still report.
+
+Where several GPUs are visible, one fold trains on each at once (``parallel``, default one per
+visible GPU; 1 on a CPU): every fold runs in its own process that sees one GPU
+(``CUDA_VISIBLE_DEVICES``), logs to ``seed-<s>/fold-<k>/cv_worker.log``, and the next waiting fold
+takes the GPU that frees first. On a CPU, ``parallel`` N > 1 splits the cores between N processes.
+Across nodes, run disjoint ``--only-folds`` into one shared ``OUT``, then once more without it to
+collect the report.
 """
 
 from __future__ import annotations
@@ -30,7 +35,12 @@ import io
 import json
 import logging
 import math
+import os
+import queue
 import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +50,7 @@ from lungtumor.errors import ConfigError, InputError, LungTumorError
 log = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
+WORKER_LOG = "cv_worker.log"
 CASES_CSV = "cv_cases.csv"
 SUMMARY_JSON = "cv_summary.json"
 #: Per-case columns of the cross-validation table (a subset of the evaluation's).
@@ -138,6 +149,7 @@ def cross_validate(
     seeds: int = 1,
     only_folds: str | None = None,
     tta: str = "none",
+    parallel: int | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the cross-validation; write and return the report.
 
@@ -151,6 +163,8 @@ def cross_validate(
         seeds: seeds 0..seeds-1; each seed reshuffles the split and reinitialises the model.
         only_folds: comma-separated folds to run now (the rest are reported if already done).
         tta: prediction test-time augmentation.
+        parallel: folds trained at once, each in its own process (None: one per visible GPU,
+            1 on a CPU).
     """
     if folds < 2:
         raise ConfigError(f"--folds {folds}: need at least 2 folds")
@@ -171,20 +185,124 @@ def cross_validate(
         preprocess_task(src, store, PreprocessConfig.from_preset("lung"), SplitConfig(folds=folds))  # `preprocess`'s default
     records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
+    jobs: list[tuple[int, int, Path]] = []
     for seed in range(seeds):
         for fold in range(folds):
             fold_dir = out / f"seed-{seed}" / f"fold-{fold}"
-            if fold not in run_now:
-                if (fold_dir / DONE_FILE).exists():
-                    records.append(json.loads((fold_dir / DONE_FILE).read_text()))
-                continue
+            if fold in run_now:
+                jobs.append((seed, fold, fold_dir))
+            elif (fold_dir / DONE_FILE).exists():
+                records.append(json.loads((fold_dir / DONE_FILE).read_text()))
+    slots = _worker_slots(base, parallel)
+    todo = [j for j in jobs if not (j[2] / DONE_FILE).exists()]
+    if len(slots) > 1 and len(todo) > 1:
+        outcomes = _run_parallel(base, store, jobs, folds, tta, slots)
+    else:
+        outcomes = []
+        for seed, fold, fold_dir in jobs:
             try:
-                records.append(run_fold(base, store, fold_dir, fold, folds, seed, tta=tta))
+                outcomes.append((seed, fold, run_fold(base, store, fold_dir, fold, folds, seed, tta=tta), None))
             except LungTumorError as exc:
-                msg = " ".join(str(exc).split())
-                log.info("fold %d (seed %d) failed: %s", fold, seed, msg)
-                failures.append({"seed": seed, "fold": fold, "error": msg})
+                outcomes.append((seed, fold, None, " ".join(str(exc).split())))
+    for seed, fold, record, error in outcomes:
+        if record is not None:
+            records.append(record)
+        else:
+            log.info("fold %d (seed %d) failed: %s", fold, seed, error)
+            failures.append({"seed": seed, "fold": fold, "error": error})
+    records.sort(key=lambda r: (r["seed"], r["fold"]))
     return write_report(out, records, failures, folds=folds, seeds=seeds)
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as values for a child's ``CUDA_VISIBLE_DEVICES``."""
+    try:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # a broken CUDA install counts as no GPU
+        count = 0
+    listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed[:count] if len(listed) >= count and listed else [str(i) for i in range(count)]
+
+
+def _worker_slots(base: Any, parallel: int | None) -> list[dict[str, str]]:
+    """One environment update per concurrent fold process (a single empty one = run in-process)."""
+    if parallel is not None and (not isinstance(parallel, int) or isinstance(parallel, bool) or parallel < 1):
+        raise ConfigError(f"--parallel {parallel}: must be a whole number >= 1 (folds trained at once)")
+    gpus = [] if base.accelerator == "cpu" else _visible_gpus()
+    n = parallel if parallel is not None else max(1, len(gpus))
+    if n == 1:
+        return [{}]
+    if str(base.devices) not in ("auto", "1") or base.num_nodes != 1:
+        raise ConfigError(f"--parallel {n} trains one fold per device; drop --devices {base.devices} / --num-nodes, or use --parallel 1")
+    if gpus:
+        if n > len(gpus):
+            raise ConfigError(f"--parallel {n}: only {len(gpus)} GPU(s) visible; use --parallel {len(gpus)} or fewer")
+        return [{"CUDA_VISIBLE_DEVICES": g} for g in gpus[:n]]
+    threads = str(max(1, (os.cpu_count() or 1) // n))
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads} for _ in range(n)]
+
+
+def _run_parallel(
+    base: Any, store: Path, jobs: list[tuple[int, int, Path]], folds: int, tta: str, slots: list[dict[str, str]]
+) -> list[tuple[int, int, dict[str, Any] | None, str | None]]:
+    """Run each job in a child process, at most ``len(slots)`` at once, each on its own slot."""
+    free: queue.Queue[dict[str, str]] = queue.Queue()
+    for slot in slots:
+        free.put(slot)
+    base_dict = dataclasses.replace(base, progress=False).to_dict()
+
+    def one(job: tuple[int, int, Path]) -> tuple[int, int, dict[str, Any] | None, str | None]:
+        seed, fold, fold_dir = job
+        if (fold_dir / DONE_FILE).exists():
+            return seed, fold, json.loads((fold_dir / DONE_FILE).read_text()), None
+        slot = free.get()
+        try:
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            spec = {"base": base_dict, "store": str(store), "fold_dir": str(fold_dir), "fold": fold, "folds": folds, "seed": seed, "tta": tta}
+            where = f"GPU {slot['CUDA_VISIBLE_DEVICES']}" if slot.get("CUDA_VISIBLE_DEVICES") else f"{slot.get('OMP_NUM_THREADS')} CPU thread(s)"
+            log.info("fold %d (seed %d) started on %s; log %s", fold, seed, where, fold_dir / WORKER_LOG)
+            with open(fold_dir / WORKER_LOG, "a") as logf:
+                rc = subprocess.run(
+                    [sys.executable, "-m", "lungtumor.cv", json.dumps(spec)], env={**os.environ, **slot}, stdout=logf, stderr=subprocess.STDOUT, check=False
+                ).returncode
+        finally:
+            free.put(slot)
+        if rc == 0 and (fold_dir / DONE_FILE).exists():
+            return seed, fold, json.loads((fold_dir / DONE_FILE).read_text()), None
+        return seed, fold, None, _last_error(fold_dir / WORKER_LOG, rc)
+
+    with ThreadPoolExecutor(max_workers=len(slots)) as pool:
+        return list(pool.map(one, jobs))
+
+
+def _last_error(log_file: Path, rc: int) -> str:
+    """The one-line error a fold process ended with (its last line), or its exit status."""
+    try:
+        lines = [ln.strip() for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    tail = lines[-1] if lines else ""
+    return f"{tail} (see {log_file})" if tail else f"the fold's process exited with status {rc} (see {log_file})"
+
+
+def _worker(argv: list[str]) -> int:
+    """Entry of one fold's process (``python -m lungtumor.cv SPEC_JSON``): train, predict, score."""
+    from lungtumor.training.options import TrainConfig
+
+    spec = json.loads(argv[0])
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    try:
+        run_fold(TrainConfig.from_dict(spec["base"]), Path(spec["store"]), Path(spec["fold_dir"]), spec["fold"], spec["folds"], spec["seed"], tta=spec["tta"])
+    except LungTumorError as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+        return 2
+    return 0
 
 
 def write_report(out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]], *, folds: int, seeds: int) -> dict[str, Any]:
@@ -233,3 +351,7 @@ def format_report(summary: dict[str, Any]) -> str:
     for fail in summary["failed"]:
         lines.append(f"FAILED seed {fail['seed']} fold {fail['fold']}: {fail['error']}")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1:]))

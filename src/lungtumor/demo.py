@@ -1,8 +1,13 @@
 """``lungtumor demo``: the whole pipeline on built-in synthetic data (or a real MSD folder).
 
-phantom -> preprocess -> train (a narrow U-Net on 128x128 slices, a few minutes on 2 CPU
-cores) -> predict the held-out and test cases in their original geometry -> evaluate per
-case -> GIF and PNG. Every stage prints its timing and where its output is.
+phantom -> preprocess -> train (a narrow U-Net on the lung region's slices, a few minutes on
+2 CPU cores) -> predict the validation cases and choose the post-processing's minimum lesion
+volume on them -> predict the held-out and test cases in their original geometry -> evaluate
+per case -> GIF and PNG. Every stage prints its timing and where its output is.
+
+On the phantom the held-out cases are a dataset of their own (the next dataset seed): they take
+no part in training, in the validation curve, or in choosing the post-processing. With
+``--task-dir`` the store's validation cases are the held-out ones and nothing is chosen on them.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lungtumor.atomic import write_text_atomic
 from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, InputError
 
@@ -31,10 +37,14 @@ class DemoConfig:
     Attributes:
         workdir: where every output goes.
         task_dir: a real MSD-layout folder instead of the phantom (None = phantom).
-        cases, test_cases: phantom training (labelled) and test cases. Many cases matter more
-            than many epochs: with 11 training cases the model overfits (held-out Dice about
-            0.7), with 56 it generalises (about 0.87); generating them takes seconds.
-        val_cases: held-out labelled cases (the last ones in sorted order).
+        cases, test_cases: phantom labelled (training + validation) and unlabelled test cases.
+            Many cases matter more than many epochs: with 11 training cases the model overfits
+            (held-out Dice about 0.7), with 56 it generalises; generating them takes seconds.
+        val_cases: validation cases (the last ones in sorted order): the training curve and the
+            choice of the minimum lesion volume (phantom only; with ``task_dir`` they are the
+            held-out cases).
+        heldout_cases: phantom held-out cases, a dataset of their own (seed ``seed + 1``),
+            predicted and scored once at the end.
         preset: the slice grid: ``lung`` (default: crop to the lung region, ``spacing_mm`` pixels,
             the slices of the lung extent) or ``seed`` (the seed's recipe: every slice resized to
             ``size``), to compare the two on the same data and budget.
@@ -50,8 +60,8 @@ class DemoConfig:
             result does not depend on the machine's speed; the schedule is sized to finish in
             well under 15 minutes on a 2-core AVX2-only CPU (float32) as well as on a bf16 one.
         train_minutes: an optional cap; when it cuts the schedule the result depends on speed.
-        val_every_n_epochs: validation costs about a third of an epoch here; every third
-            epoch buys more training in the same minutes.
+        val_every_n_epochs: validation of 16 cases costs about half an epoch here; every sixth
+            epoch buys more training in the same minutes (the last checkpoint is used anyway).
         tta: test-time augmentation of the predictions (``flip``: average with the mirror).
         batch_size, lr, lr_schedule: optimiser settings (cosine decays to 0 at the last planned step).
         augment_options: overrides of the augmentation config.
@@ -60,9 +70,10 @@ class DemoConfig:
 
     workdir: str = "demo_run"
     task_dir: str | None = None
-    cases: int = 64
+    cases: int = 72
     test_cases: int = 2
-    val_cases: int = 8
+    val_cases: int = 16
+    heldout_cases: int = 16
     preset: str = "lung"
     spacing_mm: float | None = 3.0
     size: int = 128
@@ -71,12 +82,13 @@ class DemoConfig:
     norm: str = "batch"
     loss: str = "bce+dice"
     epochs: int = 54
-    val_every_n_epochs: int = 3
+    val_every_n_epochs: int = 6
     tta: str = "flip"
     train_minutes: float | None = None
     batch_size: int = 16
     lr: float = 2e-3
     lr_schedule: str = "cosine"
+    head_bias: float | None = None
     samples_per_epoch: int | None = 400
     augment_options: tuple[tuple[str, Any], ...] = DEMO_AUGMENT
     seed: int = 0
@@ -88,6 +100,8 @@ class DemoConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {v}: must be a whole number >= 1")
         if self.test_cases < 0:
             raise ConfigError(f"--test-cases {self.test_cases}: must be >= 0")
+        if not isinstance(self.heldout_cases, int) or isinstance(self.heldout_cases, bool) or self.heldout_cases < (1 if self.task_dir is None else 0):
+            raise ConfigError(f"--heldout-cases {self.heldout_cases}: must be a whole number >= 1")
         if self.task_dir is None and self.val_cases >= self.cases:
             raise ConfigError(f"--val-cases {self.val_cases}: must be fewer than --cases {self.cases}, so that some cases are left to train on")
         if self.train_minutes is not None and not (isinstance(self.train_minutes, (int, float)) and math.isfinite(self.train_minutes) and self.train_minutes > 0):
@@ -110,6 +124,8 @@ def _stage(name: str, log: list[tuple[str, float, str]]) -> Callable[[Callable[[
 
 def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     """Run the whole pipeline; returns the evaluation summary and output paths."""
+    import numpy as np
+
     from lungtumor.evaluation.evaluate import evaluate_folder, format_table
     from lungtumor.inference.segment import predict_path
     from lungtumor.io.datasets import find_cases
@@ -123,17 +139,20 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     timings: list[tuple[str, float, str]] = []
     t_start = time.perf_counter()
 
+    heldout: Path | None = None
     if cfg.task_dir is None:
         task = work / "data"
+        heldout = work / "heldout"
 
         def make_data() -> dict[str, Any]:
             from lungtumor.phantom.dataset import write_phantom_dataset
 
-            if (task / "dataset.json").exists():
-                print(f"   reusing {task}")
-            else:
-                write_phantom_dataset(task, cases=cfg.cases, test_cases=cfg.test_cases, size="SMALL", seed=cfg.seed, progress=True)
-            return {"where": str(task)}
+            for folder, n, n_test, seed in ((task, cfg.cases, cfg.test_cases, cfg.seed), (heldout, cfg.heldout_cases, 0, cfg.seed + 1)):
+                if (folder / "dataset.json").exists():
+                    print(f"   reusing {folder}")
+                else:
+                    write_phantom_dataset(folder, cases=n, test_cases=n_test, size="SMALL", seed=seed, progress=True)
+            return {"where": f"{task}, {heldout}"}
 
         _stage("1/6 phantom data", timings)(make_data)
     else:
@@ -147,7 +166,11 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         lambda: {**preprocess_task(task, store, pre, SplitConfig(val_cases=cfg.val_cases), workers=1), "where": str(store)}
     )
     val_ids = summary_store["splits"]["val"]
-    print(f"   train cases {len(summary_store['splits']['train'])}, held-out cases {val_ids}")
+    n_train = len(summary_store["splits"]["train"])
+    if heldout is None:
+        print(f"   train cases {n_train}, held-out (validation) cases {val_ids}")
+    else:
+        print(f"   train cases {n_train}, validation cases {len(val_ids)}, held-out cases {cfg.heldout_cases} (in {heldout})")
 
     run_dir = work / "run"
     if run_dir.exists():
@@ -164,6 +187,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         lr_schedule=cfg.lr_schedule,
+        head_bias=cfg.head_bias,
         augment_options=dict(cfg.augment_options),
         samples_per_epoch=cfg.samples_per_epoch,
         num_workers=1,
@@ -173,7 +197,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         log_every_n_steps=5,
     )
     train_summary = _stage("3/6 train", timings)(lambda: {**train(tcfg), "where": str(run_dir)})
-    # The last checkpoint, not the best: picking the best epoch on the held-out cases and then
+    # The last checkpoint, not the best: picking the best epoch on the validation cases and then
     # reporting their Dice would flatter the model. The cosine schedule makes the last settle.
     ckpt = train_summary["last_checkpoint"]
     best = train_summary["best_val_dice_case"]
@@ -184,41 +208,60 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
 
     cases = {c.case_id: c for c in find_cases(task)}
     pred_val = work / "predictions" / "val"
+    pred_held = work / "predictions" / "heldout"
     pred_test = work / "predictions" / "test"
-    ref_val = work / "evaluation" / "reference"
+    ref_val = work / "validation" / "reference"
+    choice: dict[str, Any] = {"min_lesion_ml": None}
 
     def predict_all() -> dict[str, Any]:
-        # The held-out images as a folder of links, so that the user-facing predict_path does
-        # all the work (the same code path as `lungtumor predict CKPT FOLDER OUT`).
-        val_in = work / "held_out_images"
-        shutil.rmtree(val_in, ignore_errors=True)
-        val_in.mkdir(parents=True)
-        ref_val.mkdir(parents=True, exist_ok=True)
+        # Folders of links, so that the user-facing predict_path does all the work (the same
+        # code path as `lungtumor predict CKPT FOLDER OUT`).
+        val_in = work / "validation" / "images"
+        for folder in (val_in, ref_val):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
         for cid in val_ids:
             (val_in / cases[cid].image.name).symlink_to(cases[cid].image.resolve())
-            shutil.copyfile(cases[cid].label, ref_val / cases[cid].label.name)
-        n = len(predict_path(ckpt, val_in, pred_val, probabilities=True, tta=cfg.tta, progress=False))
+            (ref_val / cases[cid].label.name).symlink_to(cases[cid].label.resolve())
+        n = len(predict_path(ckpt, val_in, pred_val, probabilities=heldout is None, tta=cfg.tta, progress=False))
+        if heldout is not None:
+            from lungtumor.evaluation.postprocessing import choose_min_lesion_ml
+
+            choice.update(choose_min_lesion_ml(pred_val, ref_val))
+            tried = ", ".join(f"{c:g} ml {d:.3f}" for c, d in choice["dice_by_min_lesion_ml"].items())
+            print(f"   minimum lesion volume chosen on the {len(val_ids)} validation cases: {choice['min_lesion_ml'] or 0:g} ml (mean Dice: {tried})")
+            n += len(predict_path(ckpt, heldout / "imagesTr", pred_held, probabilities=True, tta=cfg.tta, progress=False,
+                                  min_lesion_ml=choice["min_lesion_ml"]))
         test_dir = task / "imagesTs"
         if test_dir.is_dir() and any(is_nifti(q) for q in test_dir.iterdir()):
-            n += len(predict_path(ckpt, test_dir, pred_test, tta=cfg.tta, progress=False))
+            n += len(predict_path(ckpt, test_dir, pred_test, tta=cfg.tta, progress=False, min_lesion_ml=choice["min_lesion_ml"]))
         return {"where": str(work / "predictions"), "n": n}
 
     _stage("4/6 predict", timings)(predict_all)
 
     eval_dir = work / "evaluation"
+    scored, refs = (pred_val, ref_val) if heldout is None else (pred_held, heldout / "labelsTr")
     result = _stage("5/6 evaluate", timings)(
-        lambda: evaluate_folder(pred_val, ref_val, out_dir=eval_dir, tolerance_mm=2.0, prob_dir=pred_val / "probabilities", progress=False)
+        lambda: evaluate_folder(scored, refs, out_dir=eval_dir, tolerance_mm=2.0, prob_dir=scored / "probabilities", progress=False)
     )
     timings[-1] = (timings[-1][0], timings[-1][1], str(eval_dir))
+    write_text_atomic(eval_dir / "postprocessing.json", json.dumps(choice, indent=2))
 
     fig_dir = work / "figures"
 
     def figures() -> dict[str, Any]:
         # The held-out case with the most tumour shows the most.
-        best = max(val_ids, key=lambda c: json.loads((store / "cases" / c / "meta.json").read_text())["tumour_voxels_original"])
-        ct = read_nifti(cases[best].image)
-        mask = read_nifti(pred_val / cases[best].image.name)
-        ref = read_nifti(cases[best].label)
+        if heldout is None:
+            images = {c: cases[c].image for c in val_ids}
+            labels = {c: cases[c].label for c in val_ids}
+        else:
+            held = {c.case_id: c for c in find_cases(heldout)}
+            images = {c: v.image for c, v in held.items()}
+            labels = {c: v.label for c, v in held.items()}
+        best = max(sorted(labels), key=lambda c: int(np.count_nonzero(read_nifti(labels[c]).array)))
+        ct = read_nifti(images[best])
+        mask = read_nifti(scored / images[best].name)
+        ref = read_nifti(labels[best])
         gif = visualize(ct, mask, fig_dir / f"{best}.gif", reference=ref)
         png = visualize(ct, mask, fig_dir / f"{best}.png", reference=ref)
         return {"where": f"{gif}, {png}"}
@@ -233,7 +276,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     print(f"  {'total':<18} {total:7.1f} s")
     s = result.summary
     print(
-        f"\nmean per-case Dice on {len(val_ids)} held-out cases: {s['dice_mean']:.3f} "
+        f"\nmean per-case Dice on {s['cases']} held-out cases: {s['dice_mean']:.3f} "
         f"(median {s['dice_median']:.3f}); summary: {eval_dir / 'summary.json'}"
     )
-    return {"summary": s, "workdir": str(work), "timings": timings, "checkpoint": ckpt}
+    return {"summary": s, "workdir": str(work), "timings": timings, "checkpoint": ckpt, "postprocessing": choice}

@@ -49,6 +49,7 @@ class SegmentationModule(L.LightningModule):
             checkpoint so that a result can be traced to the cases it never saw.
         copy_paste: :class:`~lungtumor.training.copy_paste.CopyPasteConfig` as a dict, or None (off);
             its lesion bank is built from the training set when fitting starts.
+        head_bias: initial bias of the output logit (None = PyTorch's initialisation).
     """
 
     def __init__(
@@ -67,10 +68,16 @@ class SegmentationModule(L.LightningModule):
         threshold: float = DEFAULT_THRESHOLD,
         split: dict[str, Any] | None = None,
         copy_paste: dict[str, Any] | None = None,
+        head_bias: float | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = UNet(ModelConfig.from_dict(model))
+        if head_bias is not None:
+            # Start at the tumour prior instead of p = 0.5 everywhere: the first epochs then learn
+            # tumour, not that most pixels are background (Lin et al., focal loss, 2017).
+            with torch.no_grad():
+                self.net.head.bias.fill_(float(head_bias))
         self.loss_fn = make_loss(loss)
         self.augment_cfg = AugmentConfig.from_dict(augment or {})
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format

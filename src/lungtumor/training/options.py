@@ -75,6 +75,12 @@ class TrainConfig:
     norm: str = _opt("none", "none (default), batch or instance")
     upsample: str = _opt("bilinear", "bilinear (default) or transpose")
     context: int = _opt(0, "2.5D: neighbouring slices on each side as channels (default 0)", type_=int)
+    head_bias: float | None = _opt(
+        None,
+        "initial bias of the output logit, e.g. -4 (the model starts at p = 0.018, as tumour is rare: the focal-loss "
+        "prior initialisation); default PyTorch's own initialisation (the seed's)",
+        type_=float,
+    )
     size: int | None = _opt(None, "train at this slice size (<= the store's; default the store's)", type_=int)
     augment: bool = _opt(True, "turn augmentation off", flag="--no-augment")
     augment_options: dict[str, Any] = _opt({}, "AugmentConfig overrides (config files only)")  # noqa: RUF009
@@ -154,6 +160,8 @@ class TrainConfig:
         choice("accelerator", ACCELERATORS)
         if self.tumour_fraction is not None and not (0.0 < self.tumour_fraction < 1.0):
             raise ConfigError(f"--tumour-fraction {self.tumour_fraction}: must lie strictly between 0 and 1")
+        if self.head_bias is not None and not (isinstance(self.head_bias, (int, float)) and math.isfinite(self.head_bias) and -20 <= self.head_bias <= 20):
+            raise ConfigError(f"--head-bias {self.head_bias}: must be a logit between -20 and 20 (e.g. -4), or leave it unset")
         if not (isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0):
             raise ConfigError(f"--threshold {self.threshold}: must lie strictly between 0 and 1 (a probability)")
         for name in ("limit_train_batches", "limit_val_batches"):

@@ -240,6 +240,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         augment=augment_cfg.to_dict(),
         copy_paste=copy_paste.to_dict() if copy_paste.enabled else None,
         context=cfg.context,
+        head_bias=cfg.head_bias,
         train_size=size if size != store_pre.size else None,
         image_every_n_steps=cfg.image_every_n_steps,
         seed=cfg.seed,
