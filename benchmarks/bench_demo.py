@@ -126,6 +126,9 @@ def main() -> None:
     min_lesion_ml = args.min_lesion_ml
     if args.checkpoint:
         ckpt = args.checkpoint
+        held = _small_set(cache / f"small_{cfg.heldout_cases}_{cfg.seed + 1}", cfg.heldout_cases, cfg.seed + 1)
+        result["held_out"] = _score(ckpt, held / "imagesTr", held / "labelsTr", out / "held_out", cfg.tta, min_lesion_ml)
+        print("held-out:", json.dumps(result["held_out"]), flush=True)
     else:
         data = cache / f"demo_data_{cfg.cases}_{cfg.test_cases}_{cfg.seed}"
         _small_set_demo = data / "dataset.json"

@@ -301,3 +301,23 @@ def test_intensity_config_validation_and_round_trip() -> None:
                 {"thick_slice_weight": (0.1, 0.5)}, {"noise_std_hu": (-1.0, 2.0)}, {"contrast_range": (0.0, 1.0)}):
         with pytest.raises(ConfigError):
             AugmentConfig(**bad)
+
+
+def test_left_right_flip_mirrors_ct_and_mask_together_along_the_tta_axis() -> None:
+    from lungtumor.config import LEFT_RIGHT_AXIS
+
+    assert LEFT_RIGHT_AXIS == -2  # H of (N, C, H, W): test_grid's TTA test checks it is the patient's left-right
+    ct = torch.zeros(16, 3, 8, 6)
+    mask = torch.zeros(16, 1, 8, 6, dtype=torch.uint8)
+    ct[:, :, 1, 4] = 1.0  # towards one side, near the back
+    mask[:, :, 1, 4] = 1
+    out_ct, out_mask = augment_batch(ct, mask, AugmentConfig(p=0.0, flip_lr_p=1.0, hu_scale=HU_SCALE))
+    assert torch.equal(out_ct[:, :, 6, 4], torch.ones(16, 3)) and float(out_ct.sum()) == 16 * 3
+    assert torch.equal(out_mask[:, 0, 6, 4], torch.ones(16, dtype=torch.uint8)) and int(out_mask.sum()) == 16
+    g = torch.Generator().manual_seed(3)
+    half_ct, half_mask = augment_batch(ct, mask, AugmentConfig(p=0.0, flip_lr_p=0.5, hu_scale=HU_SCALE), generator=g)
+    flipped = half_ct[:, 0, 6, 4] == 1
+    assert 0 < int(flipped.sum()) < 16  # some samples, not all
+    assert torch.equal(half_mask[:, 0, 6, 4].bool(), flipped) and torch.equal(half_mask[:, 0, 1, 4].bool(), ~flipped)
+    with pytest.raises(ConfigError):
+        AugmentConfig(flip_lr_p=1.5)

@@ -32,6 +32,9 @@ def test_cross_validation_covers_every_case_once_and_resumes(tmp_path) -> None:
     agg = summary["per_seed"]["0"]["dice_over_folds"]
     defined = [m for m in fold_means if m is not None]
     assert agg["n"] == len(defined) and agg["mean"] == pytest.approx(sum(defined) / len(defined))
+    # the post-processing is chosen on every fold's predictions of its own cases
+    post = summary["postprocessing"]
+    assert post["cases"] == 4 and set(post["dice_by_min_lesion_ml"]) >= {0.0} and "rule" in post
     # A second run reuses the finished folds: nothing is trained again.
     stamp = (out / "seed-0" / "fold-0" / "run" / "last.ckpt").stat().st_mtime_ns
     again = cross_validate(store, out, base, folds=2, seeds=1)
@@ -108,3 +111,16 @@ def test_parallel_option_errors(tmp_path) -> None:
         cross_validate(store, tmp_path / "a", TrainConfig(store=str(store), out=str(tmp_path), **FAST), folds=2, parallel=0)
     with pytest.raises(ConfigError, match="one fold per device"):
         cross_validate(store, tmp_path / "b", TrainConfig(store=str(store), out=str(tmp_path), devices="2", **FAST), folds=2, parallel=2)
+
+
+def test_predict_on_a_cv_folder_takes_the_volume_its_folds_chose(tmp_path) -> None:
+    from lungtumor.inference.segment import cv_min_lesion_ml
+
+    (tmp_path / "cv").mkdir()
+    (tmp_path / "cv" / "cv_summary.json").write_text(json.dumps({"postprocessing": {"min_lesion_ml": 0.2}}))
+    assert cv_min_lesion_ml(tmp_path / "cv") == 0.2
+    assert cv_min_lesion_ml(tmp_path / "cv" / "cv_summary.json") is None  # a file: not a cv folder
+    (tmp_path / "cv" / "cv_summary.json").write_text(json.dumps({"postprocessing": {"min_lesion_ml": None}}))
+    assert cv_min_lesion_ml(tmp_path / "cv") is None
+    (tmp_path / "cv" / "cv_summary.json").write_text("{not json")
+    assert cv_min_lesion_ml(tmp_path / "cv") is None

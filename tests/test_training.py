@@ -25,6 +25,19 @@ def test_fast_dev_run(tmp_path) -> None:
     assert summary["global_step"] == 1
 
 
+def test_head_bias_starts_the_model_at_the_prior(tmp_path) -> None:
+    import torch
+
+    from lungtumor.training.module import SegmentationModule
+
+    store = make_store(tmp_path)
+    pre = json.loads((store / "store.json").read_text())["preprocess"]
+    module = SegmentationModule(model=ModelConfig(width=4).to_dict(), preprocess=pre, head_bias=-4.0)
+    assert torch.equal(module.net.head.bias.detach(), torch.full_like(module.net.head.bias, -4.0))
+    default = SegmentationModule(model=ModelConfig(width=4).to_dict(), preprocess=pre)
+    assert not torch.equal(default.net.head.bias.detach(), module.net.head.bias.detach())
+
+
 def test_train_writes_checkpoints_logs_curves_and_resumes(tmp_path) -> None:
     store = make_store(tmp_path)
     run = tmp_path / "run"
@@ -188,6 +201,7 @@ def test_every_config_field_has_its_flag_and_back() -> None:
         {"num_workers": -1}, {"val_every_n_epochs": 0}, {"limit_train_batches": -1}, {"samples_per_epoch": 0},
         {"samples_per_epoch": -5}, {"accelerator": "tpu"}, {"threshold": 2.0}, {"max_minutes": -1.0},
         {"tumour_fraction": 1.5}, {"fold": 5}, {"fold": 1, "val_cases": 2}, {"loss": "focal"},
+        {"head_bias": 50.0}, {"head_bias": float("nan")},
     ],
 )
 def test_bad_options_are_one_line_config_errors(bad) -> None:

@@ -196,7 +196,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("output", help="output .nii.gz (or a folder when INPUT is a folder of NIfTI files)")
     p.add_argument("--report", action="store_true", help="also write the lesion table (RECIST diameters) and report.html into NAME_report/")
     p.add_argument("--no-postprocess", dest="postprocess", action="store_false", help="keep predicted lesions that do not touch the lung region")
-    p.add_argument("--min-lesion-ml", type=float, default=None, help="drop predicted lesions smaller than this (ml; default keep all)")
+    p.add_argument("--min-lesion-ml", type=float, default=None, help="drop predicted lesions smaller than this (ml; default keep all, or for a `lungtumor cv` folder the volume its folds chose; 0 keeps all)")
     p.add_argument("--skip-bad", action="store_true", help="folder input: warn about a case that fails and go on with the others")
     p.add_argument("--probabilities", action="store_true", help="also write a float32 probability map (NAME_prob.nii.gz)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the checkpoint's, 0.5)")

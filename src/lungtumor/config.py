@@ -21,6 +21,10 @@ SEED_SLICE_SIZE = 256
 #: ('L','A','S') is the MSD Task06 files' own orientation, so MSD data is not flipped at all,
 #: the last axis is axial and index 0 is the most inferior slice.
 CANONICAL_AXCODES = ("L", "A", "S")
+#: Axis of a (N, C, H, W) canonical ('L','A','S') slice batch that runs along the patient's
+#: left-right (H; W is anterior-posterior): TTA and the left-right flip augmentation mirror it.
+LEFT_RIGHT_AXIS = -2
+
 def check_known_keys(cls: type, d: dict[str, Any], what: str) -> None:
     """Raise ConfigError when ``d`` has keys that are not fields of the dataclass ``cls``."""
     known = {f.name for f in dataclasses.fields(cls)}

@@ -13,7 +13,8 @@ Layout of ``OUT``::
     seed-<s>/fold-<k>/predictions/    validation masks + probabilities at original resolution
     seed-<s>/fold-<k>/evaluation/     metrics.csv, summary.json
     seed-<s>/fold-<k>/done.json       written last: a finished fold is not trained again
-    cv_cases.csv, cv_summary.json     every case of every fold; per fold, per seed, overall
+    cv_cases.csv, cv_summary.json     every case of every fold; per fold, per seed, overall; the
+                                      minimum lesion volume chosen on the folds' predictions
 
 Resumable: a fold with ``done.json`` is reused; a fold with a run but no ``done.json`` resumes its
 training from ``last.ckpt``. A fold that fails is listed with its one-line error and the others
@@ -211,7 +212,21 @@ def cross_validate(
             log.info("fold %d (seed %d) failed: %s", fold, seed, error)
             failures.append({"seed": seed, "fold": fold, "error": error})
     records.sort(key=lambda r: (r["seed"], r["fold"]))
-    return write_report(out, records, failures, folds=folds, seeds=seeds)
+    return write_report(out, records, failures, folds=folds, seeds=seeds, postprocessing=_choose_postprocessing(out, records))
+
+
+def _choose_postprocessing(out: Path, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The minimum lesion volume chosen on every finished fold's predictions (nnU-Net chooses its
+    post-processing on its cross-validation the same way); ``predict CV_FOLDER`` applies it."""
+    if not records:
+        return None
+    from lungtumor.evaluation.postprocessing import choose_min_lesion_ml
+
+    dirs = [out / f"seed-{r['seed']}" / f"fold-{r['fold']}" for r in records]
+    try:
+        return choose_min_lesion_ml([d / "predictions" for d in dirs], [d / "references" for d in dirs])
+    except LungTumorError as exc:
+        return {"min_lesion_ml": None, "error": " ".join(str(exc).split())}
 
 
 def _visible_gpus() -> list[str]:
@@ -305,7 +320,9 @@ def _worker(argv: list[str]) -> int:
     return 0
 
 
-def write_report(out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]], *, folds: int, seeds: int) -> dict[str, Any]:
+def write_report(
+    out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]], *, folds: int, seeds: int, postprocessing: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Aggregate fold records into ``cv_summary.json`` and ``cv_cases.csv``."""
     per_seed: dict[str, Any] = {}
     for seed in sorted({r["seed"] for r in records}):
@@ -322,6 +339,7 @@ def write_report(out: Path, records: list[dict[str, Any]], failures: list[dict[s
         "dice_over_all_cases": _mean_sd([row["dice"] for r in records for row in r["rows"]]),
         "failed": failures,
         "complete": not failures and len(records) == folds * seeds,
+        "postprocessing": postprocessing,
     }
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -348,6 +366,16 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(f"seed {seed}: mean +- SD over {d['n']} folds  {f(d['mean'])} +- {f(d['sd'])}")
     d = summary["dice_over_seeds"]
     lines.append(f"over {d['n']} seeds: {f(d['mean'])} +- {f(d['sd'])}")
+    post = summary.get("postprocessing") or {}
+    if "dice_by_min_lesion_ml" in post:
+        chosen = post["min_lesion_ml"] or 0.0
+        dice_by = {float(k): v for k, v in post["dice_by_min_lesion_ml"].items()}
+        lines.append(
+            f"post-processing chosen on the folds' predictions: minimum lesion volume {chosen:g} ml "
+            f"(mean Dice {f(dice_by.get(0.0))} -> {f(dice_by.get(float(chosen)))}); `predict` on this folder applies it"
+        )
+    elif post.get("error"):
+        lines.append(f"post-processing not chosen: {post['error']}")
     for fail in summary["failed"]:
         lines.append(f"FAILED seed {fail['seed']} fold {fail['fold']}: {fail['error']}")
     return "\n".join(lines)

@@ -16,6 +16,7 @@ TTA ``flip`` mirrors the patient's left-right axis: in the canonical ('L','A','S
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungtumor.config import LEFT_RIGHT_AXIS
 from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
@@ -38,8 +40,6 @@ log = logging.getLogger(__name__)
 #: Default slices per forward pass on each kind of device.
 DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
 TTA_MODES = ("none", "flip")
-#: Axis of a (N, C, H, W) canonical ('L','A','S') slice batch that runs along the patient's left-right.
-LEFT_RIGHT_AXIS = -2
 #: Connectivity of predicted lesions in post-processing: 26 neighbours (faces, edges, corners).
 LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
@@ -354,7 +354,8 @@ def predict_path(
     ``nifti,dicom-seg`` (DICOM input only) also writes a DICOM-SEG beside OUTPUT as ``NAME.dcm``
     (see :func:`lungtumor.io.dicom_seg.prediction_seg_path`); ``dicom-seg`` alone skips the NIfTI.
     ``postprocess`` and ``min_lesion_ml``: see :func:`segment`. ``checkpoint`` may be several
-    checkpoints (or a ``lungtumor cv`` folder): an ensemble. ``report`` also writes, per input, the
+    checkpoints (or a ``lungtumor cv`` folder): an ensemble; a cv folder brings the minimum lesion
+    volume its cross-validation chose, unless ``min_lesion_ml`` is given (0 keeps every lesion). ``report`` also writes, per input, the
     lesion table and the self-contained HTML report into ``OUTPUT_NAME_report/``
     (:func:`lungtumor.reporting.html.write_lesions_folder`). ``skip_bad`` (folders): a case that fails
     is reported in its result (``error``) and the others go on; without it the first failure stops
@@ -382,6 +383,8 @@ def predict_path(
     if device is not None:
         resolve_device(device)  # a bad --device is refused before any work
     models = load_ensemble(checkpoint)
+    if min_lesion_ml is None:
+        min_lesion_ml = cv_min_lesion_ml(checkpoint)
     jobs: list[tuple[Path, Path, Path | None]] = []
     if src.is_dir():
         niftis = list_niftis(src)
@@ -422,6 +425,27 @@ def predict_path(
                 results.append({"input": str(in_path), "output": None, "error": " ".join(str(exc).split())})
             advance()
     return results
+
+
+def cv_min_lesion_ml(checkpoint: Any) -> float | None:
+    """The minimum lesion volume that a ``lungtumor cv`` folder chose on its folds' predictions
+    (``cv_summary.json``), when ``checkpoint`` is such a folder; else None."""
+    if not isinstance(checkpoint, (str, os.PathLike)) or not Path(checkpoint).is_dir():
+        return None
+    summary = Path(checkpoint) / "cv_summary.json"
+    if not summary.is_file():
+        return None
+    import json
+
+    try:
+        value = (json.loads(summary.read_text()).get("postprocessing") or {}).get("min_lesion_ml")
+    except (OSError, ValueError, AttributeError):
+        log.warning("%s: unreadable; no minimum lesion volume taken from it", summary)
+        return None
+    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+        log.info("minimum lesion volume %g ml, chosen by the cross-validation (%s); --min-lesion-ml 0 keeps every lesion", value, summary)
+        return float(value)
+    return None
 
 
 def shard_of_this_process() -> tuple[int, int]:

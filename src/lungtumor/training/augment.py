@@ -54,7 +54,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from lungtumor.config import HU_AIR, HU_SCALE, check_known_keys
+from lungtumor.config import HU_AIR, HU_SCALE, LEFT_RIGHT_AXIS, check_known_keys
 from lungtumor.errors import ConfigError, InputError
 
 #: Padding value of the CT outside the image: air, in the seed's normalisation (HU / 3071).
@@ -76,7 +76,7 @@ _RANGE_FIELDS = (
     "scale", "elastic_alpha", "elastic_sigma", "noise_std_hu", "blur_sigma_px", "thick_slice_weight", "contrast_range", "gamma_range",
 )
 #: Probability fields of :class:`AugmentConfig`.
-_PROBABILITY_FIELDS = ("p", "elastic_p", "noise_p", "blur_p", "thick_slice_p", "contrast_p", "gamma_p")
+_PROBABILITY_FIELDS = ("p", "elastic_p", "flip_lr_p", "noise_p", "blur_p", "thick_slice_p", "contrast_p", "gamma_p")
 #: Gaussian blur kernel radius in sigmas.
 _BLUR_TRUNCATE = 3.0
 #: Guards the division by a slice's intensity range in the gamma transform.
@@ -99,6 +99,9 @@ class AugmentConfig:
         elastic_alpha: ``(low, high)`` displacement scale in pixels, uniform per sample.
         elastic_sigma: ``(low, high)`` Gaussian smoothing of the displacement noise in pixels.
         elastic_p: probability that the elastic part is applied to an augmented sample.
+        flip_lr_p: probability that a sample is mirrored along the patient's left-right axis
+            (0, the seed's, draws nothing: the seed's random stream is unchanged). Makes the
+            left-right flip TTA see images like its training's.
         ct_fill: CT value outside the image (air: HU_AIR / HU_SCALE; the seed's imgaug used 0).
         hu_scale: CT values are HU / hu_scale (the store's; the trainer sets it).
         clip_hu: ``(low, high)`` HU window applied to every batch (training and validation) and
@@ -122,6 +125,7 @@ class AugmentConfig:
     elastic_alpha: tuple[float, float] = IMGAUG_ELASTIC_ALPHA
     elastic_sigma: tuple[float, float] = IMGAUG_ELASTIC_SIGMA
     elastic_p: float = 1.0
+    flip_lr_p: float = 0.0
     ct_fill: float = CT_FILL_AIR
     hu_scale: float = HU_SCALE
     clip_hu: tuple[float, float] | None = None
@@ -409,6 +413,11 @@ def augment_batch(
     if not cfg.enabled or ct.shape[0] == 0:
         return ct, mask
     ct, mask = _spatial_batch(ct, mask, cfg, generator)
+    if cfg.flip_lr_p > 0:
+        gen_device = generator.device if generator is not None else ct.device
+        on = _chosen(ct.shape[0], cfg.flip_lr_p, generator, gen_device, ct.device).bool().view(-1, 1, 1, 1)
+        ct = torch.where(on, ct.flip(LEFT_RIGHT_AXIS), ct)
+        mask = torch.where(on, mask.flip(LEFT_RIGHT_AXIS), mask)
     if cfg.uses_intensity:
         ct = intensity_batch(ct, cfg, generator)
     return ct, mask
