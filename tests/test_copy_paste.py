@@ -3,6 +3,7 @@ sizes follow the pixel size in mm, rate 0 is identity, reproducible, plausible H
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -388,6 +389,9 @@ def test_training_with_copy_paste_and_a_window(tmp_path: Path) -> None:
     rows = list(csv.DictReader((tmp_path / "run" / "logs" / "csv" / "session-0" / "metrics.csv").open()))
     fractions = [float(r["train/copy_paste_fraction"]) for r in rows if r.get("train/copy_paste_fraction")]
     assert fractions and fractions[0] > 0.2
+    # --no-augment turns copy-paste off too
+    off = train(dataclasses.replace(cfg, out=str(tmp_path / "run_off"), augment=False))
+    assert read_checkpoint(off["last_checkpoint"])["hyper_parameters"]["copy_paste"] is None
 
 
 @pytest.mark.slow

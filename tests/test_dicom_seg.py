@@ -364,6 +364,10 @@ def test_cli_predict_writes_nifti_and_dicom_seg(tmp_path: Path, capsys) -> None:
     assert rc == 0, capsys.readouterr().err
     assert [p.name for p in (tmp_path / "only").iterdir()] == ["seg.dcm"]
     check_with_highdicom(tmp_path / "only" / "seg.dcm", ct, mask.array, checkpoint_name="tiny.ckpt")
+    # ... with --probabilities: the map is named after the DICOM-SEG, not "seg.dcm_prob"
+    rc = main(["predict", str(ckpt), str(folder), str(tmp_path / "only2" / "seg.dcm"), "--output-format", "dicom-seg", "--probabilities", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "only2").iterdir()) == ["seg.dcm", "seg_prob.nii.gz"]
 
 
 def test_cli_predict_dicom_seg_errors_before_the_model_runs(tmp_path: Path, capsys) -> None:

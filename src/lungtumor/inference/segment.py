@@ -325,7 +325,11 @@ def postprocess_mask(mask: np.ndarray, region: np.ndarray | None, voxel_ml: floa
 
 
 def _probability_path(mask_path: Path) -> Path:
-    return mask_path.with_name(f"{nifti_stem(mask_path)}_prob.nii.gz")
+    """``NAME_prob.nii.gz`` beside ``NAME.nii.gz`` (or beside ``NAME.dcm`` when only a DICOM-SEG is written)."""
+    stem = nifti_stem(mask_path)
+    if stem.lower().endswith(".dcm"):
+        stem = stem[: -len(".dcm")]
+    return mask_path.with_name(f"{stem}_prob.nii.gz")
 
 
 def predict_path(

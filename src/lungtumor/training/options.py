@@ -82,7 +82,7 @@ class TrainConfig:
         type_=float,
     )
     size: int | None = _opt(None, "train at this slice size (<= the store's; default the store's)", type_=int)
-    augment: bool = _opt(True, "turn augmentation off", flag="--no-augment")
+    augment: bool = _opt(True, "turn augmentation off (copy-paste included)", flag="--no-augment")
     augment_options: dict[str, Any] = _opt({}, "AugmentConfig overrides (config files only)")  # noqa: RUF009
     copy_paste_rate: float = _opt(0.0, "tumour copy-paste: probability that a training slice gets a pasted real lesion (default 0 = off)", type_=float)
     lesion_dir: str | None = _opt(None, "copy-paste: folder of lesion crops (<id>_ct.nii.gz + <id>_label.nii.gz) besides the training cases' own tumours")

@@ -225,7 +225,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if size > store_pre.size:
         raise ConfigError(f"--size {size} is larger than the store's {store_pre.size}; re-preprocess with --size {size}")
     augment_cfg = AugmentConfig.from_dict({**cfg.augment_options, "hu_scale": store_pre.hu_scale, "enabled": cfg.augment})
-    copy_paste = config_from_train_options(cfg.copy_paste_rate, cfg.lesion_dir, cfg.copy_paste_options)
+    # --no-augment turns every augmentation off, copy-paste included.
+    copy_paste = config_from_train_options(cfg.copy_paste_rate if cfg.augment else 0.0, cfg.lesion_dir, cfg.copy_paste_options)
     # A training HU window is part of the preprocessing that inference must repeat.
     pre = dataclasses.replace(store_pre, size=size, clip_hu=combined_clip(store_pre.clip_hu, augment_cfg.clip_hu))
     model_cfg = ModelConfig(in_channels=2 * cfg.context + 1, width=cfg.width, depth=cfg.depth, norm=cfg.norm, upsample=cfg.upsample)
