@@ -277,7 +277,7 @@ def _run_parallel(
             fold_dir.mkdir(parents=True, exist_ok=True)
             spec = {"base": base_dict, "store": str(store), "fold_dir": str(fold_dir), "fold": fold, "folds": folds, "seed": seed, "tta": tta}
             where = f"GPU {slot['CUDA_VISIBLE_DEVICES']}" if slot.get("CUDA_VISIBLE_DEVICES") else f"{slot.get('OMP_NUM_THREADS')} CPU thread(s)"
-            log.info("fold %d (seed %d) started on %s; log %s", fold, seed, where, fold_dir / WORKER_LOG)
+            print(f"fold {fold} (seed {seed}): started on {where}; log {fold_dir / WORKER_LOG}", file=sys.stderr, flush=True)
             with open(fold_dir / WORKER_LOG, "a") as logf:
                 rc = subprocess.run(
                     [sys.executable, "-m", "lungtumor.cv", json.dumps(spec)], env={**os.environ, **slot}, stdout=logf, stderr=subprocess.STDOUT, check=False
@@ -285,7 +285,9 @@ def _run_parallel(
         finally:
             free.put(slot)
         if rc == 0 and (fold_dir / DONE_FILE).exists():
+            print(f"fold {fold} (seed {seed}): done", file=sys.stderr, flush=True)
             return seed, fold, json.loads((fold_dir / DONE_FILE).read_text()), None
+        print(f"fold {fold} (seed {seed}): failed, see {fold_dir / WORKER_LOG}", file=sys.stderr, flush=True)
         return seed, fold, None, _last_error(fold_dir / WORKER_LOG, rc)
 
     with ThreadPoolExecutor(max_workers=len(slots)) as pool:
