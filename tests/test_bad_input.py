@@ -119,6 +119,8 @@ ROWS = [
     # demo: option values checked before any stage runs
     ("demo-epochs-0", "demo --workdir {root}/d1 --epochs 0", ["epochs"], ["d1"]),
     ("demo-train-minutes-neg", "demo --workdir {root}/d2 --train-minutes -1", ["minutes"], ["d2"]),
+    ("demo-heldout-0", "demo --workdir {root}/d3 --heldout-cases 0", ["--heldout-cases 0"], ["d3"]),
+    ("cv-parallel-0", "cv {store} --out {root}/cv1 --parallel 0", ["--parallel 0"], ["cv1"]),
     # evaluate
     ("evaluate-missing", "evaluate {root}/nopred {root}/noref", ["nopred"], ["nopred"]),
 ]

@@ -172,6 +172,7 @@ def cross_validate(
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: need at least 1 seed")
     run_now = _parse_only(only_folds, folds)
+    _worker_slots(base, parallel)  # a bad --parallel is refused before anything is written
     out = Path(out)
     src = Path(store_or_dataset)
     if not src.is_dir():
