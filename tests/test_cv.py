@@ -43,13 +43,18 @@ def test_cross_validation_covers_every_case_once_and_resumes(tmp_path) -> None:
     assert json.loads((out / "cv_summary.json").read_text())["complete"]
 
 
-@pytest.mark.slow
-def test_a_failed_fold_is_listed_and_the_others_report(tmp_path, capsys) -> None:
+def _store_and_a_broken_fold_1(tmp_path):
+    """A store and a cv folder whose fold 1 cannot start training (its run holds a corrupt last.ckpt)."""
     store = make_store(tmp_path, n=4, val_cases=1)
     out = tmp_path / "cv"
-    # Fold 1's training cannot start (its run folder holds a corrupt last.ckpt); fold 0 still reports.
     (out / "seed-0" / "fold-1" / "run").mkdir(parents=True)
     (out / "seed-0" / "fold-1" / "run" / "last.ckpt").write_text("garbage")
+    return store, out
+
+
+@pytest.mark.slow
+def test_a_failed_fold_is_listed_and_the_others_report(tmp_path, capsys) -> None:
+    store, out = _store_and_a_broken_fold_1(tmp_path)  # fold 0 still reports
     args = ["cv", str(store), "--out", str(out), "--folds", "2", "--width", "4", "--batch-size", "4", "--num-workers", "0",
             "--no-progress", "--epochs", "1", "--samples-per-epoch", "4"]
     rc = main(args)
@@ -95,10 +100,7 @@ def test_parallel_folds_run_in_their_own_processes_and_match_the_sequential_run(
 def test_a_failed_fold_process_is_listed_with_its_error(tmp_path, monkeypatch) -> None:
     import lungtumor.cv as cv
 
-    store = make_store(tmp_path, n=4, val_cases=1)
-    out = tmp_path / "cv"
-    (out / "seed-0" / "fold-1" / "run").mkdir(parents=True)
-    (out / "seed-0" / "fold-1" / "run" / "last.ckpt").write_text("garbage")
+    store, out = _store_and_a_broken_fold_1(tmp_path)
     monkeypatch.setattr(cv.os, "cpu_count", lambda: 2)
     summary = cross_validate(store, out, TrainConfig(store=str(store), out=str(out), **FAST), folds=2, parallel=2)
     assert [f["fold"] for f in summary["per_fold"]] == [0] and [f["fold"] for f in summary["failed"]] == [1]
