@@ -137,6 +137,10 @@ def main() -> None:
 
             write_phantom_dataset(data, cases=cfg.cases, test_cases=cfg.test_cases, size="SMALL", seed=cfg.seed)
         held = _small_set(cache / f"small_{cfg.heldout_cases}_{cfg.seed + 1}", cfg.heldout_cases, cfg.seed + 1)
+        from lungtumor.demo import DEMO_DATA_STAMP
+
+        for folder, stamp in ((data, (cfg.cases, cfg.test_cases, cfg.seed)), (held, (cfg.heldout_cases, 0, cfg.seed + 1))):
+            (folder / DEMO_DATA_STAMP).write_text(json.dumps(dict(zip(("cases", "test_cases", "seed"), stamp))))
         for link, target in ((out / "demo" / "data", data), (out / "demo" / "heldout", held)):
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():

@@ -82,6 +82,11 @@ def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
             ct = read_nifti(work / data / "imagesTr" / pred.name)
             mask = read_nifti(pred)
             assert mask.shape == ct.shape and np.allclose(mask.affine, ct.affine, atol=1e-5)
+    # each generated dataset says what it holds, so that a re-run reuses only the data asked for
+    from lungtumor.demo import DEMO_DATA_STAMP, _phantom_matches
+
+    assert _phantom_matches(work / "data", 3, 1, 0) and _phantom_matches(work / "heldout", 1, 0, 1)
+    assert not _phantom_matches(work / "data", 4, 1, 0) and (work / "data" / DEMO_DATA_STAMP).exists()
     # the minimum lesion volume was chosen on the validation cases and recorded
     choice = json.loads((work / "evaluation" / "postprocessing.json").read_text())
     assert choice["cases"] == 1 and result["postprocessing"]["min_lesion_ml"] == choice["min_lesion_ml"]

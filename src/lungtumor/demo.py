@@ -112,6 +112,18 @@ class DemoConfig:
             raise ConfigError(f"--train-minutes {self.train_minutes}: must be a positive number of minutes (or leave it unset: no cap)")
 
 
+#: Written beside a phantom dataset the demo generated: what it holds, so that a re-run reuses it
+#: only when it is the data asked for.
+DEMO_DATA_STAMP = "demo_data.json"
+
+
+def _phantom_matches(folder: Path, cases: int, test_cases: int, seed: int) -> bool:
+    try:
+        return json.loads((folder / DEMO_DATA_STAMP).read_text()) == {"cases": cases, "test_cases": test_cases, "seed": seed}
+    except (OSError, ValueError):
+        return False
+
+
 def _stage(name: str, log: list[tuple[str, float, str]]) -> Callable[[Callable[[], Any]], Any]:
     def run(fn: Callable[[], Any]) -> Any:
         print(f"\n== {name} ==", flush=True)
@@ -152,10 +164,12 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
             from lungtumor.phantom.dataset import write_phantom_dataset
 
             for folder, n, n_test, seed in ((task, cfg.cases, cfg.test_cases, cfg.seed), (heldout, cfg.heldout_cases, 0, cfg.seed + 1)):
-                if (folder / "dataset.json").exists():
+                if _phantom_matches(folder, n, n_test, seed):
                     print(f"   reusing {folder}")
-                else:
+                else:  # a folder of another size (an older demo, other options) is made anew
+                    shutil.rmtree(folder, ignore_errors=True)
                     write_phantom_dataset(folder, cases=n, test_cases=n_test, size="SMALL", seed=seed, progress=True)
+                    write_text_atomic(folder / DEMO_DATA_STAMP, json.dumps({"cases": n, "test_cases": n_test, "seed": seed}))
             return {"where": f"{task}, {heldout}"}
 
         _stage("1/6 phantom data", timings)(make_data)
