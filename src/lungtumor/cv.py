@@ -197,7 +197,7 @@ def cross_validate(
                 records.append(json.loads((fold_dir / DONE_FILE).read_text()))
     slots = _worker_slots(base, parallel)
     todo = [j for j in jobs if not (j[2] / DONE_FILE).exists()]
-    if len(slots) > 1 and len(todo) > 1:
+    if len(slots) > 1 and todo:
         outcomes = _run_parallel(base, store, jobs, folds, tta, slots)
     else:
         outcomes = []
