@@ -64,11 +64,14 @@ def _full_set(folder: Path, n: int, seed: int) -> Path:
     return folder
 
 
-def _small_set(folder: Path, n: int, seed: int) -> Path:
+def _small_set(folder: Path, n: int, seed: int, test_cases: int = 0) -> Path:
+    """A SMALL phantom dataset, written once, with the stamp that lets the demo reuse it."""
+    from lungtumor.demo import DEMO_DATA_STAMP
     from lungtumor.phantom.dataset import write_phantom_dataset
 
     if not (folder / "dataset.json").exists():
-        write_phantom_dataset(folder, cases=n, test_cases=0, size="SMALL", seed=seed)
+        write_phantom_dataset(folder, cases=n, test_cases=test_cases, size="SMALL", seed=seed)
+    (folder / DEMO_DATA_STAMP).write_text(json.dumps({"cases": n, "test_cases": test_cases, "seed": seed}))
     return folder
 
 
@@ -130,17 +133,8 @@ def main() -> None:
         result["held_out"] = _score(ckpt, held / "imagesTr", held / "labelsTr", out / "held_out", cfg.tta, min_lesion_ml)
         print("held-out:", json.dumps(result["held_out"]), flush=True)
     else:
-        data = cache / f"demo_data_{cfg.cases}_{cfg.test_cases}_{cfg.seed}"
-        _small_set_demo = data / "dataset.json"
-        if not _small_set_demo.exists():
-            from lungtumor.phantom.dataset import write_phantom_dataset
-
-            write_phantom_dataset(data, cases=cfg.cases, test_cases=cfg.test_cases, size="SMALL", seed=cfg.seed)
+        data = _small_set(cache / f"demo_data_{cfg.cases}_{cfg.test_cases}_{cfg.seed}", cfg.cases, cfg.seed, cfg.test_cases)
         held = _small_set(cache / f"small_{cfg.heldout_cases}_{cfg.seed + 1}", cfg.heldout_cases, cfg.seed + 1)
-        from lungtumor.demo import DEMO_DATA_STAMP
-
-        for folder, stamp in ((data, (cfg.cases, cfg.test_cases, cfg.seed)), (held, (cfg.heldout_cases, 0, cfg.seed + 1))):
-            (folder / DEMO_DATA_STAMP).write_text(json.dumps(dict(zip(("cases", "test_cases", "seed"), stamp))))
         for link, target in ((out / "demo" / "data", data), (out / "demo" / "heldout", held)):
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():

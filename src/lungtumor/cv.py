@@ -172,7 +172,7 @@ def cross_validate(
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: need at least 1 seed")
     run_now = _parse_only(only_folds, folds)
-    _worker_slots(base, parallel)  # a bad --parallel is refused before anything is written
+    slots = _worker_slots(base, parallel)  # a bad --parallel is refused before anything is written
     out = Path(out)
     src = Path(store_or_dataset)
     if not src.is_dir():
@@ -195,7 +195,6 @@ def cross_validate(
                 jobs.append((seed, fold, fold_dir))
             elif (fold_dir / DONE_FILE).exists():
                 records.append(json.loads((fold_dir / DONE_FILE).read_text()))
-    slots = _worker_slots(base, parallel)
     todo = [j for j in jobs if not (j[2] / DONE_FILE).exists()]
     if len(slots) > 1 and todo:
         outcomes = _run_parallel(base, store, jobs, folds, tta, slots)

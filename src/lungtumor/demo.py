@@ -104,8 +104,9 @@ class DemoConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {v}: must be a whole number >= 1")
         if self.test_cases < 0:
             raise ConfigError(f"--test-cases {self.test_cases}: must be >= 0")
-        if not isinstance(self.heldout_cases, int) or isinstance(self.heldout_cases, bool) or self.heldout_cases < (1 if self.task_dir is None else 0):
-            raise ConfigError(f"--heldout-cases {self.heldout_cases}: must be a whole number >= 1")
+        least = 1 if self.task_dir is None else 0  # with --task-dir the held-out cases are the validation ones
+        if not isinstance(self.heldout_cases, int) or isinstance(self.heldout_cases, bool) or self.heldout_cases < least:
+            raise ConfigError(f"--heldout-cases {self.heldout_cases}: must be a whole number >= {least}")
         if self.task_dir is None and self.val_cases >= self.cases:
             raise ConfigError(f"--val-cases {self.val_cases}: must be fewer than --cases {self.cases}, so that some cases are left to train on")
         if self.train_minutes is not None and not (isinstance(self.train_minutes, (int, float)) and math.isfinite(self.train_minutes) and self.train_minutes > 0):
