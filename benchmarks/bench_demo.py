@@ -24,7 +24,6 @@ Run:
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
 import os
@@ -34,17 +33,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-
-def _parse_set(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
 
 
 def _full_set(folder: Path, n: int, seed: int) -> Path:
@@ -117,13 +105,13 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from common import machine
+    from common import machine, parse_set
     from lungtumor.demo import DemoConfig, run_demo
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache)
-    overrides = _parse_set(args.set)
+    overrides = parse_set(args.set)
     cfg = dataclasses.replace(DemoConfig(workdir=str(out / "demo")), **overrides)
     result: dict[str, Any] = {"machine": machine(), "demo_config": dataclasses.asdict(cfg)}
     min_lesion_ml = args.min_lesion_ml

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import machine, parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -137,8 +137,8 @@ def fold_store(store: Path, held_out: str, out: Path) -> Path:
     return out
 
 
-def recipe_options(recipe: str, held_out: str, budget: dict[str, Any]) -> dict[str, Any]:
-    """TrainConfig options of a recipe under the benchmark's budget."""
+def recipe_options(recipe: str, held_out: str, budget: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """TrainConfig options of a recipe under the benchmark's budget, then ``overrides`` (``--set``)."""
     from lungtumor.training.options import load_config_file
 
     common = {
@@ -154,7 +154,7 @@ def recipe_options(recipe: str, held_out: str, budget: dict[str, Any]) -> dict[s
         "seed": 0,
     }
     if recipe == "seed":
-        return {**common, "size": SEED_TRAIN_SIZE}
+        return {**common, "size": SEED_TRAIN_SIZE, **(overrides or {})}
     opts = load_config_file(RECIPE)
     opts = {**opts, **common}
     if recipe == "real_nocp":
@@ -163,24 +163,27 @@ def recipe_options(recipe: str, held_out: str, budget: dict[str, Any]) -> dict[s
         opts["lesion_dir"] = str(CROPS) if CROPS.is_dir() else None
         # The held-out patient is no case of the fold's store, so name its crops here.
         opts["copy_paste_options"] = {**opts.get("copy_paste_options", {}), "exclude": [held_out]}
-    return opts
+    return {**opts, **(overrides or {})}
 
 
-def run_fold(work: Path, stores: dict[str, Path], pairs: Path, recipe: str, held_out: str, budget: dict[str, Any]) -> dict[str, Any]:
-    """Train, predict and evaluate one (recipe, held-out scan); cached in ``WORK/runs``."""
+def run_fold(
+    work: Path, stores: dict[str, Path], pairs: Path, recipe: str, held_out: str, budget: dict[str, Any],
+    overrides: dict[str, Any] | None = None, tag: str = "",
+) -> dict[str, Any]:
+    """Train, predict and evaluate one (recipe, held-out scan); cached in ``WORK/runs/RECIPE[TAG]-SCAN``."""
     from lungtumor.evaluation.evaluate import evaluate_folder
     from lungtumor.inference.segment import predict_path
     from lungtumor.training.options import TrainConfig
     from lungtumor.training.trainer import train
 
-    run = work / "runs" / f"{recipe}-{held_out}"
+    run = work / "runs" / f"{recipe}{tag}-{held_out}"
     result_path = run / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     if run.exists():
         shutil.rmtree(run)
     store = fold_store(stores["seed" if recipe == "seed" else "lung"], held_out, work / "folds" / f"{'seed' if recipe == 'seed' else 'lung'}-{held_out}")
-    opts = recipe_options(recipe, held_out, budget)
+    opts = recipe_options(recipe, held_out, budget, overrides)
     cfg = TrainConfig.from_dict({**opts, "store": str(store), "out": str(run / "train")})
     t0 = time.perf_counter()
     summary = train(cfg)
@@ -194,7 +197,8 @@ def run_fold(work: Path, stores: dict[str, Path], pairs: Path, recipe: str, held
     res = evaluate_folder(pred_dir, label_dir, run / "eval", progress=False)
     row = res.rows[0]
     out = {
-        "recipe": recipe,
+        "recipe": recipe + tag,
+        "overrides": overrides or {},
         "held_out": held_out,
         "dice": row["dice"],
         "surface_dice": row["surface_dice"],
@@ -221,7 +225,7 @@ def rescore_min_lesion(work: Path, result: dict[str, Any], min_lesion_ml: float 
     key = f"min_{min_lesion_ml:g}ml"
     if key in result:
         return result
-    run = work / "runs" / f"{result['recipe']}-{result['held_out']}"
+    run = work / "runs" / f"{result['recipe']}-{result['held_out']}"  # recipe includes the tag
     name = f"{result['held_out']}.nii.gz"
     pred = read_nifti(run / "pred" / name)
     kept = postprocess_mask(pred.array, None, pred.voxel_volume_ml, min_lesion_ml)
@@ -287,7 +291,7 @@ def table(results: list[dict[str, Any]]) -> str:
         f"| recipe | mean Dice per case | lesion sensitivity (pooled) | false positives per scan | the same without lesions < {MIN_LESION_ML:g} ml |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for recipe in RECIPES:
+    for recipe in dict.fromkeys(r["recipe"] for r in results):
         rs = [r for r in results if r["recipe"] == recipe]
         if not rs:
             continue
@@ -312,12 +316,15 @@ def main() -> None:
     ap.add_argument("--recipes", default=",".join(RECIPES))
     ap.add_argument("--held-out", default=",".join(REAL_CASES), help="real scans to hold out, comma-separated")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig override for every run, e.g. lr=0.002")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
+    ap.add_argument("--tag", default="", help="suffix of the recipe names (and run folders) of runs with --set, e.g. _lr2e-3")
     a = ap.parse_args()
     if not REAL.is_dir():
         raise SystemExit(f"real data not found at {REAL}")
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(a.threads or min(2, os.cpu_count() or 1))
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     log(f"machine: {machine()}")
@@ -327,16 +334,19 @@ def main() -> None:
     speed = paste_speed(stores)
     log(f"copy-paste speed: {json.dumps(speed)}")
     budget = {"epochs": a.epochs, "samples": a.samples}
+    overrides = parse_set(a.set)
+    if overrides and not a.tag:
+        raise SystemExit("--set needs --tag (runs with other options are cached under their own names)")
     results = []
     for held_out in a.held_out.split(","):
         for recipe in a.recipes.split(","):
             t0 = time.perf_counter()
-            r = rescore_min_lesion(work, run_fold(work, stores, pairs, recipe, held_out, budget))
+            r = rescore_min_lesion(work, run_fold(work, stores, pairs, recipe, held_out, budget, overrides, a.tag))
             results.append(r)
-            log(f"{recipe} / {held_out}: Dice {r['dice']:.3f}, found {r['lesions_found']}/{r['lesions_ref']}, FP {r['false_positive_lesions']} ({time.perf_counter() - t0:.0f} s)")
-    report = {"machine": machine(), "budget": {**budget, "width": WIDTH, "batch": 8}, "copy_paste_speed": speed, "results": results,
+            log(f"{recipe}{a.tag} / {held_out}: Dice {r['dice']:.3f}, found {r['lesions_found']}/{r['lesions_ref']}, FP {r['false_positive_lesions']} ({time.perf_counter() - t0:.0f} s)")
+    report = {"machine": machine(), "budget": {**budget, "width": WIDTH, "batch": 8}, "overrides": overrides, "copy_paste_speed": speed, "results": results,
               "total_s": time.perf_counter() - t_all}
-    (work / "results.json").write_text(json.dumps(report, indent=2))
+    (work / f"results{a.tag}.json").write_text(json.dumps(report, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
     print(table(results), flush=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 def machine() -> str:
@@ -40,3 +42,17 @@ def du(path: str | os.PathLike[str]) -> int:
         for f in files:
             total += os.path.getsize(os.path.join(root, f))
     return total
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``FIELD=VALUE`` overrides (``--set``): VALUE as a Python literal where it is one, else the string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected FIELD=VALUE, e.g. lr=0.002")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
