@@ -168,22 +168,24 @@ def recipe_options(recipe: str, held_out: str, budget: dict[str, Any], overrides
 
 def run_fold(
     work: Path, stores: dict[str, Path], pairs: Path, recipe: str, held_out: str, budget: dict[str, Any],
-    overrides: dict[str, Any] | None = None, tag: str = "",
+    overrides: dict[str, Any] | None = None, tag: str = "", train_seed: int = 0,
 ) -> dict[str, Any]:
-    """Train, predict and evaluate one (recipe, held-out scan); cached in ``WORK/runs/RECIPE[TAG]-SCAN``."""
+    """Train, predict and evaluate one (recipe, held-out scan, training seed); cached in
+    ``WORK/runs/RECIPE[TAG][-sSEED]-SCAN`` (seed 0 without ``-s0``)."""
     from lungtumor.evaluation.evaluate import evaluate_folder
     from lungtumor.inference.segment import predict_path
     from lungtumor.training.options import TrainConfig
     from lungtumor.training.trainer import train
 
-    run = work / "runs" / f"{recipe}{tag}-{held_out}"
+    name = f"{recipe}{tag}{f'-s{train_seed}' if train_seed else ''}-{held_out}"
+    run = work / "runs" / name
     result_path = run / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
     if run.exists():
         shutil.rmtree(run)
     store = fold_store(stores["seed" if recipe == "seed" else "lung"], held_out, work / "folds" / f"{'seed' if recipe == 'seed' else 'lung'}-{held_out}")
-    opts = recipe_options(recipe, held_out, budget, overrides)
+    opts = {**recipe_options(recipe, held_out, budget, overrides), "seed": train_seed}
     cfg = TrainConfig.from_dict({**opts, "store": str(store), "out": str(run / "train")})
     t0 = time.perf_counter()
     summary = train(cfg)
@@ -198,6 +200,8 @@ def run_fold(
     row = res.rows[0]
     out = {
         "recipe": recipe + tag,
+        "run": name,
+        "train_seed": train_seed,
         "overrides": overrides or {},
         "held_out": held_out,
         "dice": row["dice"],
@@ -225,7 +229,7 @@ def rescore_min_lesion(work: Path, result: dict[str, Any], min_lesion_ml: float 
     key = f"min_{min_lesion_ml:g}ml"
     if key in result:
         return result
-    run = work / "runs" / f"{result['recipe']}-{result['held_out']}"  # recipe includes the tag
+    run = work / "runs" / result.get("run", f"{result['recipe']}-{result['held_out']}")
     name = f"{result['held_out']}.nii.gz"
     pred = read_nifti(run / "pred" / name)
     kept = postprocess_mask(pred.array, None, pred.voxel_volume_ml, min_lesion_ml)
@@ -278,32 +282,36 @@ def paste_speed(stores: dict[str, Path]) -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: per case and recipe, then the mean per recipe."""
-    lines = ["| recipe | held-out scan | Dice | lesions found | false-positive lesions | pred / ref ml | train s | slices |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    """Markdown tables: every run, then per recipe the mean over folds (and its SD over seeds)."""
+    lines = [
+        "| recipe | seed | held-out scan | Dice | lesions found | false-positive lesions | pred / ref ml | train s | slices |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         lines.append(
-            f"| {r['recipe']} | {r['held_out']} | {r['dice']:.3f} | {r['lesions_found']}/{r['lesions_ref']} | {r['false_positive_lesions']} | "
-            f"{r['volume_pred_ml']:.1f} / {r['volume_ref_ml']:.1f} | {r['train_s']:.0f} | {r['train_slices']} |"
+            f"| {r['recipe']} | {r.get('train_seed', 0)} | {r['held_out']} | {r['dice']:.3f} | {r['lesions_found']}/{r['lesions_ref']} | "
+            f"{r['false_positive_lesions']} | {r['volume_pred_ml']:.1f} / {r['volume_ref_ml']:.1f} | {r['train_s']:.0f} | {r['train_slices']} |"
         )
     key = f"min_{MIN_LESION_ML:g}ml"
     lines += [
         "",
-        f"| recipe | mean Dice per case | lesion sensitivity (pooled) | false positives per scan | the same without lesions < {MIN_LESION_ML:g} ml |",
-        "| --- | --- | --- | --- | --- |",
+        f"| recipe | runs | mean Dice per case (SD over seeds) | lesion sensitivity (pooled) | false positives per scan | the same without lesions < {MIN_LESION_ML:g} ml |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
+
+    def stats(rows: list[dict[str, Any]], seeds: list[int]) -> str:
+        dice = np.mean([r["dice"] for r in rows])
+        per_seed = [np.mean([r["dice"] for r, s in zip(rows, seeds, strict=True) if s == seed]) for seed in sorted(set(seeds))]
+        sd = f" ({np.std(per_seed, ddof=1):.3f})" if len(per_seed) > 1 else ""
+        sens = sum(r["lesions_found"] for r in rows) / max(1, sum(r["lesions_ref"] for r in rows))
+        fp = np.mean([r["false_positive_lesions"] for r in rows])
+        return f"{dice:.3f}{sd} | {sens:.2f} | {fp:.1f}"
+
     for recipe in dict.fromkeys(r["recipe"] for r in results):
         rs = [r for r in results if r["recipe"] == recipe]
-        if not rs:
-            continue
-
-        def stats(rows: list[dict[str, Any]]) -> str:
-            dice = np.mean([r["dice"] for r in rows])
-            sens = sum(r["lesions_found"] for r in rows) / max(1, sum(r["lesions_ref"] for r in rows))
-            fp = np.mean([r["false_positive_lesions"] for r in rows])
-            return f"{dice:.3f} | {sens:.2f} | {fp:.1f}"
-
-        small = stats([r[key] for r in rs if key in r]).replace(" | ", " / ") if all(key in r for r in rs) else "-"
-        lines.append(f"| {recipe} | {stats(rs)} | {small} |")
+        seeds = [r.get("train_seed", 0) for r in rs]
+        small = stats([r[key] for r in rs], seeds).replace(" | ", " / ") if all(key in r for r in rs) else "-"
+        lines.append(f"| {recipe} | {len(rs)} | {stats(rs, seeds)} | {small} |")
     return "\n".join(lines)
 
 
@@ -317,6 +325,8 @@ def main() -> None:
     ap.add_argument("--held-out", default=",".join(REAL_CASES), help="real scans to hold out, comma-separated")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig override for every run, e.g. lr=0.002")
+    ap.add_argument("--no-speed", action="store_true", help="skip the copy-paste speed measurement")
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (each run is one fold, recipe and seed)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
     ap.add_argument("--tag", default="", help="suffix of the recipe names (and run folders) of runs with --set, e.g. _lr2e-3")
     a = ap.parse_args()
@@ -331,19 +341,21 @@ def main() -> None:
     t_all = time.perf_counter()
     pairs = build_pairs(work, a.phantoms)
     stores = build_stores(work, pairs)
-    speed = paste_speed(stores)
-    log(f"copy-paste speed: {json.dumps(speed)}")
+    speed = None if a.no_speed else paste_speed(stores)
+    if speed:
+        log(f"copy-paste speed: {json.dumps(speed)}")
     budget = {"epochs": a.epochs, "samples": a.samples}
     overrides = parse_set(a.set)
     if overrides and not a.tag:
         raise SystemExit("--set needs --tag (runs with other options are cached under their own names)")
     results = []
-    for held_out in a.held_out.split(","):
-        for recipe in a.recipes.split(","):
-            t0 = time.perf_counter()
-            r = rescore_min_lesion(work, run_fold(work, stores, pairs, recipe, held_out, budget, overrides, a.tag))
-            results.append(r)
-            log(f"{recipe}{a.tag} / {held_out}: Dice {r['dice']:.3f}, found {r['lesions_found']}/{r['lesions_ref']}, FP {r['false_positive_lesions']} ({time.perf_counter() - t0:.0f} s)")
+    for train_seed in (int(x) for x in a.seeds.split(",")):
+        for held_out in a.held_out.split(","):
+            for recipe in a.recipes.split(","):
+                t0 = time.perf_counter()
+                r = rescore_min_lesion(work, run_fold(work, stores, pairs, recipe, held_out, budget, overrides, a.tag, train_seed))
+                results.append(r)
+                log(f"{r.get('run', recipe + a.tag + '-' + held_out)}: Dice {r['dice']:.3f}, found {r['lesions_found']}/{r['lesions_ref']}, FP {r['false_positive_lesions']} ({time.perf_counter() - t0:.0f} s)")
     report = {"machine": machine(), "budget": {**budget, "width": WIDTH, "batch": 8}, "overrides": overrides, "copy_paste_speed": speed, "results": results,
               "total_s": time.perf_counter() - t_all}
     (work / f"results{a.tag}.json").write_text(json.dumps(report, indent=2))
