@@ -8,9 +8,9 @@ number of training slices, width 16, about the same pixels per slice):
 
 * ``seed``: the seed recipe (seed preset store: whole slice resized to 256, trained at 128 px;
   BCE, Adam 1e-4 constant, the seed's augmentation);
-* ``real_nocp``: ``configs/real_ct.yaml`` with copy-paste off, on a lung preset store;
-* ``real_ct``: ``configs/real_ct.yaml`` as shipped (copy-paste at its rate, from the other training
-  cases and from the LIDC nodule crops; the held-out patient's own crops are left out).
+* ``real_ct``: ``configs/real_ct.yaml`` as shipped (copy-paste off), on a lung preset store;
+* ``real_ct_cp``: the same with tumour copy-paste at rate ``COPY_PASTE_RATE``, from the other
+  training cases and from the LIDC nodule crops (the held-out patient's own crops are left out).
 
 The lung preset store uses ``spacing_mm`` 2.0 here (not the preset's 1.25) so that its slices
 (about 160 x 112 px) cost what the seed's 128 x 128 do. The validation case of every fold is a
@@ -18,8 +18,11 @@ phantom (the held-out scan is never seen in training nor in model selection; the
 used). Also measured: the copy-paste cost in slices/s at 128 and 256 px, against the spatial
 augmentation on the same batch.
 
-Run (about 40 minutes on 2 cores): ``nohup .venv/bin/python benchmarks/bench_real.py --work /tmp/bench_real
-> /tmp/bench_real.log 2>&1 &``. Finished runs are kept in ``WORK/runs``: a re-run resumes.
+Run: ``nohup .venv/bin/python benchmarks/bench_real.py --work /tmp/bench_real --epochs 1 --samples 6400
+--seeds 0,1,2 > /tmp/bench_real.log 2>&1 &`` (BENCHMARKS.md's measurement: 800 steps per run, 4-9
+minutes a run on 2 cores; it ran as two processes with ``--threads 1`` side by side, each with
+its own ``--recipes``). Variants: ``--recipes real_ct_cp --set lr=0.0003 --set norm=instance
+--tag _old`` (the recipe shipped before). Finished runs are kept in ``WORK/runs``: a re-run resumes.
 """
 
 from __future__ import annotations
@@ -48,7 +51,9 @@ REAL_CASES = {
     "LIDC-IDRI-0001": ("LIDC-IDRI-0001/ct.nii.gz", "LIDC-IDRI-0001/nodule_label.nii.gz"),
 }
 CROPS = REAL / "lidc_nodule_crops"
-RECIPES = ("seed", "real_nocp", "real_ct")
+RECIPES = ("seed", "real_ct", "real_ct_cp")
+#: Copy-paste rate of ``real_ct_cp``.
+COPY_PASTE_RATE = 0.5
 #: Budget per fold and recipe.
 WIDTH = 16
 SEED_STORE_SIZE = 256
@@ -157,12 +162,13 @@ def recipe_options(recipe: str, held_out: str, budget: dict[str, Any], overrides
         return {**common, "size": SEED_TRAIN_SIZE, **(overrides or {})}
     opts = load_config_file(RECIPE)
     opts = {**opts, **common}
-    if recipe == "real_nocp":
-        opts["copy_paste_rate"] = 0.0
-    else:
+    if recipe == "real_ct_cp":
+        opts["copy_paste_rate"] = COPY_PASTE_RATE
         opts["lesion_dir"] = str(CROPS) if CROPS.is_dir() else None
         # The held-out patient is no case of the fold's store, so name its crops here.
         opts["copy_paste_options"] = {**opts.get("copy_paste_options", {}), "exclude": [held_out]}
+    elif recipe != "real_ct":
+        raise SystemExit(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
     return {**opts, **(overrides or {})}
 
 
