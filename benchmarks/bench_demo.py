@@ -53,13 +53,10 @@ def _full_set(folder: Path, n: int, seed: int) -> Path:
 
 
 def _small_set(folder: Path, n: int, seed: int, test_cases: int = 0) -> Path:
-    """A SMALL phantom dataset, written once, with the stamp that lets the demo reuse it."""
-    from lungtumor.demo import DEMO_DATA_STAMP
-    from lungtumor.phantom.dataset import write_phantom_dataset
+    """A SMALL phantom dataset, written once, stamped as the demo's own (so the demo reuses it)."""
+    from lungtumor.demo import phantom_set
 
-    if not (folder / "dataset.json").exists():
-        write_phantom_dataset(folder, cases=n, test_cases=test_cases, size="SMALL", seed=seed)
-    (folder / DEMO_DATA_STAMP).write_text(json.dumps({"cases": n, "test_cases": test_cases, "seed": seed}))
+    phantom_set(folder, n, test_cases, seed, progress=False)
     return folder
 
 

@@ -156,7 +156,6 @@ def recipe_options(recipe: str, held_out: str, budget: dict[str, Any], overrides
         "limit_val_batches": 4,
         "image_every_n_steps": 0,
         "progress": False,
-        "seed": 0,
     }
     if recipe == "seed":
         return {**common, "size": SEED_TRAIN_SIZE, **(overrides or {})}
@@ -167,8 +166,6 @@ def recipe_options(recipe: str, held_out: str, budget: dict[str, Any], overrides
         opts["lesion_dir"] = str(CROPS) if CROPS.is_dir() else None
         # The held-out patient is no case of the fold's store, so name its crops here.
         opts["copy_paste_options"] = {**opts.get("copy_paste_options", {}), "exclude": [held_out]}
-    elif recipe != "real_ct":
-        raise SystemExit(f"unknown recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
     return {**opts, **(overrides or {})}
 
 
@@ -338,6 +335,17 @@ def main() -> None:
     a = ap.parse_args()
     if not REAL.is_dir():
         raise SystemExit(f"real data not found at {REAL}")
+    recipes, held_outs = a.recipes.split(","), a.held_out.split(",")
+    unknown = sorted(set(recipes) - set(RECIPES)) + sorted(set(held_outs) - set(REAL_CASES))
+    try:
+        train_seeds = [int(x) for x in a.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"--seeds {a.seeds!r}: expected whole numbers, comma-separated, e.g. 0,1,2") from None
+    if unknown:
+        raise SystemExit(f"unknown recipe or scan {unknown}: recipes are {', '.join(RECIPES)}; scans {', '.join(REAL_CASES)}")
+    overrides = parse_set(a.set)
+    if overrides and not a.tag:
+        raise SystemExit("--set needs --tag (runs with other options are cached under their own names)")
     import torch
 
     torch.set_num_threads(a.threads or min(2, os.cpu_count() or 1))
@@ -351,13 +359,10 @@ def main() -> None:
     if speed:
         log(f"copy-paste speed: {json.dumps(speed)}")
     budget = {"epochs": a.epochs, "samples": a.samples}
-    overrides = parse_set(a.set)
-    if overrides and not a.tag:
-        raise SystemExit("--set needs --tag (runs with other options are cached under their own names)")
     results = []
-    for train_seed in (int(x) for x in a.seeds.split(",")):
-        for held_out in a.held_out.split(","):
-            for recipe in a.recipes.split(","):
+    for train_seed in train_seeds:
+        for held_out in held_outs:
+            for recipe in recipes:
                 t0 = time.perf_counter()
                 r = rescore_min_lesion(work, run_fold(work, stores, pairs, recipe, held_out, budget, overrides, a.tag, train_seed))
                 results.append(r)

@@ -118,11 +118,29 @@ class DemoConfig:
 DEMO_DATA_STAMP = "demo_data.json"
 
 
+def _stamp(cases: int, test_cases: int, seed: int) -> dict[str, int]:
+    return {"cases": cases, "test_cases": test_cases, "seed": seed}
+
+
 def _phantom_matches(folder: Path, cases: int, test_cases: int, seed: int) -> bool:
     try:
-        return json.loads((folder / DEMO_DATA_STAMP).read_text()) == {"cases": cases, "test_cases": test_cases, "seed": seed}
+        return json.loads((folder / DEMO_DATA_STAMP).read_text()) == _stamp(cases, test_cases, seed)
     except (OSError, ValueError):
         return False
+
+
+def phantom_set(folder: Path, cases: int, test_cases: int, seed: int, *, progress: bool = True) -> bool:
+    """The SMALL phantom dataset the demo trains or scores on, in ``folder``: reused when its stamp
+    says it is this one, else made anew (a folder of another size or seed is replaced) and stamped.
+    Returns whether it was reused."""
+    if _phantom_matches(folder, cases, test_cases, seed):
+        return True
+    from lungtumor.phantom.dataset import write_phantom_dataset
+
+    shutil.rmtree(folder, ignore_errors=True)
+    write_phantom_dataset(folder, cases=cases, test_cases=test_cases, size="SMALL", seed=seed, progress=progress)
+    write_text_atomic(folder / DEMO_DATA_STAMP, json.dumps(_stamp(cases, test_cases, seed)))
+    return False
 
 
 def _stage(name: str, log: list[tuple[str, float, str]]) -> Callable[[Callable[[], Any]], Any]:
@@ -162,15 +180,9 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         heldout = work / "heldout"
 
         def make_data() -> dict[str, Any]:
-            from lungtumor.phantom.dataset import write_phantom_dataset
-
             for folder, n, n_test, seed in ((task, cfg.cases, cfg.test_cases, cfg.seed), (heldout, cfg.heldout_cases, 0, cfg.seed + 1)):
-                if _phantom_matches(folder, n, n_test, seed):
+                if phantom_set(folder, n, n_test, seed):
                     print(f"   reusing {folder}")
-                else:  # a folder of another size (an older demo, other options) is made anew
-                    shutil.rmtree(folder, ignore_errors=True)
-                    write_phantom_dataset(folder, cases=n, test_cases=n_test, size="SMALL", seed=seed, progress=True)
-                    write_text_atomic(folder / DEMO_DATA_STAMP, json.dumps({"cases": n, "test_cases": n_test, "seed": seed}))
             return {"where": f"{task}, {heldout}"}
 
         _stage("1/6 phantom data", timings)(make_data)
