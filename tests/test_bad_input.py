@@ -101,6 +101,7 @@ ROWS = [
     ("train-epochs-neg", "train {store} --out {root}/r3 --epochs -3", ["--epochs"], ["r3"]),
     ("train-epochs-0", "train {store} --out {root}/r4 --epochs 0", ["--epochs"], ["r4"]),
     ("train-lr-neg", "train {store} --out {root}/r5 --lr -1", ["--lr"], ["r5"]),
+    ("train-lesion-dir-without-copy-paste", "train {store} --out {root}/r5b --lesion-dir {root}", ["--copy-paste-rate"], ["r5b"]),
     ("train-workers-neg", "train {store} --out {root}/r6 --num-workers -1", ["--num-workers"], ["r6"]),
     ("train-val-every-0", "train {store} --out {root}/r7 --val-every-n-epochs 0", ["--val-every-n-epochs"], ["r7"]),
     ("train-limit-neg", "train {store} --out {root}/r8 --limit-train-batches -1", ["--limit-train-batches"], ["r8"]),

@@ -174,6 +174,11 @@ class TrainConfig:
             raise ConfigError(f"copy_paste_options: expected a mapping of CopyPasteConfig fields, found {type(self.copy_paste_options).__name__}")
         if not (isinstance(self.copy_paste_rate, (int, float)) and 0.0 <= self.copy_paste_rate <= 1.0):
             raise ConfigError(f"--copy-paste-rate {self.copy_paste_rate}: must be a probability in [0, 1]")
+        if self.lesion_dir and not self.copy_paste_rate:
+            raise ConfigError(
+                f"--lesion-dir {self.lesion_dir}: copy-paste is off (--copy-paste-rate 0), so the crops would not be used; "
+                "add --copy-paste-rate, e.g. 0.5, or drop --lesion-dir"
+            )
 
     @classmethod
     def field_names(cls) -> list[str]:
