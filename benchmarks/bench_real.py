@@ -19,7 +19,7 @@ used). Also measured: the copy-paste cost in slices/s at 128 and 256 px, against
 augmentation on the same batch.
 
 Run: ``nohup .venv/bin/python benchmarks/bench_real.py --work /tmp/bench_real --epochs 1 --samples 6400
---seeds 0,1,2 > /tmp/bench_real.log 2>&1 &`` (BENCHMARKS.md's measurement: 800 steps per run, 4-9
+--seeds 0,1,2 --min-lesion-sweep --ensemble-seeds 0,1 > /tmp/bench_real.log 2>&1 &`` (BENCHMARKS.md's measurement: 800 steps per run, 4-9
 minutes a run on 2 cores; it ran as two processes with ``--threads 1`` side by side, each with
 its own ``--recipes``). Variants: ``--recipes real_ct_cp --set lr=0.0003 --set norm=instance
 --tag _old`` (the recipe shipped before). Finished runs are kept in ``WORK/runs``: a re-run resumes.
@@ -61,6 +61,8 @@ SEED_TRAIN_SIZE = 128
 LUNG_BENCH_SPACING_MM = 2.0
 #: Also scored: the prediction without lesions under this volume (``lungtumor predict --min-lesion-ml``).
 MIN_LESION_ML = 0.1
+#: ``--min-lesion-sweep``: the volumes of the sensitivity table (ml).
+MIN_LESION_SWEEP = (0.1, 0.25, 0.5, 1.0)
 
 
 def log(msg: str) -> None:
@@ -284,6 +286,45 @@ def paste_speed(stores: dict[str, Path]) -> dict[str, Any]:
     return out
 
 
+def run_ensemble(work: Path, pairs: Path, results: list[dict[str, Any]], recipe: str, held_out: str, seeds: list[int]) -> dict[str, Any]:
+    """``predict`` with the last checkpoints of ``seeds`` (one recipe and fold) averaged; cached in
+    ``WORK/runs/RECIPE-ens<SEEDS>-SCAN``."""
+    from lungtumor.evaluation.evaluate import evaluate_folder
+    from lungtumor.inference.segment import predict_path
+
+    members = {r["train_seed"]: r for r in results if r["recipe"] == recipe and r["held_out"] == held_out}
+    name = f"{recipe}-ens{''.join(map(str, seeds))}-{held_out}"
+    run = work / "runs" / name
+    if not (run / "result.json").exists():
+        ckpts = [str(work / "runs" / members[s]["run"] / "train" / "last.ckpt") for s in seeds]
+        predict_path(ckpts, (pairs / f"{held_out}_ct.nii.gz").resolve(), run / "pred" / f"{held_out}.nii.gz", progress=False)
+        row = evaluate_folder(run / "pred", work / "runs" / members[seeds[0]]["run"] / "labels", run / "eval", progress=False).rows[0]
+        keys = ("dice", "lesions_ref", "lesions_found", "false_positive_lesions", "volume_pred_ml", "volume_ref_ml")
+        (run / "result.json").write_text(json.dumps({"recipe": recipe, "held_out": held_out, "seeds": seeds, **{k: row[k] for k in keys}}, indent=2))
+    out = json.loads((run / "result.json").read_text())
+    out["members_dice"] = [members[s]["dice"] for s in seeds]
+    return out
+
+
+def ensemble_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: each ensemble against its members."""
+    lines = ["| recipe | held-out scan | ensemble Dice | its FP lesions | the members' Dice |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['recipe']} | {r['held_out']} | {r['dice']:.3f} | {r['false_positive_lesions']} | {', '.join(f'{d:.3f}' for d in r['members_dice'])} |")
+    return "\n".join(lines)
+
+
+def sweep_table(results: list[dict[str, Any]], volumes: tuple[float, ...]) -> str:
+    """Markdown: per recipe, mean Dice / false positives per scan keeping lesions of at least each volume."""
+    head = " | ".join(f"kept >= {v:g} ml: Dice / FP per scan" for v in (0.0, *volumes))
+    lines = [f"| recipe | runs | {head} |", "| --- | --- |" + " --- |" * (len(volumes) + 1)]
+    for recipe in dict.fromkeys(r["recipe"] for r in results):
+        rs = [r for r in results if r["recipe"] == recipe]
+        cells = [rs] + [[r[f"min_{v:g}ml"] for r in rs] for v in volumes]
+        lines.append(f"| {recipe} | {len(rs)} | " + " | ".join(f"{np.mean([x['dice'] for x in c]):.3f} / {np.mean([x['false_positive_lesions'] for x in c]):.1f}" for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def table(results: list[dict[str, Any]]) -> str:
     """Markdown tables: every run, then per recipe the mean over folds (and its SD over seeds)."""
     lines = [
@@ -328,6 +369,8 @@ def main() -> None:
     ap.add_argument("--held-out", default=",".join(REAL_CASES), help="real scans to hold out, comma-separated")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="TrainConfig override for every run, e.g. lr=0.002")
+    ap.add_argument("--min-lesion-sweep", action="store_true", help=f"also score every run without lesions under {', '.join(map(str, MIN_LESION_SWEEP))} ml")
+    ap.add_argument("--ensemble-seeds", default=None, help="also predict each recipe and fold with these seeds' checkpoints averaged, e.g. 0,1")
     ap.add_argument("--no-speed", action="store_true", help="skip the copy-paste speed measurement")
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (each run is one fold, recipe and seed)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
@@ -339,8 +382,11 @@ def main() -> None:
     unknown = sorted(set(recipes) - set(RECIPES)) + sorted(set(held_outs) - set(REAL_CASES))
     try:
         train_seeds = [int(x) for x in a.seeds.split(",")]
+        ens_seeds = [int(x) for x in a.ensemble_seeds.split(",")] if a.ensemble_seeds else []
     except ValueError:
-        raise SystemExit(f"--seeds {a.seeds!r}: expected whole numbers, comma-separated, e.g. 0,1,2") from None
+        raise SystemExit(f"--seeds {a.seeds!r} / --ensemble-seeds {a.ensemble_seeds!r}: expected whole numbers, comma-separated, e.g. 0,1,2") from None
+    if ens_seeds and (len(ens_seeds) < 2 or not set(ens_seeds) <= set(train_seeds)):
+        raise SystemExit(f"--ensemble-seeds {a.ensemble_seeds}: need two or more of --seeds {a.seeds}")
     if unknown:
         raise SystemExit(f"unknown recipe or scan {unknown}: recipes are {', '.join(RECIPES)}; scans {', '.join(REAL_CASES)}")
     overrides = parse_set(a.set)
@@ -365,14 +411,22 @@ def main() -> None:
             for recipe in recipes:
                 t0 = time.perf_counter()
                 r = rescore_min_lesion(work, run_fold(work, stores, pairs, recipe, held_out, budget, overrides, a.tag, train_seed))
+                for v in MIN_LESION_SWEEP if a.min_lesion_sweep else ():
+                    r = rescore_min_lesion(work, r, v)
                 results.append(r)
                 log(f"{r.get('run', recipe + a.tag + '-' + held_out)}: Dice {r['dice']:.3f}, found {r['lesions_found']}/{r['lesions_ref']}, FP {r['false_positive_lesions']} ({time.perf_counter() - t0:.0f} s)")
     report = {"machine": machine(), "budget": {**budget, "width": WIDTH, "batch": 8}, "overrides": overrides, "copy_paste_speed": speed, "results": results,
               "total_s": time.perf_counter() - t_all}
+    ensembles = [run_ensemble(work, pairs, results, recipe + a.tag, held_out, ens_seeds) for recipe in recipes for held_out in held_outs] if ens_seeds else []
+    report = {**report, "ensembles": ensembles}
     (work / f"results{a.tag}.json").write_text(json.dumps(report, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
     print(table(results), flush=True)
+    if a.min_lesion_sweep:
+        print("\n" + sweep_table(results, MIN_LESION_SWEEP), flush=True)
+    if ensembles:
+        print("\n" + ensemble_table(ensembles), flush=True)
     log(f"total {time.perf_counter() - t_all:.0f} s")
 
 
