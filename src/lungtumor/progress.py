@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
-
-T = TypeVar("T")
+from collections.abc import Callable, Iterator
 
 
 def _no_op(n: int = 1) -> None:
@@ -38,13 +35,3 @@ def progress_bar(total: int, description: str, *, enabled: bool = True, complete
     ) as prog:
         task = prog.add_task(description, total=total, completed=completed)
         yield lambda n=1: prog.advance(task, n)
-
-
-def track(items: Iterable[T], description: str, *, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Iterate over ``items`` with :func:`progress_bar` (``total`` defaults to ``len(items)``)."""
-    seq = items if total is not None or not hasattr(items, "__len__") else list(items)
-    n = total if total is not None else len(seq)  # type: ignore[arg-type]
-    with progress_bar(n, description, enabled=enabled) as advance:
-        for item in seq:
-            yield item
-            advance(1)

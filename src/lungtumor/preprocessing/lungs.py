@@ -158,13 +158,6 @@ class LungRegion:
     warnings: tuple[str, ...]
     bbox_ijk: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] | None
 
-    @property
-    def bbox_slices(self) -> tuple[slice, slice, slice] | None:
-        """``bbox_ijk`` as index slices of the CT array (None when the region is empty)."""
-        if self.bbox_ijk is None:
-            return None
-        return tuple(slice(a, b) for a, b in self.bbox_ijk)  # type: ignore[return-value]
-
 
 # --------------------------------------------------------------------------------------------
 # Public API

@@ -193,7 +193,7 @@ def _pool_context() -> Any:
     """
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "lungtumor.preprocess"])
+        ctx.set_forkserver_preload(["torch", "lungtumor.preprocessing.store"])
         return ctx
     return mp.get_context("spawn")
 
@@ -492,7 +492,7 @@ def write_manifest(
 
 
 class SliceStore:
-    """Read-only view of a slice store (see :mod:`lungtumor.preprocess`).
+    """Read-only view of a slice store (see :func:`preprocess_task`).
 
     Per-case arrays are memory-mapped lazily, once per process (DataLoader workers each
     open their own maps).

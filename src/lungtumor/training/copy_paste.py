@@ -313,13 +313,6 @@ def store_lesions(store: Any, cases: Sequence[str], *, margin_mm: float = STORE_
 # The bank: every lesion slice on a canvas, flat on the device
 
 
-def _gaussian_kernel(sigma_px: float) -> np.ndarray:
-    radius = max(1, math.ceil(3.0 * sigma_px))
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.exp(-0.5 * (x / max(sigma_px, 1e-6)) ** 2)
-    return k / k.sum()
-
-
 def _feathered_alpha(binary: np.ndarray, sigma_px: float) -> np.ndarray:
     """``min(1, 2 * G_sigma * binary)`` per slice of ``(Z, P, P)`` (1 inside, fading outside)."""
     if sigma_px <= 0:

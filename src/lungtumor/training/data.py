@@ -55,10 +55,6 @@ class SliceDataset(Dataset):
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([self.store.tumour_voxels(c) for c in self.cases])
 
-    def channel_indices(self, d: int, depth: int) -> np.ndarray:
-        """Slice indices used as channels for slice ``d`` of a case with ``depth`` slices."""
-        return np.clip(np.arange(d - self.context, d + self.context + 1), 0, depth - 1)
-
     def __getitem__(self, n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         pos = int(self.case_index[n])
         case = self.cases[pos]

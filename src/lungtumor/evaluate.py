@@ -1,3 +1,0 @@
-"""Deprecated import path, kept for one release: use lungtumor.evaluation.evaluate."""
-
-from lungtumor.evaluation.evaluate import *  # noqa: F403
