@@ -11,7 +11,7 @@ import torch
 from conftest import affine_for
 from lungtumor.cli import main
 from lungtumor.errors import ConfigError
-from lungtumor.inference.segment import load_ensemble, segment
+from lungtumor.inference.predictor import load_ensemble, segment
 from lungtumor.io.nifti import read_nifti, write_nifti
 from lungtumor.io.volume import Volume
 from lungtumor.model.checkpoint import NET_PREFIX, checkpoint_metadata, load_model
@@ -85,7 +85,7 @@ def test_skip_bad_goes_on_and_still_exits_non_zero(tmp_path, capsys) -> None:
 
 
 def test_a_scan_that_is_not_hu_is_warned_about(tmp_path, caplog) -> None:
-    from lungtumor.inference.segment import hu_range_warnings
+    from lungtumor.inference.predictor import hu_range_warnings
 
     ct = read_nifti(_ct(tmp_path))
     assert hu_range_warnings(ct) == []
@@ -127,7 +127,7 @@ def test_prediction_is_sharded_across_launcher_processes(tmp_path) -> None:
 
 
 def test_shard_of_this_process_reads_the_launcher_environment(monkeypatch) -> None:
-    from lungtumor.inference.segment import shard_of_this_process
+    from lungtumor.inference.predictor import shard_of_this_process
 
     for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"segment": "lungtumor.inference.segment", "predict_path": "lungtumor.inference.segment", "predict_slices": "lungtumor.inference.segment"}
+_LAZY = {"segment": "lungtumor.inference.predictor", "predict_path": "lungtumor.inference.predictor", "predict_slices": "lungtumor.inference.predictor"}
 
 
 def __getattr__(name: str) -> Any:
