@@ -127,7 +127,7 @@ def test_prediction_is_sharded_across_launcher_processes(tmp_path) -> None:
 
 
 def test_shard_of_this_process_reads_the_launcher_environment(monkeypatch) -> None:
-    from lungtumor.inference.predictor import shard_of_this_process
+    from lungtumor.predict import shard_of_this_process
 
     for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)

@@ -221,7 +221,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size {a.batch_size}: must be at least 1 (slices per forward pass)")
     if a.threshold is not None and not 0.0 < a.threshold < 1.0:
         raise ConfigError(f"--threshold {a.threshold}: must lie strictly between 0 and 1 (a probability)")
-    from lungtumor.inference.predictor import predict_path
+    from lungtumor.predict import predict_path
 
     results = predict_path(
         checkpoints if len(checkpoints) > 1 else checkpoints[0],
