@@ -162,7 +162,11 @@ def segment(
         log.warning("%s", message)
     cfg = loaded.preprocess
     if region is None and cfg.preset != "seed":
-        region = lung_region(volume)
+        from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
+
+        # No lungs found: the whole scan is segmented and no lesion is dropped for lying outside.
+        found, _ = lung_region_or_whole_scan(volume, fallback="segmenting the whole field of view")
+        region = found.mask if found.found else None
     grid: SliceGrid = fit_grid(volume, region, cfg)
     slices = grid.image_to_slices(volume)
     probs = predict_slices(
@@ -236,20 +240,6 @@ def load_ensemble(model: Any, device: str | torch.device | None = None) -> list[
                 "trained on the same slices, so pass checkpoints of one preprocessing"
             )
     return loaded
-
-
-def lung_region(ct: Volume) -> Volume | None:
-    """The lung region mask that the lung preset crops to, or None (with a logged warning) when no
-    lungs are found: then the whole scan is segmented and no lesion is dropped for lying outside."""
-    from lungtumor.preprocessing.lungs import find_lung_region
-
-    found = find_lung_region(ct)
-    for message in found.warnings:
-        log.warning("%s", message)
-    if not found.found:
-        log.warning("%s: no lungs found; segmenting the whole field of view", ct.meta.get("path", "CT"))
-        return None
-    return found.mask
 
 
 #: Masks with at most this many voxels are split into lesions on their voxel list (a sparse graph,
