@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungtumor.config import check_batch_size, check_threshold
 from lungtumor.errors import InputError, LungTumorError
 from lungtumor.inference.predictor import load_ensemble, segment
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
@@ -92,6 +93,10 @@ def predict_path(
     out = Path(output)
     if not src.exists():
         raise InputError(f"{src}: input not found; pass a .nii/.nii.gz file, a folder of them, or a DICOM series folder")
+    if threshold is not None:
+        check_threshold(threshold)
+    if batch_size is not None:
+        check_batch_size(batch_size)
     formats = parse_output_formats(output_format)
     seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
     if device is not None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.config import LEFT_RIGHT_AXIS
+from lungtumor.config import LEFT_RIGHT_AXIS, check_batch_size, check_threshold
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.io.volume import Volume, foreground_box
 from lungtumor.model.checkpoint import LoadedModel, load_model
@@ -79,7 +79,7 @@ def predict_slices(
     Args:
         model: from :func:`~lungtumor.model.checkpoint.load_model`.
         slices: output of :meth:`SliceGrid.image_to_slices`.
-        batch_size: slices per forward pass (default 4 on CPU, 32 on CUDA).
+        batch_size: slices per forward pass, a whole number >= 1 (None: 4 on CPU, 32 on CUDA).
         device: torch device (default: CUDA if available).
         tta: ``none`` or ``flip`` (average with the prediction of the patient's left-right mirror image).
         precision: ``auto`` (bf16 where supported), ``bf16`` or ``fp32``.
@@ -91,9 +91,7 @@ def predict_slices(
     if tta not in TTA_MODES:
         raise ConfigError(f"--tta {tta!r}: expected one of {TTA_MODES}")
     dev = resolve_device(device)
-    bs = int(batch_size or DEFAULT_BATCH.get(dev.type, 8))
-    if bs < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {bs}")
+    bs = DEFAULT_BATCH.get(dev.type, 8) if batch_size is None else check_batch_size(batch_size)
     net = model.net.to(dev).to(memory_format=torch.channels_last).eval()
     bf16 = use_bf16(dev) if precision == "auto" else precision == "bf16"
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -132,7 +130,8 @@ def segment(
         volume: the CT, any orientation (from :func:`~lungtumor.io.readers.read_volume`).
         model: a loaded model or a checkpoint path, or several (a list, or a folder of runs such as a
             ``lungtumor cv`` folder): an ensemble whose probabilities are averaged (one preprocessing).
-        threshold: probability threshold (default: the checkpoint's, 0.5).
+        threshold: probability threshold, strictly between 0 and 1 (a voxel is tumour where its
+            probability exceeds it; default: the checkpoint's, 0.5).
         tta, batch_size, device, precision: see :func:`predict_slices`.
         return_probabilities: also return the float32 probability Volume.
         postprocess: drop predicted lesions (26-connected components) that do not touch the lung
@@ -147,11 +146,11 @@ def segment(
         outside the slice grid's crop and kept slices, plus the probability Volume when asked
         (not post-processed).
     """
+    if batch_size is not None:
+        check_batch_size(batch_size)
     models = load_ensemble(model)
     loaded = models[0]
-    thr = float(threshold if threshold is not None else loaded.info.get("threshold", 0.5))
-    if not 0.0 <= thr <= 1.0:
-        raise ConfigError(f"--threshold {thr} must be between 0 and 1")
+    thr = check_threshold(threshold if threshold is not None else loaded.info.get("threshold", 0.5))
     if not np.issubdtype(volume.array.dtype, np.number):
         raise InputError(f"{volume.meta.get('path', 'CT')}: voxel type {volume.array.dtype} is not numeric")
     if volume.array.dtype.kind == "f" and not np.all(np.isfinite(volume.array)):
