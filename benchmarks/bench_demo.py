@@ -62,7 +62,7 @@ def _small_set(folder: Path, n: int, seed: int, test_cases: int = 0) -> Path:
 
 def _score(ckpt: str, images: Path, labels: Path, out: Path, tta: str, min_lesion_ml: float | None) -> dict[str, Any]:
     from lungtumor.evaluation.evaluate import evaluate_folder
-    from lungtumor.inference.segment import predict_path
+    from lungtumor.predict import predict_path
 
     t0 = time.perf_counter()
     predict_path(ckpt, images, out / "pred", tta=tta, progress=False, min_lesion_ml=min_lesion_ml)

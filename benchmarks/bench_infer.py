@@ -1,7 +1,7 @@
 """Inference benchmark: a 512x512x300 CT through the seed's full-width U-Net on this CPU.
 
 Seed's way: float32, contiguous memory, one slice at a time (normalise, OpenCV resize,
-forward, sigmoid). Ours: :func:`lungtumor.inference.segment.segment` end to end (preprocess, batched
+forward, sigmoid). Ours: :func:`lungtumor.inference.predictor.segment` end to end (preprocess, batched
 bf16 channels-last forward, resize back, threshold, undo orientation) with the same weights.
 Bare forward: the model alone on ready tensors at our precision and batch size.
 Peak memory: ``segment`` on a 512x512x600 CT in a fresh process (ru_maxrss).
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 from lungtumor.config import HU_SCALE, SEED_SKIP_INFERIOR_SLICES, SEED_SLICE_SIZE, PreprocessConfig
-from lungtumor.inference.segment import segment, use_bf16
+from lungtumor.inference.predictor import segment, use_bf16
 from lungtumor.io.volume import Volume
 from lungtumor.model.checkpoint import LoadedModel
 from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
@@ -131,7 +131,7 @@ def main() -> None:
     ours_sps = kept / ours_s
     assert mask.shape == ct.shape
     # Agreement of bf16 and float32 probabilities on a few slices with these weights.
-    from lungtumor.inference.segment import predict_slices
+    from lungtumor.inference.predictor import predict_slices
     from lungtumor.preprocessing.recipe import prepare_ct
 
     prep = prepare_ct(ct, PreprocessConfig())

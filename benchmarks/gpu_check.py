@@ -19,7 +19,7 @@ everything measured so far):
    workers; alone and with transfer + augmentation on the device) against what the model consumes.
 6. ``predict``: whole-CT prediction of a FULL phantom scan (512x512, 100-300 slices) with a
    freshly initialised seed U-Net loaded through the checkpoint path
-   (``lungtumor.model.checkpoint.load_model``), ``lungtumor.inference.segment.segment``, cold and
+   (``lungtumor.model.checkpoint.load_model``), ``lungtumor.inference.predictor.segment``, cold and
    warm, and the forward pass alone.
 7. ``ddp``: a few steps of ``lungtumor train --strategy ddp --devices 2`` where two GPUs are
    visible, else recorded as skipped.
@@ -740,7 +740,7 @@ def write_seed_checkpoint(path: Path, width: int, size: int) -> None:
 
 
 def stage_predict(ctx: Context, rec: dict[str, Any]) -> None:
-    from lungtumor.inference.segment import predict_slices, segment
+    from lungtumor.inference.predictor import predict_slices, segment
     from lungtumor.model.checkpoint import load_model
     from lungtumor.phantom.dataset import make_case
     from lungtumor.preprocessing.grid import fit_grid

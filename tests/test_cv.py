@@ -114,7 +114,7 @@ def test_parallel_option_errors(tmp_path) -> None:
 
 
 def test_predict_on_a_cv_folder_takes_the_volume_its_folds_chose(tmp_path) -> None:
-    from lungtumor.inference.segment import cv_min_lesion_ml
+    from lungtumor.predict import cv_min_lesion_ml
 
     (tmp_path / "cv").mkdir()
     (tmp_path / "cv" / "cv_summary.json").write_text(json.dumps({"postprocessing": {"min_lesion_ml": 0.2}}))

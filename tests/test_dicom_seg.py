@@ -343,7 +343,7 @@ def test_cli_predict_writes_nifti_and_dicom_seg(tmp_path: Path, capsys) -> None:
     write_ct_series(folder, _hu(shape=(16, 12, 6), seed=5), GEOMETRIES["oblique"], shuffle_seed=7)
     # Random weights give near-constant probabilities: threshold at their median, so that about
     # half the voxels are tumour and every frame has a pattern to get wrong.
-    from lungtumor.inference.segment import predict_path
+    from lungtumor.predict import predict_path
 
     predict_path(ckpt, folder, tmp_path / "probe" / "p.nii.gz", probabilities=True, device="cpu", progress=False)
     threshold = float(np.median(read_nifti(tmp_path / "probe" / "p_prob.nii.gz").array))

@@ -31,7 +31,7 @@ def test_parser_imports_no_torch_or_lightning() -> None:
         "lungtumor.preprocessing.store",  # preprocess
         "lungtumor.evaluation.evaluate",  # evaluate
         "lungtumor.reporting.figures",  # visualize
-        "lungtumor.inference.segment, lungtumor.model.checkpoint",  # predict
+        "lungtumor.predict, lungtumor.model.checkpoint",  # predict
         "lungtumor.io.importer",  # import-dicom
     ],
 )

@@ -8,11 +8,12 @@ import torch
 
 from conftest import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig
-from lungtumor.inference.segment import predict_path, segment
+from lungtumor.inference import segment
 from lungtumor.io.nifti import read_nifti, write_nifti
 from lungtumor.io.volume import Volume, reorient
 from lungtumor.model.checkpoint import LoadedModel, checkpoint_metadata
 from lungtumor.model.unet import ModelConfig
+from lungtumor.predict import predict_path
 
 THRESHOLD_HU = -300.0
 

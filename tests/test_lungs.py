@@ -388,6 +388,18 @@ def test_no_lungs_warns_and_is_empty(kind: str) -> None:
     assert ct.meta["path"] in region.warnings[0] and "\n" not in region.warnings[0]
 
 
+
+def test_the_shared_policy_warns_and_falls_back_when_no_lungs_are_found(caplog) -> None:
+    """``preprocess`` and ``predict`` share one find / warn / fall back policy; each names its fallback."""
+    from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
+
+    ct = Volume(np.full((30, 30, 10), 40.0, np.float32), np.eye(4), {"path": "tissue.nii"})
+    with caplog.at_level("WARNING"):
+        region, n_outside = lung_region_or_whole_scan(ct, fallback="segmenting the whole field of view")
+    assert not region.found and n_outside == 0
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [region.warnings[0], "tissue.nii: no lungs found; segmenting the whole field of view"]
+
 def test_pure_gas_lungs_are_not_lungs() -> None:
     """Components of pure gas (-1000 HU throughout) are bowel or outside air, never lung."""
     ct, _, _ = _chest(lung_hu=-1000.0, masses=False)

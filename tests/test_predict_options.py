@@ -11,7 +11,7 @@ import torch
 from conftest import affine_for
 from lungtumor.cli import main
 from lungtumor.errors import ConfigError
-from lungtumor.inference.segment import load_ensemble, segment
+from lungtumor.inference.predictor import load_ensemble, segment
 from lungtumor.io.nifti import read_nifti, write_nifti
 from lungtumor.io.volume import Volume
 from lungtumor.model.checkpoint import NET_PREFIX, checkpoint_metadata, load_model
@@ -85,7 +85,7 @@ def test_skip_bad_goes_on_and_still_exits_non_zero(tmp_path, capsys) -> None:
 
 
 def test_a_scan_that_is_not_hu_is_warned_about(tmp_path, caplog) -> None:
-    from lungtumor.inference.segment import hu_range_warnings
+    from lungtumor.inference.predictor import hu_range_warnings
 
     ct = read_nifti(_ct(tmp_path))
     assert hu_range_warnings(ct) == []
@@ -127,7 +127,7 @@ def test_prediction_is_sharded_across_launcher_processes(tmp_path) -> None:
 
 
 def test_shard_of_this_process_reads_the_launcher_environment(monkeypatch) -> None:
-    from lungtumor.inference.segment import shard_of_this_process
+    from lungtumor.predict import shard_of_this_process
 
     for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)
@@ -138,3 +138,57 @@ def test_shard_of_this_process_reads_the_launcher_environment(monkeypatch) -> No
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert shard_of_this_process() == (1, 2)
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 1, 1.0, -0.1, 1.5, float("nan"), float("inf"), True, "0.5", None])
+def test_a_threshold_outside_0_and_1_exclusive_is_refused(value) -> None:
+    from lungtumor.config import check_threshold
+
+    with pytest.raises(ConfigError, match="--threshold .*strictly between 0 and 1"):
+        check_threshold(value)
+
+
+@pytest.mark.parametrize("value", [1e-6, 0.5, 1 - 1e-6, np.float32(0.35), np.float64(0.9)])
+def test_a_threshold_strictly_between_0_and_1_is_taken(value) -> None:
+    from lungtumor.config import check_threshold
+
+    assert check_threshold(value) == float(value) and type(check_threshold(value)) is float
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.0, 1.5, True, "4", None])
+def test_a_batch_size_that_is_not_a_whole_number_from_1_is_refused(value) -> None:
+    from lungtumor.config import check_batch_size
+
+    with pytest.raises(ConfigError, match="--batch-size .*at least 1"):
+        check_batch_size(value)
+
+
+@pytest.mark.parametrize("value", [1, 64, np.int64(3)])
+def test_a_batch_size_from_1_is_taken(value) -> None:
+    from lungtumor.config import check_batch_size
+
+    assert check_batch_size(value) == int(value) and type(check_batch_size(value)) is int
+
+
+def test_segment_and_predict_path_check_threshold_and_batch_size_at_the_boundaries(tmp_path) -> None:
+    from lungtumor.predict import predict_path
+
+    ckpt = _checkpoint(tmp_path / "a.ckpt", 1)
+    ct_path = _ct(tmp_path)
+    ct = read_nifti(ct_path)
+    model = load_model(ckpt)
+    for threshold in (0.0, 1.0):
+        with pytest.raises(ConfigError, match="--threshold"):
+            segment(ct, model, threshold=threshold, precision="fp32")
+        with pytest.raises(ConfigError, match="--threshold"):
+            predict_path(ckpt, ct_path, tmp_path / "t.nii.gz", threshold=threshold, progress=False)
+    for batch_size in (0, -1):
+        with pytest.raises(ConfigError, match="--batch-size"):
+            segment(ct, model, batch_size=batch_size, precision="fp32")
+        with pytest.raises(ConfigError, match="--batch-size"):
+            predict_path(ckpt, ct_path, tmp_path / "b.nii.gz", batch_size=batch_size, progress=False)
+    assert not (tmp_path / "t.nii.gz").exists() and not (tmp_path / "b.nii.gz").exists()
+    # the smallest batch and thresholds just inside the range are taken
+    low = segment(ct, model, threshold=1e-6, batch_size=1, precision="fp32")
+    high = segment(ct, model, threshold=1 - 1e-6, batch_size=1, precision="fp32")
+    assert low.shape == high.shape == ct.shape and low.array.sum() >= high.array.sum()

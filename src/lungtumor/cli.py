@@ -213,15 +213,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_predict(a: argparse.Namespace) -> None:
     from lungtumor.atomic import refuse_input_as_output
-    from lungtumor.errors import ConfigError
+    from lungtumor.config import check_batch_size, check_threshold
 
     checkpoints = [c for c in a.checkpoint.split(",") if c] if "," in a.checkpoint else [a.checkpoint]
     refuse_input_as_output([a.output], [a.input, *checkpoints], command="lungtumor predict")
-    if a.batch_size is not None and a.batch_size < 1:
-        raise ConfigError(f"--batch-size {a.batch_size}: must be at least 1 (slices per forward pass)")
-    if a.threshold is not None and not 0.0 < a.threshold < 1.0:
-        raise ConfigError(f"--threshold {a.threshold}: must lie strictly between 0 and 1 (a probability)")
-    from lungtumor.inference.segment import predict_path
+    if a.batch_size is not None:
+        check_batch_size(a.batch_size)
+    if a.threshold is not None:
+        check_threshold(a.threshold)
+    from lungtumor.predict import predict_path
 
     results = predict_path(
         checkpoints if len(checkpoints) > 1 else checkpoints[0],
@@ -286,6 +286,10 @@ def _add_lesions(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_lesions(a: argparse.Namespace) -> None:
+    from lungtumor.config import check_threshold
+
+    if a.threshold is not None:
+        check_threshold(a.threshold)
     from lungtumor.io.nifti import read_nifti
     from lungtumor.io.readers import read_volume
     from lungtumor.reporting.html import write_lesions_folder

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,40 @@ def check_known_keys(cls: type, d: dict[str, Any], what: str) -> None:
         from lungtumor.errors import ConfigError
 
         raise ConfigError(f"unknown {what} keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+
+
+def check_threshold(value: Any, flag: str = "--threshold") -> float:
+    """The probability threshold ``value`` as a float; the one check of every threshold option.
+
+    A voxel is tumour where its probability *exceeds* the threshold (``probability > threshold``,
+    in :func:`~lungtumor.inference.predictor.segment`, the slice grid and the validation Dice), so
+    only ``0 < t < 1`` means something: 0 would mark nearly every voxel (a sigmoid is 0 only where
+    float32 underflows) and 1 none at all (no probability exceeds 1).
+
+    Args:
+        value: the threshold (any real number type: Python, numpy).
+        flag: the option's name in the error message.
+
+    Raises:
+        ConfigError: ``value`` is not a real number strictly between 0 and 1 (or is NaN).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
+        raise _config_error(
+            f"{flag} {value}: must lie strictly between 0 and 1 (a probability; a voxel is tumour where its "
+            "probability exceeds the threshold, so 0 would mark nearly every voxel and 1 none)"
+        )
+    return float(value)
+
+
+def check_batch_size(value: Any, flag: str = "--batch-size") -> int:
+    """The batch size ``value`` (slices per batch or forward pass) as an int; the one check of every batch size.
+
+    Raises:
+        ConfigError: ``value`` is not a whole number >= 1 (a bool or a float such as 4.0 is refused too).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise _config_error(f"{flag} {value}: must be a whole number of slices, at least 1")
+    return int(value)
 
 
 #: Hounsfield units of air, used to pad and as the value outside the body.

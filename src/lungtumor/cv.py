@@ -86,7 +86,7 @@ def _fold_cases(run_dir: Path) -> list[str]:
 def run_fold(base: Any, store: Path, fold_dir: Path, fold: int, folds: int, seed: int, *, tta: str = "none") -> dict[str, Any]:
     """Train (or resume), predict and evaluate one fold; returns its ``done.json`` content."""
     from lungtumor.evaluation.evaluate import evaluate_folder
-    from lungtumor.inference.segment import predict_path
+    from lungtumor.predict import predict_path
     from lungtumor.training.trainer import train
 
     done = fold_dir / DONE_FILE

@@ -162,9 +162,9 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     import numpy as np
 
     from lungtumor.evaluation.evaluate import evaluate_folder, format_table
-    from lungtumor.inference.segment import predict_path
     from lungtumor.io.datasets import find_cases
     from lungtumor.io.nifti import is_nifti, read_nifti
+    from lungtumor.predict import predict_path
     from lungtumor.preprocessing.store import preprocess_task
     from lungtumor.reporting.figures import visualize
     from lungtumor.training.trainer import TrainConfig, train

@@ -32,12 +32,12 @@ def _case_counts(mask: np.ndarray, ref: np.ndarray, voxel_ml: float, values: lis
 
     The same definitions as :func:`~lungtumor.evaluation.metrics.dice` and
     :func:`~lungtumor.evaluation.metrics.lesion_detection` applied to the mask that
-    :func:`~lungtumor.inference.segment.postprocess_mask` keeps, computed from one labelling of
+    :func:`~lungtumor.inference.predictor.postprocess_mask` keeps, computed from one labelling of
     the case (cropped to the union of both masks) instead of one per candidate.
     """
     from scipy import ndimage
 
-    from lungtumor.inference.segment import LESION_CONNECTIVITY
+    from lungtumor.inference.predictor import LESION_CONNECTIVITY
     from lungtumor.io.volume import foreground_box
 
     box = foreground_box(mask | ref)

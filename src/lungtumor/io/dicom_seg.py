@@ -238,7 +238,7 @@ def write_dicom_seg(
 
     Args:
         mask: 0/1 (or bool) mask with exactly ``source``'s shape and affine, e.g. the output of
-            :func:`lungtumor.inference.segment.segment` on ``source``.
+            :func:`lungtumor.inference.predictor.segment` on ``source``.
         source: the CT from :func:`lungtumor.io.dicom.read_dicom_series` (its ``meta`` holds the
             ordered source headers).
         path: the ``.dcm`` file to write.

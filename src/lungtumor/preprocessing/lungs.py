@@ -304,6 +304,42 @@ def include_label(region: LungRegion, label: Volume) -> tuple[LungRegion, int]:
     )
 
 
+def lung_region_or_whole_scan(ct: Volume, label: Volume | None = None, *, fallback: str) -> tuple[LungRegion, int]:
+    """The lung region that ``preprocess`` and ``predict`` crop to: find it, warn, or fall back.
+
+    The one policy both commands follow: find the region (:func:`find_lung_region`); when lungs are
+    found, grow it over ``label`` if one is given (:func:`include_label`) and log each of the
+    region's warnings; when none are found, log the finder's warnings and then
+    ``"<path>: no lungs found; <fallback>"``: the caller then uses the whole scan (never an
+    exception: a scan without lungs is the user's to judge, not a failure).
+
+    Args:
+        ct: CT in Hounsfield units, any orientation.
+        label: tumour label on the CT's grid (preprocessing), or None (prediction).
+        fallback: what the caller does with the whole scan, ending the "no lungs found" warning
+            (e.g. ``"segmenting the whole field of view"``).
+
+    Returns:
+        ``(region, n_outside)``: the region (``found=False`` when no lungs were found) and the
+        number of labelled voxels that lay outside the region found (0 without ``label``).
+
+    Raises:
+        GeometryError: the CT's orientation is unknown, or ``label`` is not on the CT's grid.
+    """
+    region = find_lung_region(ct)
+    if not region.found:
+        for message in region.warnings:
+            log.warning("%s", message)
+        log.warning("%s: no lungs found; %s", ct.meta.get("path", "CT"), fallback)
+        return region, 0
+    n_outside = 0
+    if label is not None:
+        region, n_outside = include_label(region, label)
+    for message in region.warnings:
+        log.warning("%s", message)
+    return region, n_outside
+
+
 # --------------------------------------------------------------------------------------------
 # Lung components on the analysis grid
 

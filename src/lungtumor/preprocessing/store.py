@@ -108,23 +108,11 @@ def lung_region_for(ct: Volume, label: Volume | None, cfg: PreprocessConfig) -> 
     """
     if cfg.preset == "seed":
         return None, {}
-    from lungtumor.preprocessing.lungs import find_lung_region, include_label
+    from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
 
-    region = find_lung_region(ct)
-    info: dict[str, Any] = {"found": bool(region.found), "volume_ml": float(region.volume_ml), "label_voxels_outside": 0}
-    if not region.found:
-        for message in region.warnings:
-            log.warning("%s", message)
-        log.warning("%s: no lungs found; the whole field of view is kept for this case", ct.meta.get("path", "CT"))
-        return None, info
-    n_outside = 0
-    if label is not None:
-        region, n_outside = include_label(region, label)
-    for message in region.warnings:
-        log.warning("%s", message)
-    info["label_voxels_outside"] = int(n_outside)
-    info["volume_ml"] = float(region.volume_ml)
-    return region.mask, info
+    region, n_outside = lung_region_or_whole_scan(ct, label, fallback="the whole field of view is kept for this case")
+    info: dict[str, Any] = {"found": bool(region.found), "volume_ml": float(region.volume_ml), "label_voxels_outside": int(n_outside)}
+    return (region.mask if region.found else None), info
 
 
 def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lungtumor.config import check_known_keys
+from lungtumor.config import check_batch_size, check_known_keys, check_threshold
 from lungtumor.errors import ConfigError, InputError
 
 #: Probability threshold that turns the sigmoid into a mask (the seed thresholds at 0.5).
@@ -135,7 +135,8 @@ class TrainConfig:
             if v not in options:
                 raise ConfigError(f"--{_flag(name)} {v!r}: expected one of {', '.join(options)}")
 
-        for name in ("epochs", "batch_size", "width", "depth", "num_nodes", "log_every_n_steps", "val_every_n_epochs"):
+        check_batch_size(self.batch_size)
+        for name in ("epochs", "width", "depth", "num_nodes", "log_every_n_steps", "val_every_n_epochs"):
             positive(name)
             if not isinstance(getattr(self, name), int):
                 raise ConfigError(f"--{_flag(name)} {getattr(self, name)}: must be a whole number")
@@ -162,8 +163,7 @@ class TrainConfig:
             raise ConfigError(f"--tumour-fraction {self.tumour_fraction}: must lie strictly between 0 and 1")
         if self.head_bias is not None and not (isinstance(self.head_bias, (int, float)) and math.isfinite(self.head_bias) and -20 <= self.head_bias <= 20):
             raise ConfigError(f"--head-bias {self.head_bias}: must be a logit between -20 and 20 (e.g. -4), or leave it unset")
-        if not (isinstance(self.threshold, (int, float)) and 0.0 < self.threshold < 1.0):
-            raise ConfigError(f"--threshold {self.threshold}: must lie strictly between 0 and 1 (a probability)")
+        check_threshold(self.threshold)
         for name in ("limit_train_batches", "limit_val_batches"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v < 0 or (isinstance(v, float) and v > 1.0)):
