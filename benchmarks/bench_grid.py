@@ -106,7 +106,7 @@ def predict_times(ct_path: Path, label_path: Path, width: int, spacings: list[fl
     third of the scan, a mask no trained model gives, which makes labelling its components cost
     far more than it does in use).
     """
-    from lungtumor.inference.segment import postprocess_mask
+    from lungtumor.lesions.components import postprocess_mask
 
     ct = read_nifti(ct_path)
     torch.manual_seed(0)
@@ -166,7 +166,7 @@ def realistic_postprocess(ct, label_path: Path, n_false: int = 20) -> dict:
     ``n_false`` 5 mm false positives outside the lung region (half of them touching it)."""
     import numpy as np
 
-    from lungtumor.inference.segment import postprocess_mask
+    from lungtumor.lesions.components import postprocess_mask
 
     region = find_lung_region(ct).mask.array
     mask = (read_nifti(label_path).array != 0).astype(np.uint8)

@@ -228,8 +228,8 @@ def run_fold(
 def rescore_min_lesion(work: Path, result: dict[str, Any], min_lesion_ml: float = MIN_LESION_ML) -> dict[str, Any]:
     """Add the scores of the run's prediction without lesions under ``min_lesion_ml`` (cached in result.json)."""
     from lungtumor.evaluation.evaluate import evaluate_folder
-    from lungtumor.inference.segment import postprocess_mask
     from lungtumor.io.nifti import read_nifti, write_nifti
+    from lungtumor.lesions.components import postprocess_mask
 
     key = f"min_{min_lesion_ml:g}ml"
     if key in result:

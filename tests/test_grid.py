@@ -509,8 +509,8 @@ def test_labels_outside_the_lung_region_are_reported_and_kept(caplog) -> None:
 def test_postprocess_matches_labelling_the_whole_mask(path: str, order: str, monkeypatch) -> None:
     from scipy import ndimage
 
-    from lungtumor.inference import segment as seg
-    from lungtumor.inference.segment import postprocess_mask
+    from lungtumor.lesions import components as seg
+    from lungtumor.lesions.components import postprocess_mask
 
     if path == "dense":
         monkeypatch.setattr(seg, "SPARSE_LESION_VOXELS", 0)
