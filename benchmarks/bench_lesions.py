@@ -23,8 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import machine
-from lungtumor.evaluation.lesions import measure_lesions, write_lesion_outputs
 from lungtumor.io.nifti import read_nifti, write_nifti
+from lungtumor.lesions.export import write_lesion_outputs
+from lungtumor.lesions.recist import measure_lesions
 from lungtumor.phantom.dataset import make_case
 from lungtumor.reporting.html import REPORT_HTML, report_html
 

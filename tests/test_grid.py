@@ -335,7 +335,7 @@ def _model(net: torch.nn.Module, cfg: PreprocessConfig, context: int = 0):
 
 @pytest.mark.parametrize("codes", ["LAS", "LPS"])
 def test_segment_with_the_lung_preset_keeps_the_input_grid_and_the_lung_region(codes: str) -> None:
-    from lungtumor.inference.predictor import segment
+    from lungtumor.inference.segment import segment
 
     shape = (48, 40, 30)
     canon = np.full(shape, -800, np.int16)
@@ -373,7 +373,7 @@ def test_segment_with_the_lung_preset_keeps_the_input_grid_and_the_lung_region(c
 def test_tta_flips_the_patients_left_right(codes: str, preset: str) -> None:
     """A marker on the patient's left comes back on the left: only the left-right mirrored pass of
     the right-half detector can see it, and its answer is put back where the marker is."""
-    from lungtumor.inference.predictor import segment
+    from lungtumor.inference.segment import segment
 
     shape = (32, 32, 36)
     aff = affine_for(codes, spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0))
@@ -395,7 +395,7 @@ def test_tta_flips_the_patients_left_right(codes: str, preset: str) -> None:
 
 
 def test_context_model_sees_neighbours_by_mm_in_segment() -> None:
-    from lungtumor.inference.predictor import segment
+    from lungtumor.inference.segment import segment
 
     seen: list[torch.Tensor] = []
 
@@ -509,8 +509,8 @@ def test_labels_outside_the_lung_region_are_reported_and_kept(caplog) -> None:
 def test_postprocess_matches_labelling_the_whole_mask(path: str, order: str, monkeypatch) -> None:
     from scipy import ndimage
 
-    from lungtumor.inference import predictor as seg
-    from lungtumor.inference.predictor import postprocess_mask
+    from lungtumor.lesions import components as seg
+    from lungtumor.lesions.components import postprocess_mask
 
     if path == "dense":
         monkeypatch.setattr(seg, "SPARSE_LESION_VOXELS", 0)

@@ -20,24 +20,20 @@ from scipy.spatial.distance import pdist
 from conftest import affine_for
 from lungtumor.cli import main
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.evaluation.lesions import (
-    CONNECTIVITY,
-    INSTANCES_NIFTI,
-    LESIONS_CSV,
-    LESIONS_JSON,
+from lungtumor.evaluation.matching import match_instances
+from lungtumor.io.nifti import read_nifti, write_nifti
+from lungtumor.io.volume import Volume
+from lungtumor.lesions.components import CONNECTIVITY, label_instances
+from lungtumor.lesions.export import INSTANCES_NIFTI, LESIONS_CSV, LESIONS_JSON, write_lesion_outputs
+from lungtumor.lesions.frame import slice_frame
+from lungtumor.lesions.recist import (
     SIZE_BAND_NAMES,
     is_measurable,
-    label_instances,
     longest_diameters_mm,
-    match_instances,
     measure_lesions,
     size_band_index,
     slice_axes,
-    slice_frame,
-    write_lesion_outputs,
 )
-from lungtumor.io.nifti import read_nifti, write_nifti
-from lungtumor.io.volume import Volume
 
 _CORNERS = np.array([[-0.5, -0.5, 0.0], [0.5, -0.5, 0.0], [0.5, 0.5, 0.0], [-0.5, 0.5, 0.0]])
 
@@ -473,7 +469,7 @@ def test_cli_lesions_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_froc_counts_equal_labelling_every_threshold() -> None:
     from scipy import ndimage
 
-    from lungtumor.evaluation.lesions import FROC_THRESHOLDS, froc_counts
+    from lungtumor.evaluation.froc import FROC_THRESHOLDS, froc_counts
 
     rng = np.random.default_rng(11)
     shape = (40, 36, 12)

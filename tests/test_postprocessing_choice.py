@@ -90,7 +90,7 @@ def test_counts_match_postprocess_mask_dice_and_lesion_detection_on_random_masks
     """The one-labelling shortcut against the brute force: filter with postprocess_mask, then
     dice() and lesion_detection(), for every candidate, over several folders."""
     from lungtumor.evaluation.metrics import dice, lesion_detection
-    from lungtumor.inference.predictor import postprocess_mask
+    from lungtumor.lesions.components import postprocess_mask
 
     rng = np.random.default_rng(0)
     folders = []

@@ -17,9 +17,9 @@ from nibabel import orientations as nio
 
 from conftest import affine_for
 from lungtumor.cli import main
-from lungtumor.evaluation.lesions import LESIONS_JSON
 from lungtumor.io.nifti import write_nifti
 from lungtumor.io.volume import Volume
+from lungtumor.lesions.export import LESIONS_JSON
 from lungtumor.reporting.html import LESION_COLOUR, REPORT_HTML, TABLE_DIGITS, write_lesions_folder, write_report
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -73,8 +73,14 @@ def check_batch_size(value: Any, flag: str = "--batch-size") -> int:
 #: Hounsfield units of air, used to pad and as the value outside the body.
 HU_AIR = -1000
 #: Two volumes are on the same grid when their shapes are equal and their affines agree to this (mm):
-#: far below any voxel, above float32 storage and DICOM decimal-string rounding.
+#: far below any voxel, above float32 storage and DICOM decimal-string rounding. The one tolerance of
+#: :func:`lungtumor.io.volume.require_same_grid`; the looser of the two once used (1e-4 mm in the
+#: DICOM-SEG writer and the lung region; no test needs the tighter one).
 GRID_ATOL_MM = 1e-3
+#: The air/tissue boundary (HU): below it air or aerated lung, above it soft tissue, bone or the table.
+#: The body on a slice (its midline, for a lesion's side), the lung density of copy-paste, and the
+#: air every chest CT must hold (predict warns when no voxel lies below it).
+AIR_TISSUE_HU = -500.0
 #: Lung window for display (centre, width) in HU.
 LUNG_WINDOW_HU = (-600.0, 1500.0)
 

@@ -10,7 +10,7 @@ In ``summary.json`` an undefined value (NaN, e.g. the mean of no defined Dice) i
 an infinite distance is the string ``"inf"``; ``metrics.csv`` writes ``nan`` and ``inf``.
 
 Lesion-wise results use the instances and the one-to-one matching rule of
-:mod:`lungtumor.evaluation.lesions` (26-connected components; ``MATCHING_RULE``): the per-case
+:mod:`lungtumor.evaluation.matching` (26-connected components; ``MATCHING_RULE``): the per-case
 ``lesions_*`` columns, sensitivity and false positives per scan by size band of the longest axial
 diameter (``lesion_size_bands``), and, with probability maps, an FROC curve (``froc`` in
 ``summary.json`` and ``froc.png``).
@@ -31,20 +31,9 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import atomic_output, write_text_atomic
-from lungtumor.config import GRID_ATOL_MM
-from lungtumor.errors import GeometryError, InputError
-from lungtumor.evaluation.lesions import (
-    CONNECTIVITY,
-    MATCHING_RULE,
-    SIZE_MEASURE,
-    binary_mask,
-    froc_counts,
-    froc_png,
-    froc_summary,
-    json_safe,
-    lesion_matching,
-    size_band_summary,
-)
+from lungtumor.errors import InputError
+from lungtumor.evaluation.froc import froc_counts, froc_summary
+from lungtumor.evaluation.matching import MATCHING_RULE, SIZE_MEASURE, lesion_matching, size_band_summary
 from lungtumor.evaluation.metrics import (
     BOOTSTRAP_LEVEL,
     BOOTSTRAP_RESAMPLES,
@@ -58,7 +47,10 @@ from lungtumor.evaluation.metrics import (
     volume_ml,
 )
 from lungtumor.io.nifti import list_niftis, nifti_stem, read_nifti
-from lungtumor.io.volume import Volume
+from lungtumor.io.volume import Volume, require_same_grid
+from lungtumor.lesions.components import CONNECTIVITY, require_binary
+from lungtumor.lesions.export import json_safe
+from lungtumor.reporting.figures import froc_png
 
 #: Default normalised-surface-Dice tolerance, mm.
 DEFAULT_TOLERANCE_MM = 2.0
@@ -97,7 +89,7 @@ class EvaluationResult:
 
     Attributes:
         rows: one dict per case with the keys of :data:`CSV_COLUMNS` (sorted by case name), plus
-            the per-lesion lists of :func:`lungtumor.evaluation.lesions.lesion_matching` (not in the CSV).
+            the per-lesion lists of :func:`lungtumor.evaluation.matching.lesion_matching` (not in the CSV).
         summary: aggregate numbers (see :func:`summarize`).
         files: paths written (``metrics.csv``, ``summary.json``); empty when not written.
     """
@@ -194,21 +186,8 @@ def match_cases(pred_dir: str | os.PathLike[str], label_dir: str | os.PathLike[s
 # Reading and checking
 
 
-def _binary(volume: Volume, role: str) -> np.ndarray:
-    """The volume's voxels as a bool mask; only 0 and 1 are accepted (InputError naming the file otherwise)."""
-    return binary_mask(volume, role)
-
-
-def _check_same_grid(a: Volume, b: Volume, role_a: str, role_b: str) -> None:
-    """GeometryError naming both files when shapes or affines (to GRID_ATOL_MM) differ."""
-    if a.same_grid(b, atol=GRID_ATOL_MM):
-        return
-    path_a, path_b = a.meta.get("path", role_a), b.meta.get("path", role_b)
-    raise GeometryError(
-        f"{role_a} {path_a} (shape {a.shape}, affine {np.round(a.affine, 4).tolist()}) is not on the grid of "
-        f"{role_b} {path_b} (shape {b.shape}, affine {np.round(b.affine, 4).tolist()}); evaluation never "
-        "resamples: predict on the label's own CT so the mask has its exact shape and affine"
-    )
+#: The fix named when a prediction or probability map is not on its label's grid.
+EVALUATION_GRID_FIX = "evaluation never resamples: predict on the label's own CT so the mask has its exact shape and affine"
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,8 +209,8 @@ def evaluate_case(name: str, pred: Volume, label: Volume, tolerance_mm: float = 
     Raises:
         GeometryError: the grids differ. InputError: a mask is not binary.
     """
-    _check_same_grid(pred, label, "prediction", "label")
-    p, r = _binary(pred, "prediction"), _binary(label, "label")
+    require_same_grid(pred, label, "prediction", "label", fix=EVALUATION_GRID_FIX)
+    p, r = require_binary(pred, "prediction"), require_binary(label, "label")
     spacing = label.spacing_mm
     vol_ref, vol_pred = volume_ml(r, spacing), volume_ml(p, spacing)
     return {
@@ -394,14 +373,14 @@ def evaluate_folder(
 def _prob_terms(path: Path, label: Volume) -> tuple[np.ndarray, dict[str, Any]]:
     """(sum p*y, sum p, sum y) of one probability map against its label, and its FROC counts."""
     prob = read_nifti(path, dtype=np.float32)
-    _check_same_grid(prob, label, "probability map", "label")
+    require_same_grid(prob, label, "probability map", "label", fix=EVALUATION_GRID_FIX)
     lo, hi = float(prob.array.min()), float(prob.array.max())
     if lo < -_PROB_RANGE_SLACK or hi > 1.0 + _PROB_RANGE_SLACK:
         raise InputError(
             f"{path}: probabilities must lie in [0, 1], found [{lo:g}, {hi:g}]; "
             "pass sigmoid probabilities, not logits or masks scaled to 255"
         )
-    ref = _binary(label, "label")
+    ref = require_binary(label, "label")
     return np.asarray(soft_dice_terms(prob.array, ref)), froc_counts(prob.array, ref)
 
 

@@ -51,6 +51,7 @@ from scipy import ndimage
 
 from lungtumor.errors import ConfigError, GeometryError
 from lungtumor.io.volume import foreground_box
+from lungtumor.lesions.components import full_connectivity_structure
 
 #: HD95's percentile.
 HD_PERCENTILE = 95.0
@@ -60,8 +61,6 @@ SURFACE_DICE_DEFINITION = (
     "surface elements on the voxel-corner grid weighted by their area in mm^2 "
     "(MONAI compute_surface_dice, use_subvoxels=True)"
 )
-#: Side of the full-connectivity structuring element (3x3x3 ones = 26-connectivity in 3D).
-_FULL_CONNECTIVITY_SIDE = 3
 #: Bootstrap defaults: resamples, seed, confidence level.
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_LEVEL = 0.95
@@ -260,7 +259,7 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
     same component (3x3x3 structuring element).
 
     This is the many-to-one count (one prediction bridging two lesions finds both). ``evaluate``
-    reports the one-to-one rule of :func:`lungtumor.evaluation.lesions.match_instances` instead
+    reports the one-to-one rule of :func:`lungtumor.evaluation.matching.match_instances` instead
     (the bridge finds one of them); the two differ only when a prediction touches several lesions.
 
     Args:
@@ -277,7 +276,7 @@ def lesion_detection(pred: np.ndarray, ref: np.ndarray) -> dict[str, int]:
     p, r = _check_pair(pred, ref)
     if p.size == 0:  # both empty (cropped to nothing)
         return {"lesions_ref": 0, "lesions_found": 0, "false_positive_lesions": 0}
-    structure = np.ones((_FULL_CONNECTIVITY_SIDE,) * p.ndim, dtype=bool)  # 26-connectivity in 3D
+    structure = full_connectivity_structure(p.ndim)  # 26-connectivity in 3D
     ref_labels, n_ref = ndimage.label(r, structure=structure)
     pred_labels, n_pred = ndimage.label(p, structure=structure)
     found = np.unique(ref_labels[p & r]) if n_ref else np.empty(0, dtype=int)

@@ -32,20 +32,20 @@ def _case_counts(mask: np.ndarray, ref: np.ndarray, voxel_ml: float, values: lis
 
     The same definitions as :func:`~lungtumor.evaluation.metrics.dice` and
     :func:`~lungtumor.evaluation.metrics.lesion_detection` applied to the mask that
-    :func:`~lungtumor.inference.predictor.postprocess_mask` keeps, computed from one labelling of
+    :func:`~lungtumor.lesions.components.postprocess_mask` keeps, computed from one labelling of
     the case (cropped to the union of both masks) instead of one per candidate.
     """
     from scipy import ndimage
 
-    from lungtumor.inference.predictor import LESION_CONNECTIVITY
     from lungtumor.io.volume import foreground_box
+    from lungtumor.lesions.components import CONNECTIVITY_STRUCTURE
 
     box = foreground_box(mask | ref)
     if box is None:
         return [(float("nan"), 0, 0, 0)] * len(values)
     m, r = mask[box], ref[box]
-    labels, n = ndimage.label(m, structure=LESION_CONNECTIVITY)
-    ref_labels, n_ref = ndimage.label(r, structure=LESION_CONNECTIVITY)
+    labels, n = ndimage.label(m, structure=CONNECTIVITY_STRUCTURE)
+    ref_labels, n_ref = ndimage.label(r, structure=CONNECTIVITY_STRUCTURE)
     both = m & r
     size = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     overlap = np.bincount(labels[both], minlength=n + 1)[1:]  # voxels of each component inside the reference
@@ -88,8 +88,10 @@ def choose_min_lesion_ml(
         InputError, GeometryError: as :func:`~lungtumor.evaluation.evaluate.match_cases` and
             unreadable or mismatched masks.
     """
-    from lungtumor.evaluation.evaluate import _binary, _check_same_grid, match_cases
+    from lungtumor.evaluation.evaluate import EVALUATION_GRID_FIX, match_cases
     from lungtumor.io.nifti import read_nifti
+    from lungtumor.io.volume import require_same_grid
+    from lungtumor.lesions.components import require_binary
 
     values = sorted({float(c) for c in candidates})
     if not values or any(not math.isfinite(c) or c < 0 for c in values):
@@ -105,8 +107,8 @@ def choose_min_lesion_ml(
     for pdir, ldir in zip(preds, refs):
         for _name, pred_path, label_path in match_cases(pdir, ldir):
             pred, label = read_nifti(pred_path), read_nifti(label_path)
-            _check_same_grid(pred, label, f"prediction {pred_path}", f"label {label_path}")
-            mask, ref = _binary(pred, f"prediction {pred_path}"), _binary(label, f"label {label_path}")
+            require_same_grid(pred, label, f"prediction {pred_path}", f"label {label_path}", fix=EVALUATION_GRID_FIX)
+            mask, ref = require_binary(pred, f"prediction {pred_path}"), require_binary(label, f"label {label_path}")
             n_cases += 1
             counts = _case_counts(mask, ref, pred.voxel_volume_ml, values)
             for c, (d, f, fp, _) in zip(values, counts):

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.config import LEFT_RIGHT_AXIS, check_batch_size, check_threshold
+from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, check_batch_size, check_threshold
 from lungtumor.errors import ConfigError, InputError
-from lungtumor.io.volume import Volume, foreground_box
+from lungtumor.io.volume import Volume
+from lungtumor.lesions.components import postprocess_mask
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, resolve_device
 from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 #: Default slices per forward pass on each kind of device.
 DEFAULT_BATCH = {"cpu": 4, "cuda": 32}
 TTA_MODES = ("none", "flip")
-#: Connectivity of predicted lesions in post-processing: 26 neighbours (faces, edges, corners).
-LESION_CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
 
 def use_bf16(device: torch.device) -> bool:
@@ -194,8 +193,6 @@ def segment(
 #: A CT in Hounsfield units spans about -1024 (air) to 3071 (dense bone, the 12-bit top); scanners
 #: write -2048/-3024 outside the reconstruction circle and metal may reach ~30,000.
 PLAUSIBLE_HU = (-4000.0, 40000.0)
-#: Every chest CT holds air (lungs, outside the body) well below this.
-AIR_BELOW_HU = -500.0
 
 
 def hu_range_warnings(volume: Volume) -> list[str]:
@@ -207,8 +204,8 @@ def hu_range_warnings(volume: Volume) -> list[str]:
     out = []
     if lo < PLAUSIBLE_HU[0] or hi > PLAUSIBLE_HU[1]:
         out.append(f"{where}: values span {lo:g} to {hi:g}, far outside CT's Hounsfield range; is the file scaled (e.g. x1000) or not a CT?")
-    elif lo > AIR_BELOW_HU:
-        out.append(f"{where}: no voxel below {AIR_BELOW_HU:g} HU (lowest {lo:g}): no air, so not a chest CT in HU? The result may be meaningless")
+    elif lo > AIR_TISSUE_HU:  # every chest CT holds air (lungs, outside the body) well below it
+        out.append(f"{where}: no voxel below {AIR_TISSUE_HU:g} HU (lowest {lo:g}): no air, so not a chest CT in HU? The result may be meaningless")
     return out
 
 
@@ -241,71 +238,3 @@ def load_ensemble(model: Any, device: str | torch.device | None = None) -> list[
     return loaded
 
 
-#: Masks with at most this many voxels are split into lesions on their voxel list (a sparse graph,
-#: cost by voxels); larger ones by labelling their bounding box (cost by the box's volume).
-SPARSE_LESION_VOXELS = 2_000_000
-#: The 13 "forward" neighbours of a voxel under 26-connectivity (each edge is listed once).
-_FORWARD_26 = [(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1) if (a, b, c) > (0, 0, 0)]
-
-
-def _sparse_components(lin: np.ndarray, shape: tuple[int, ...]) -> tuple[int, np.ndarray]:
-    """26-connected components of the voxels with sorted linear indices ``lin`` in ``shape``:
-    (number of components, component of every voxel)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    ijk = np.unravel_index(lin, shape)
-    rows, cols = [], []
-    for step in _FORWARD_26:
-        nb = [c + d for c, d in zip(ijk, step)]
-        ok = np.ones(lin.size, dtype=bool)
-        for c, n in zip(nb, shape):
-            ok &= (c >= 0) & (c < n)
-        src = np.flatnonzero(ok)
-        target = np.ravel_multi_index(tuple(c[ok] for c in nb), shape)
-        pos = np.minimum(np.searchsorted(lin, target), lin.size - 1)
-        hit = lin[pos] == target
-        rows.append(src[hit])
-        cols.append(pos[hit])
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(r.size, dtype=np.int8), (r, c)), shape=(lin.size, lin.size))
-    return connected_components(graph, directed=False)
-
-
-def postprocess_mask(mask: np.ndarray, region: np.ndarray | None, voxel_ml: float, min_lesion_ml: float | None = None) -> np.ndarray:
-    """Keep the 26-connected components of ``mask`` that touch ``region`` (if given) and hold at
-    least ``min_lesion_ml`` (if given). Returns a new uint8 {0, 1} array of the same shape."""
-    from scipy import ndimage
-
-    nz = mask.view(bool) if mask.dtype == np.uint8 and mask.max(initial=0) <= 1 else mask != 0
-    out = np.zeros(mask.shape, dtype=np.uint8)
-    # Work on a C-ordered view (the transpose of a Fortran-ordered NIfTI array): no 80M-voxel copy.
-    flip = nz.flags.f_contiguous and not nz.flags.c_contiguous
-    view = nz.T if flip else nz
-    count = int(np.count_nonzero(view))
-    if count == 0:
-        return out
-    if count <= SPARSE_LESION_VOXELS:
-        lin = np.flatnonzero(view)
-        n, comp = _sparse_components(lin, view.shape)
-        keep = np.ones(n, dtype=bool)
-        coords = np.unravel_index(lin, view.shape)
-        if region is not None:
-            reg = np.asarray(region)
-            inside = (reg.T if flip else reg)[coords] != 0
-            keep &= np.bincount(comp[inside], minlength=n) > 0
-        if min_lesion_ml:
-            keep &= np.bincount(comp, minlength=n) * float(voxel_ml) >= float(min_lesion_ml)
-        sel = keep[comp]
-        (out.T if flip else out)[tuple(c[sel] for c in coords)] = 1
-        return out
-    box = foreground_box(nz)  # not None: count > 0
-    labels, n = ndimage.label(nz[tuple(box)], structure=LESION_CONNECTIVITY)  # components never leave the box
-    keep = np.ones(n + 1, dtype=bool)
-    if region is not None:
-        keep &= np.bincount(labels[np.asarray(region)[tuple(box)] != 0], minlength=n + 1) > 0
-    if min_lesion_ml:
-        keep &= np.bincount(labels.ravel(), minlength=n + 1) * float(voxel_ml) >= float(min_lesion_ml)
-    keep[0] = False
-    out[tuple(box)] = keep[labels]
-    return out

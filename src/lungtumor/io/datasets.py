@@ -40,6 +40,7 @@ import numpy as np
 
 from lungtumor.errors import InputError
 from lungtumor.io.nifti import list_niftis, nifti_stem
+from lungtumor.io.volume import is_binary
 
 log = logging.getLogger(__name__)
 
@@ -305,11 +306,7 @@ def tumour_mask(label: np.ndarray, case: CaseFiles) -> np.ndarray:
     where = case.label if case.label is not None else case.image
     if case.label_value == DEFAULT_TUMOUR_VALUE and case.other_label_values == ():
         # Today's binary datasets: min/max for integers (no sort of 80M voxels).
-        if array.dtype.kind in "iub":
-            binary = array.size == 0 or (int(array.min()) >= 0 and int(array.max()) <= 1)
-        else:
-            binary = bool(np.all((array == 0) | (array == 1)))
-        if binary:
+        if is_binary(array):
             return array.astype(np.uint8, copy=False)
         shown = ", ".join(str(v) for v in np.unique(array)[:_MAX_VALUES_SHOWN])
         raise InputError(

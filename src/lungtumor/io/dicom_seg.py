@@ -33,7 +33,7 @@ import pydicom
 from lungtumor.atomic import atomic_output
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.nifti import is_nifti, nifti_stem
-from lungtumor.io.volume import Volume
+from lungtumor.io.volume import Volume, is_binary, require_same_grid
 
 #: Names accepted by ``--output-format`` (comma-separated).
 OUTPUT_NIFTI = "nifti"
@@ -66,8 +66,6 @@ TYPE2_SOURCE_KEYWORDS = (
     "StudyTime",
     "ReferringPhysicianName",
 )
-#: Largest affine difference (mm) between the mask's and the CT's grid still called the same.
-GRID_ATOL_MM = 1e-4
 
 
 def parse_output_formats(text: str) -> tuple[str, ...]:
@@ -132,19 +130,16 @@ def _binary_frames(mask: Volume, source: Volume) -> np.ndarray:
     """(K, Rows, Columns) uint8 {0, 1} frames in the source's k order, after checking the grid."""
     mask_path = mask.meta.get("path", "mask")
     where = source.meta.get("path", "the CT")
-    if mask.shape != source.shape or not np.allclose(mask.affine, source.affine, atol=GRID_ATOL_MM):
-        raise GeometryError(
-            f"{mask_path}: mask grid (shape {mask.shape}, axes {''.join(mask.axcodes)}) differs from the CT series {where} "
-            f"(shape {source.shape}, axes {''.join(source.axcodes)}); a DICOM-SEG needs the mask on the series' own grid: "
-            "predict from the series, or resample the mask onto it"
-        )
+    require_same_grid(
+        mask, source, "mask", "CT series",
+        fix="a DICOM-SEG needs the mask on the series' own grid: predict from the series, or resample the mask onto it",
+    )
     values = mask.array
     if values.dtype != np.bool_:
         if not np.issubdtype(values.dtype, np.number):
             raise InputError(f"{mask_path}: mask voxel type {values.dtype} is not numeric; pass a 0/1 mask")
-        # One cheap max() pass for an unsigned mask (the usual case); the full test otherwise.
-        binary = values.max(initial=0) <= 1 if values.dtype.kind == "u" else not ((values != 0) & (values != 1)).any()
-        if not binary:
+        # min/max for an integer mask (the usual case); the full test otherwise.
+        if not is_binary(values):
             bad = (values != 0) & (values != 1)
             raise InputError(
                 f"{mask_path}: mask holds values other than 0 and 1 ({int(np.count_nonzero(bad))} voxels, e.g. "

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from lungtumor.config import GRID_ATOL_MM
 from lungtumor.errors import GeometryError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -87,9 +88,46 @@ class Volume:
             raise GeometryError(f"new array shape {array.shape} differs from the volume's {self.array.shape}")
         return replace(self, array=array, meta={**self.meta, **meta})
 
-    def same_grid(self, other: Volume, atol: float = 1e-4) -> bool:
-        """True when shape and affine agree (affine to ``atol`` mm)."""
+    def same_grid(self, other: Volume, atol: float = GRID_ATOL_MM) -> bool:
+        """True when shape and affine agree (affine to ``atol`` mm; :func:`require_same_grid` raises instead)."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks shared by every room
+
+
+def require_same_grid(volume: Volume, reference: Volume, role: str, reference_role: str, *, fix: str | None = None) -> None:
+    """The one same-grid guard: shapes equal and affines within :data:`lungtumor.config.GRID_ATOL_MM`.
+
+    Args:
+        volume: the volume that must lie on ``reference``'s grid (a mask, a label, a region ...).
+        reference: the grid it must match (usually the CT).
+        role: what ``volume`` is, for the message ("mask", "label", "lung region").
+        reference_role: what ``reference`` is ("CT", "label", "crop").
+        fix: how to fix a mismatch, for the message; default: pass the ``role`` made for this
+            ``reference_role``.
+
+    Raises:
+        GeometryError: the shapes differ or the affines differ by more than ``GRID_ATOL_MM``; the
+            one-line message names both files (``meta["path"]``, else the role), both shapes and
+            affines, and the fix.
+    """
+    if volume.same_grid(reference, atol=GRID_ATOL_MM):
+        return
+    fix = fix if fix is not None else f"pass the {role} made for this {reference_role} (same shape and affine)"
+    raise GeometryError(
+        f"{role} {volume.meta.get('path', role)} (shape {volume.shape}, affine {np.round(volume.affine, 4).tolist()}) is not on "
+        f"the grid of {reference_role} {reference.meta.get('path', reference_role)} (shape {reference.shape}, affine "
+        f"{np.round(reference.affine, 4).tolist()}); {fix}"
+    )
+
+
+def is_binary(array: np.ndarray) -> bool:
+    """True when every value is 0 or 1 (min/max for integers and bools: no sort of 80M voxels)."""
+    if array.dtype.kind in "iub":
+        return array.size == 0 or (int(array.min()) >= 0 and int(array.max()) <= 1)
+    return bool(np.all((array == 0) | (array == 1)))
 
 
 # --------------------------------------------------------------------------------------------

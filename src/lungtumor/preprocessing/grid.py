@@ -72,9 +72,9 @@ from typing import Any
 import numpy as np
 from nibabel import orientations as nio
 
-from lungtumor.config import GRID_ATOL_MM, HU_AIR, PreprocessConfig, check_known_keys
+from lungtumor.config import HU_AIR, PreprocessConfig, check_known_keys
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.io.volume import Volume, orientation_transform, reorient, undo_reorient_array
+from lungtumor.io.volume import Volume, orientation_transform, reorient, require_same_grid, undo_reorient_array
 
 log = logging.getLogger(__name__)
 
@@ -253,11 +253,12 @@ class SliceGrid:
 
     # -- forward: volume -> slices ---------------------------------------------------------------
     def _check_grid(self, volume: Volume, what: str) -> None:
-        if volume.shape != self.input_shape or not np.allclose(volume.affine, np.asarray(self.input_affine), atol=GRID_ATOL_MM):
-            raise GeometryError(
-                f"{volume.meta.get('path', what)}: {what} grid {volume.shape} differs from the grid the slice grid was fitted to "
-                f"{self.input_shape}; fit the grid to this volume (fit_grid) or resample the {what} onto the CT first"
-            )
+        # A zero-stride stand-in: the grid the slice grid was fitted to, without its voxels.
+        fitted = Volume(np.broadcast_to(np.zeros((), np.uint8), self.input_shape), np.asarray(self.input_affine), {"path": "(fitted grid)"})
+        require_same_grid(
+            volume, fitted, what, "the volume the slice grid was fitted to",
+            fix=f"fit the grid to this volume (fit_grid) or resample the {what} onto the CT first",
+        )
 
     def _canonical(self, volume: Volume, what: str) -> np.ndarray:
         self._check_grid(volume, what)
@@ -523,11 +524,7 @@ def fit_grid(ct: Volume, region: Volume | None, cfg: PreprocessConfig) -> SliceG
     spacing = np.linalg.norm(canon_affine[:3, :3], axis=0)
     box = None
     if region is not None:
-        if not region.same_grid(ct, atol=GRID_ATOL_MM):
-            raise GeometryError(
-                f"{region.meta.get('path', 'lung region')}: grid {region.shape} differs from the CT's {ct.shape}; "
-                "compute the lung region on the CT itself"
-            )
+        require_same_grid(region, ct, "lung region", "CT", fix="compute the lung region on the CT itself")
         box = region_box(reorient(region, cfg.axcodes)[0].array)
     if box is None:
         box = ((0, ci), (0, cj), (0, ck))

@@ -50,8 +50,8 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from lungtumor.config import CANONICAL_AXCODES
-from lungtumor.errors import ConfigError, GeometryError
-from lungtumor.io.volume import Volume, reorient, undo_reorient, undo_reorient_array
+from lungtumor.errors import ConfigError
+from lungtumor.io.volume import Volume, reorient, require_same_grid, undo_reorient, undo_reorient_array
 
 __all__ = ["LungRegion", "LungRegionConfig", "find_lung_region", "include_label"]
 
@@ -276,11 +276,7 @@ def include_label(region: LungRegion, label: Volume) -> tuple[LungRegion, int]:
     Raises:
         GeometryError: the label is not on the region's grid.
     """
-    if not region.mask.same_grid(label):
-        raise GeometryError(
-            f"{label.meta.get('path', 'label')}: label grid {label.shape} does not match the CT's lung region grid "
-            f"{region.mask.shape} (or their affines differ); resample the label onto the CT grid"
-        )
+    require_same_grid(label, region.mask, "label", "the CT's lung region", fix="resample the label onto the CT grid")
     tumour = np.asarray(label.array) != 0
     outside = tumour & (region.mask.array == 0)
     n_outside = int(np.count_nonzero(outside))

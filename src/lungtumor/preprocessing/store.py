@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import publish_permissions, write_text_atomic
-from lungtumor.config import GRID_ATOL_MM, PreprocessConfig, SplitConfig
-from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorError
+from lungtumor.config import PreprocessConfig, SplitConfig
+from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
 from lungtumor.io.nifti import read_nifti
-from lungtumor.io.volume import Volume
+from lungtumor.io.volume import Volume, require_same_grid
 from lungtumor.preprocessing.grid import SliceGrid, fit_grid
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,6 @@ DEFAULT_PREPROCESS = PreprocessConfig()
 DEFAULT_SPLIT = SplitConfig()
 
 
-def _is_binary(array: np.ndarray) -> bool:
-    """True when every value is 0 or 1 (min/max for integers: no sort of 80M voxels)."""
-    if array.dtype.kind in "iub":
-        return array.size == 0 or (int(array.min()) >= 0 and int(array.max()) <= 1)
-    return bool(np.all((array == 0) | (array == 1)))
-
-
 def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
     """Read and validate one image/label pair.
 
@@ -84,16 +77,7 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
     if ct.array.dtype.kind not in "iuf":
         raise InputError(f"{case.image}: voxel type {ct.array.dtype} is not numeric; expected CT in HU")
     label = read_nifti(case.label)
-    if label.shape != ct.shape:
-        raise GeometryError(
-            f"{case.label}: shape {label.shape} differs from its image {case.image.name} {ct.shape}; "
-            "the label must be on the image's grid"
-        )
-    if not np.allclose(label.affine, ct.affine, atol=GRID_ATOL_MM):
-        raise GeometryError(
-            f"{case.label}: affine differs from its image {case.image.name} "
-            f"(max difference {np.abs(label.affine - ct.affine).max():.4g} mm); the label must be on the image's grid"
-        )
+    require_same_grid(label, ct, "label", "image", fix="the label must be on the image's grid")
     # Binarise: label == case.label_value (the dataset's tumour label); undeclared values raise.
     return ct, label.with_array(tumour_mask(label.array, case))
 

@@ -25,6 +25,7 @@ side labels, and the slice's index in the file and its z position in mm.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -34,9 +35,10 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import atomic_output
-from lungtumor.config import GRID_ATOL_MM, LUNG_WINDOW_HU
-from lungtumor.errors import ConfigError, GeometryError, InputError
-from lungtumor.io.volume import Volume, reorient
+from lungtumor.config import LUNG_WINDOW_HU
+from lungtumor.errors import ConfigError, InputError
+from lungtumor.io.volume import Volume, reorient, require_same_grid
+from lungtumor.lesions.components import require_binary
 
 #: Orientation every volume is brought to before display (see the module docstring).
 DISPLAY_AXCODES = ("L", "P", "S")
@@ -139,24 +141,9 @@ def _check_inputs(ct: Volume, masks: dict[str, Volume | None], out_path: Path, m
     if min(ct.shape) < 1:
         raise InputError(f"{ct.meta.get('path', 'CT')}: the volume has shape {ct.shape} (no voxels along an axis); pass a CT with slices")
     for role, mask in masks.items():
-        if mask is not None and not _is_binary(mask.array):
-            values = [v for v in np.unique(mask.array) if v not in (0, 1)]  # error path only: a sort is fine
-            raise InputError(
-                f"{mask.meta.get('path', role)}: the {role} must hold only 0 and 1 (found values such as "
-                f"{', '.join(f'{float(v):g}' for v in values[:5])}); threshold a probability map first (predict writes the mask)"
-            )
-        if mask is not None and not mask.same_grid(ct, atol=GRID_ATOL_MM):
-            raise GeometryError(
-                f"{role} {mask.meta.get('path', '')} (shape {mask.shape}, affine {np.round(mask.affine, 4).tolist()}) "
-                f"is not on the grid of CT {ct.meta.get('path', '')} (shape {ct.shape}, affine "
-                f"{np.round(ct.affine, 4).tolist()}); pass the mask predicted for (or drawn on) this CT"
-            )
-
-
-def _is_binary(array: np.ndarray) -> bool:
-    if array.dtype.kind in "iub":
-        return array.size == 0 or (int(array.min()) >= 0 and int(array.max()) <= 1)
-    return bool(np.all((array == 0) | (array == 1)))
+        if mask is not None:
+            require_binary(mask, role, fix="threshold a probability map first (predict writes the mask)")
+            require_same_grid(mask, ct, role, "CT", fix="pass the mask predicted for (or drawn on) this CT")
 
 
 def _tumour_area_per_slice(stacks: list[np.ndarray], n_slices: int) -> np.ndarray:
@@ -395,3 +382,39 @@ def visualize(
     else:
         _write_montage(ct_stack, pred_stack, ref_stack, _montage_slices(area), geometry, path)
     return path
+
+
+def froc_png(froc: dict[str, Any]) -> bytes:
+    """The FROC curve as PNG bytes (pyplot-free Agg figure): sensitivity vs false positives per scan."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    fp = np.asarray(froc["false_positives_per_scan"], dtype=np.float64)
+    sens = np.asarray(froc["sensitivity"], dtype=np.float64)
+    rates = np.asarray(froc["fp_rates"])
+    floor = rates[0] / 2  # 0 FP/scan drawn at the left edge of the log axis
+    ok = np.isfinite(fp) & np.isfinite(sens)
+    right = max(rates[-1] * 2, float(fp[ok].max()) * 1.2 if ok.any() else 0.0)
+    if ok.any():
+        # The curve the reported points are read from: the best sensitivity with at most x FP/scan.
+        xs = np.unique(np.concatenate([[0.0], fp[ok]]))
+        envelope = [max([0.0, *sens[ok][fp[ok] <= x]]) for x in xs]
+        ax.step(np.append(np.maximum(xs, floor), right), [*envelope, envelope[-1]], where="post", color="tab:blue", label="best at <= x FP/scan")
+        ax.plot(np.maximum(fp[ok], floor), sens[ok], marker="o", linestyle="none", color="tab:blue", alpha=0.5, label="thresholds")
+    ax.plot(rates, froc["sensitivity_at_fp_rates"], marker="s", linestyle="none", color="tab:red", label="reported points")
+    ax.set_xscale("log", base=2)
+    ax.set_xlim(floor, right)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("false positives per scan (0 drawn at the left edge)")
+    ax.set_ylabel("lesion sensitivity")
+    cpm = froc.get("cpm")
+    cpm_text = f", CPM {cpm:.3f}" if isinstance(cpm, float) and not math.isnan(cpm) else ""
+    ax.set_title(f"FROC: {froc['lesions_ref']} lesions, {froc['cases']} scans{cpm_text}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

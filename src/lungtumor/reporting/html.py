@@ -33,20 +33,19 @@ import numpy as np
 from lungtumor.atomic import write_text_atomic
 from lungtumor.config import LUNG_WINDOW_HU
 from lungtumor.errors import InputError
-from lungtumor.evaluation.lesions import (
-    CONNECTIVITY,
+from lungtumor.io.volume import Volume, orientation_transform, require_same_grid
+from lungtumor.lesions.components import CONNECTIVITY
+from lungtumor.lesions.export import write_lesion_outputs
+from lungtumor.lesions.frame import WORLD_FRAME_TEXT
+from lungtumor.lesions.recist import (
     DIAMETER_CONVENTION,
     RECIST_MIN_DIAMETER_MM,
     RECIST_THICK_SLICE_MM,
     RECIST_THICKNESS_FACTOR,
-    WORLD_FRAME_TEXT,
-    Lesion,
     LesionReport,
-    check_same_grid,
+    MeasuredLesion,
     measure_lesions,
-    write_lesion_outputs,
 )
-from lungtumor.io.volume import Volume, orientation_transform
 from lungtumor.reporting.figures import DISPLAY_AXCODES, axial_display_slices
 
 REPORT_HTML = "report.html"
@@ -167,7 +166,7 @@ def _outline(ax: Any, mask: np.ndarray, cols: np.ndarray, rows: np.ndarray, colo
         ax.contour(cols, rows, mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
 
 
-def _key_slice_png(ct_stack: np.ndarray, inst_stack: np.ndarray, display: _Display, lesion: Lesion) -> bytes:
+def _key_slice_png(ct_stack: np.ndarray, inst_stack: np.ndarray, display: _Display, lesion: MeasuredLesion) -> bytes:
     """The lesion's key axial slice, cropped around it, with its outline and both diameters."""
     long_pts = [display.point(p) for p in lesion.long_axis_ijk]
     short_pts = [display.point(p) for p in lesion.short_axis_ijk]
@@ -212,7 +211,7 @@ def _box_corners(lo: tuple[int, int, int], hi: tuple[int, int, int]) -> list[tup
 
 
 def _overview_pngs(
-    ct_stack: np.ndarray, inst_stack: np.ndarray, display: _Display, lesions: list[Lesion]
+    ct_stack: np.ndarray, inst_stack: np.ndarray, display: _Display, lesions: list[MeasuredLesion]
 ) -> dict[str, tuple[bytes, str]]:
     """Coronal and axial average-intensity projections with every lesion outlined and numbered."""
     n_slices = ct_stack.shape[0]
@@ -313,7 +312,7 @@ def _model_rows(model_facts: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return rows
 
 
-def _lesion_table(lesions: list[Lesion]) -> str:
+def _lesion_table(lesions: list[MeasuredLesion]) -> str:
     head = (
         '<tr><th>id</th><th class="t">side</th><th>volume (ml)</th><th>longest axial (mm)</th><th>short axis (mm)</th>'
         '<th class="t">measurable</th><th class="t">size band</th><th>slice</th>'
@@ -341,7 +340,7 @@ def report_html(ct: Volume, report: LesionReport, model_facts: dict[str, Any] | 
 
     Args:
         ct: the CT (HU) the lesions were measured on.
-        report: from :func:`lungtumor.evaluation.lesions.measure_lesions` on that CT's grid.
+        report: from :func:`lungtumor.lesions.recist.measure_lesions` on that CT's grid.
         model_facts: checkpoint, preprocessing preset, threshold, ... (shown as given).
 
     Returns:
@@ -349,7 +348,7 @@ def report_html(ct: Volume, report: LesionReport, model_facts: dict[str, Any] | 
     """
     from lungtumor import __version__
 
-    check_same_grid(report.instances, ct, "lesion instances", "CT")
+    require_same_grid(report.instances, ct, "lesion instances", "CT")
     display = _Display(ct)
     ct_stack = axial_display_slices(ct)
     inst_stack = axial_display_slices(report.instances)
@@ -436,7 +435,7 @@ def write_report(
         GeometryError: a volume is not on the CT's grid, or its slices are not axial.
     """
     if report is None:
-        check_same_grid(mask, ct, "mask", "CT")
+        require_same_grid(mask, ct, "mask", "CT")
         report = measure_lesions(mask, ct, probabilities=probabilities, lungs=lungs)
     text = report_html(ct, report, model_facts)
     out = Path(out_dir)
@@ -463,7 +462,7 @@ def write_lesions_folder(
     Returns:
         The measurements and the written paths.
     """
-    check_same_grid(mask, ct, "mask", "CT")
+    require_same_grid(mask, ct, "mask", "CT")
     report = measure_lesions(mask, ct, probabilities=probabilities, lungs=lungs)
     extra = {REPORT_HTML: report_html(ct, report, model_facts).encode("utf-8")} if html_report else None
     return report, write_lesion_outputs(report, out_dir, model_facts=model_facts, extra_files=extra)

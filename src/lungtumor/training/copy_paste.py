@@ -63,16 +63,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from lungtumor.config import CANONICAL_AXCODES, HU_SCALE, check_known_keys
-from lungtumor.errors import ConfigError, GeometryError, InputError
+from lungtumor.config import AIR_TISSUE_HU, CANONICAL_AXCODES, HU_SCALE, check_known_keys
+from lungtumor.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 #: File name endings of a lesion crop pair.
 CROP_CT_SUFFIX = "_ct.nii.gz"
 CROP_LABEL_SUFFIX = "_label.nii.gz"
-#: Lung density: pixels below this HU can be lung (tissue above it bounds the body).
-LUNG_HU = -500.0
 #: Pure gas: a local mean below this HU is outside air, trachea or bowel gas, not lung.
 GAS_HU = -950.0
 #: A lesion's in-plane extent fills at most this share of its canvas (the rest holds its feathered edge).
@@ -117,7 +115,7 @@ class CopyPasteConfig:
     scale: tuple[float, float] = (0.8, 1.25)
     rotate: bool = True
     feather_mm: float = 1.0
-    lung_hu: float = LUNG_HU
+    lung_hu: float = AIR_TISSUE_HU  # pixels below it can be lung (tissue above it bounds the body)
     gas_hu: float = GAS_HU
     mean_kernel_mm: float = 5.0
     erode_mm: float = 3.0
@@ -230,12 +228,11 @@ def read_crop(lesion_id: str, ct_path: Path, label_path: Path) -> Lesion:
         GeometryError: the mask is not on the crop's grid.
     """
     from lungtumor.io.nifti import read_nifti
-    from lungtumor.io.volume import reorient
+    from lungtumor.io.volume import reorient, require_same_grid
 
     ct = read_nifti(ct_path)
     label = read_nifti(label_path)
-    if ct.shape != label.shape or not np.allclose(ct.affine, label.affine, atol=1e-3):
-        raise GeometryError(f"{label_path}: mask grid {label.shape} differs from its crop {ct_path.name} {ct.shape}; the mask must be on the crop's grid")
+    require_same_grid(label, ct, "lesion mask", "crop", fix="the mask grid must be the crop's grid (cut both from the same CT)")
     ct_c, _ = reorient(ct, CANONICAL_AXCODES)
     lab_c, _ = reorient(label, CANONICAL_AXCODES)
     si, sj, sk = ct_c.spacing_mm
@@ -283,6 +280,8 @@ def store_lesions(store: Any, cases: Sequence[str], *, margin_mm: float = STORE_
     """The tumours of ``cases`` in a slice store, one :class:`Lesion` per 3D connected component."""
     from scipy import ndimage
 
+    from lungtumor.lesions.components import CONNECTIVITY_STRUCTURE
+
     hu_scale = float(store.preprocess.hu_scale)
     out: list[Lesion] = []
     for case in cases:
@@ -291,7 +290,7 @@ def store_lesions(store: Any, cases: Sequence[str], *, margin_mm: float = STORE_
         image, mask = store.arrays(case)
         slices = np.flatnonzero(store.tumour_voxels(case) > 0)
         z0, z1 = int(slices[0]), int(slices[-1]) + 1
-        labels, _ = ndimage.label(np.asarray(mask[z0:z1]) > 0, structure=np.ones((3, 3, 3), dtype=bool))
+        labels, _ = ndimage.label(np.asarray(mask[z0:z1]) > 0, structure=CONNECTIVITY_STRUCTURE)
         slice_mm, ph, pw = case_geometry(store, case)
         mh, mw = math.ceil(margin_mm / ph), math.ceil(margin_mm / pw)
         for k, box in enumerate(ndimage.find_objects(labels), start=1):
