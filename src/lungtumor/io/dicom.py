@@ -414,6 +414,54 @@ def _pixels(s: _Slice) -> np.ndarray:
     return pixels
 
 
+def _ordered_series(folder: str | os.PathLike[str], series_uid: str | None) -> tuple[Path, str, list[_Slice], np.ndarray, np.ndarray]:
+    """(folder, series UID, slices in k order, LPS affine, slice step) of one CT series, headers only."""
+    scan = _scan(folder)
+    # A truncated header may have lost its SeriesInstanceUID too, so a damaged CT file anywhere
+    # in the folder may be a slice of this series: refuse rather than read a series with a hole.
+    if scan.damaged:
+        raise InputError(
+            f"{scan.damaged[0]}: CT image whose header ends before its geometry (ImagePositionPatient/"
+            f"ImageOrientationPatient/Rows/Columns), {len(scan.damaged)} such file(s) in the folder; the file is "
+            "truncated or corrupt, re-export it or remove it from the folder"
+        )
+    uid, slices = _select(scan, series_uid)
+    ordered, affine_lps, step = _series_geometry(slices)
+    return scan.root, uid, ordered, affine_lps, step
+
+
+@dataclass(frozen=True)
+class SeriesHeaders:
+    """One CT series' headers in :func:`read_dicom_series`' slice order, without pixel data.
+
+    Attributes:
+        path: the folder read.
+        series_uid: SeriesInstanceUID.
+        headers: the slices' pydicom headers (no pixel data), ``k`` order: the same instances, in
+            the same order, as ``read_dicom_series(path).meta["dicom_headers"]``.
+        affine_lps: 4x4 voxel index (i, j, k) -> LPS mm (the read Volume's affine is
+            ``LPS_TO_RAS @ affine_lps``).
+    """
+
+    path: Path
+    series_uid: str
+    headers: tuple[Dataset, ...]
+    affine_lps: np.ndarray
+
+
+def read_series_headers(folder: str | os.PathLike[str], series_uid: str | None = None) -> SeriesHeaders:
+    """The headers of one CT series, ordered and checked as :func:`read_dicom_series` does, pixels unread.
+
+    For writers that reference a series' instances (DICOM SR) without needing its voxels: the
+    same folder scan, series choice and geometry checks, at the cost of the headers alone.
+
+    Raises:
+        InputError, GeometryError: as :func:`read_dicom_series`.
+    """
+    root, uid, ordered, affine_lps, _ = _ordered_series(folder, series_uid)
+    return SeriesHeaders(root, uid, tuple(s.header for s in ordered), affine_lps)
+
+
 def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = None) -> Volume:
     """Read one CT series from a folder as a Volume in HU with a RAS affine.
 
@@ -437,18 +485,7 @@ def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = N
         InputError: no series, several series and no ``series_uid``, unknown UID, corrupt file.
         GeometryError: inconsistent slices, duplicate positions, gaps or uneven spacing.
     """
-    scan = _scan(folder)
-    # A truncated header may have lost its SeriesInstanceUID too, so a damaged CT file anywhere
-    # in the folder may be a slice of this series: refuse rather than read a series with a hole.
-    if scan.damaged:
-        raise InputError(
-            f"{scan.damaged[0]}: CT image whose header ends before its geometry (ImagePositionPatient/"
-            f"ImageOrientationPatient/Rows/Columns), {len(scan.damaged)} such file(s) in the folder; the file is "
-            "truncated or corrupt, re-export it or remove it from the folder"
-        )
-    uid, slices = _select(scan, series_uid)
-    root = scan.root
-    ordered, affine_lps, step = _series_geometry(slices)
+    root, uid, ordered, affine_lps, step = _ordered_series(folder, series_uid)
     shape = (ordered[0].columns, ordered[0].rows, len(ordered))
 
     # Decide the dtype from the headers so the common case (integer rescale) never needs a
