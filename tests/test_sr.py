@@ -260,7 +260,7 @@ def test_real_series_endpoints_on_the_gtv_boundary(tmp_path: Path) -> None:
         pytest.skip(f"real data not present at {LUNG1} (a fresh clone has no ../shared)")
     from scipy import ndimage
 
-    from lungtumor.evaluation.lesions import measure_lesions
+    from lungtumor.lesions.recist import measure_lesions
     from lungtumor.io.nifti import read_nifti
 
     # Headers only (the RTSTRUCT beside the slices is skipped): the CT's pixels would only give

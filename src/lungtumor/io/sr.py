@@ -39,7 +39,7 @@ with the row cosine ``X``, column cosine ``Y`` and PixelSpacing ``(dr, dc)``,
 ``column = (P - IPP) . X / dc + 0.5`` and ``row = (P - IPP) . Y / dr + 0.5``: SCOORD puts (0, 0)
 at the top-left corner of the top-left pixel (PS3.3 C.18.6.1.2), while ImagePositionPatient is
 the centre of that pixel, so the centre of pixel (c, r) is (c + 0.5, r + 0.5). The point is
-projected onto the plane; a RECIST axis from :func:`lungtumor.evaluation.lesions.measure_lesions`
+projected onto the plane; a RECIST axis from :func:`lungtumor.lesions.recist.measure_lesions`
 lies exactly on one, as it must (both endpoints of one axis must land on the same slice).
 """
 
