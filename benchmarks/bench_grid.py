@@ -6,7 +6,7 @@ Measured per scan (FULL phantom cases written here; LUNG1-002 and LIDC-IDRI-0001
 * store: slices, slice size, bytes of the case in the store, tumour voxels inside the processed
   region (coverage) and preprocessing seconds, for ``--preset seed`` and ``--preset lung``;
 * cost: model pixels (slices x H x W) of the lung preset at several spacings, relative to the seed's;
-* predict: whole-scan :func:`lungtumor.inference.segment.segment` seconds for one FULL phantom CT with
+* predict: whole-scan :func:`lungtumor.inference.predictor.segment` seconds for one FULL phantom CT with
   an untrained U-Net of ``--width`` (same weights, same precision) under both presets, split into the
   lung finder, slicing, model and mapping back.
 
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import du, machine
 from lungtumor.config import PreprocessConfig, SplitConfig
-from lungtumor.inference.segment import predict_slices, segment
+from lungtumor.inference.predictor import predict_slices, segment
 from lungtumor.io.nifti import read_nifti
 from lungtumor.model.checkpoint import LoadedModel
 from lungtumor.model.unet import ModelConfig, UNet

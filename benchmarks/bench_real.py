@@ -178,7 +178,7 @@ def run_fold(
     """Train, predict and evaluate one (recipe, held-out scan, training seed); cached in
     ``WORK/runs/RECIPE[TAG][-sSEED]-SCAN`` (seed 0 without ``-s0``)."""
     from lungtumor.evaluation.evaluate import evaluate_folder
-    from lungtumor.inference.segment import predict_path
+    from lungtumor.predict import predict_path
     from lungtumor.training.options import TrainConfig
     from lungtumor.training.trainer import train
 
@@ -290,7 +290,7 @@ def run_ensemble(work: Path, pairs: Path, results: list[dict[str, Any]], recipe:
     """``predict`` with the last checkpoints of ``seeds`` (one recipe and fold) averaged; cached in
     ``WORK/runs/RECIPE-ens<SEEDS>-SCAN``."""
     from lungtumor.evaluation.evaluate import evaluate_folder
-    from lungtumor.inference.segment import predict_path
+    from lungtumor.predict import predict_path
 
     members = {r["train_seed"]: r for r in results if r["recipe"] == recipe and r["held_out"] == held_out}
     name = f"{recipe}-ens{''.join(map(str, seeds))}-{held_out}"

@@ -335,7 +335,7 @@ def _model(net: torch.nn.Module, cfg: PreprocessConfig, context: int = 0):
 
 @pytest.mark.parametrize("codes", ["LAS", "LPS"])
 def test_segment_with_the_lung_preset_keeps_the_input_grid_and_the_lung_region(codes: str) -> None:
-    from lungtumor.inference.segment import segment
+    from lungtumor.inference.predictor import segment
 
     shape = (48, 40, 30)
     canon = np.full(shape, -800, np.int16)
@@ -373,7 +373,7 @@ def test_segment_with_the_lung_preset_keeps_the_input_grid_and_the_lung_region(c
 def test_tta_flips_the_patients_left_right(codes: str, preset: str) -> None:
     """A marker on the patient's left comes back on the left: only the left-right mirrored pass of
     the right-half detector can see it, and its answer is put back where the marker is."""
-    from lungtumor.inference.segment import segment
+    from lungtumor.inference.predictor import segment
 
     shape = (32, 32, 36)
     aff = affine_for(codes, spacing=(2.0, 2.0, 2.0), origin=(0.0, 0.0, 0.0))
@@ -395,7 +395,7 @@ def test_tta_flips_the_patients_left_right(codes: str, preset: str) -> None:
 
 
 def test_context_model_sees_neighbours_by_mm_in_segment() -> None:
-    from lungtumor.inference.segment import segment
+    from lungtumor.inference.predictor import segment
 
     seen: list[torch.Tensor] = []
 
