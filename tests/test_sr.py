@@ -260,8 +260,8 @@ def test_real_series_endpoints_on_the_gtv_boundary(tmp_path: Path) -> None:
         pytest.skip(f"real data not present at {LUNG1} (a fresh clone has no ../shared)")
     from scipy import ndimage
 
-    from lungtumor.lesions.recist import measure_lesions
     from lungtumor.io.nifti import read_nifti
+    from lungtumor.lesions.recist import measure_lesions
 
     # Headers only (the RTSTRUCT beside the slices is skipped): the CT's pixels would only give
     # measure_lesions HU statistics and the side, not the axes, and cost 1.5 s to decode.
