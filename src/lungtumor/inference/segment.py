@@ -34,6 +34,7 @@ from lungtumor.io.volume import Volume, foreground_box
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, default_device, resolve_device  # noqa: F401 (re-exported)
 from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
+from lungtumor.preprocessing.presets import preset_for
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def segment(
     for message in hu_range_warnings(volume):
         log.warning("%s", message)
     cfg = loaded.preprocess
-    if region is None and cfg.preset != "seed":
+    if region is None and preset_for(cfg).needs_lung_region:
         region = lung_region(volume)
     grid: SliceGrid = fit_grid(volume, region, cfg)
     slices = grid.image_to_slices(volume)
