@@ -34,6 +34,7 @@ from lungtumor.model.checkpoint import LoadedModel
 from lungtumor.model.unet import ModelConfig, UNet
 from lungtumor.preprocessing.grid import fit_grid
 from lungtumor.preprocessing.lungs import find_lung_region, include_label
+from lungtumor.preprocessing.presets import preset_for
 from lungtumor.preprocessing.store import preprocess_task
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
@@ -87,7 +88,7 @@ def cost_table(ct_path: Path, label_path: Path, spacings: list[float]) -> dict:
     """Model pixels of the lung preset per spacing, relative to the seed's (no model run)."""
     ct, label = read_nifti(ct_path), read_nifti(label_path)
     region, _ = include_label(find_lung_region(ct), label)
-    seed = fit_grid(ct, None, PreprocessConfig())
+    seed = fit_grid(ct, None, PreprocessConfig(preset="seed"))
     seed_px = seed.n_slices * seed.out_shape[0] * seed.out_shape[1]
     out = {}
     for sp in spacings:
@@ -112,14 +113,14 @@ def predict_times(ct_path: Path, label_path: Path, width: int, spacings: list[fl
     torch.manual_seed(0)
     net = UNet(ModelConfig(width=width)).eval()
     res: dict = {"ct_shape": list(ct.shape), "spacing_mm": [round(s, 3) for s in ct.spacing_mm], "width": width}
-    presets = [("seed", PreprocessConfig())] + [(f"lung_{sp:g}mm", PreprocessConfig.from_preset("lung", spacing_mm=sp)) for sp in spacings]
+    presets = [("seed", PreprocessConfig(preset="seed"))] + [(f"lung_{sp:g}mm", PreprocessConfig.from_preset("lung", spacing_mm=sp)) for sp in spacings]
     runs: dict[str, list[dict]] = {}
     for _ in range(repeats):
         for name, cfg in presets:
             model = LoadedModel(net, cfg, 0, {"threshold": 0.5})
             parts: dict = {}
             t0 = time.perf_counter()
-            region = find_lung_region(ct).mask if cfg.preset == "lung" else None
+            region = find_lung_region(ct).mask if preset_for(cfg).needs_lung_region else None
             parts["lung_finder_s"] = time.perf_counter() - t0
             t = time.perf_counter()
             grid = fit_grid(ct, region, cfg)

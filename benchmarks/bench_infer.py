@@ -77,7 +77,7 @@ def peak_memory_child(path: str, width: int) -> None:
 
     torch.manual_seed(0)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    model = LoadedModel(UNet(ModelConfig(width=width)).eval(), PreprocessConfig(), 0, {"threshold": 0.5})
+    model = LoadedModel(UNet(ModelConfig(width=width)).eval(), PreprocessConfig(preset="seed"), 0, {"threshold": 0.5})
     t0 = time.perf_counter()
     mask = segment(read_nifti(path), model)
     print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, "rss_after_imports_gb": base, "seconds": time.perf_counter() - t0, "shape": list(mask.shape)}))
@@ -121,7 +121,7 @@ def main() -> None:
     ct = make_ct(a.slices)
     kept = a.slices - SEED_SKIP_INFERIOR_SLICES
     bf16 = use_bf16(torch.device("cpu"))
-    model = LoadedModel(net, PreprocessConfig(), 0, {"threshold": 0.5})
+    model = LoadedModel(net, PreprocessConfig(preset="seed"), 0, {"threshold": 0.5})
 
     seed_sps = seed_way(net, ct, a.seed_slices)
     bare_sps = bare_forward(net, a.batch, max(2, 24 // a.batch), bf16)
@@ -134,7 +134,7 @@ def main() -> None:
     from lungtumor.inference.predictor import predict_slices
     from lungtumor.preprocessing.recipe import prepare_ct
 
-    prep = prepare_ct(ct, PreprocessConfig())
+    prep = prepare_ct(ct, PreprocessConfig(preset="seed"))
     sub = prep.slices[kept // 2 : kept // 2 + 8]
     p32 = predict_slices(model, sub, precision="fp32", device="cpu")
     p16 = predict_slices(model, sub, precision="bf16", device="cpu")

@@ -111,8 +111,8 @@ def main() -> None:
     for d in ("seed", "ours1", "ours2"):
         shutil.rmtree(work / d, ignore_errors=True)
     timed("seed_s", lambda: seed_way(task, work / "seed"))
-    timed("ours_1proc_s", lambda: preprocess_task(task, work / "ours1", PreprocessConfig(), SplitConfig(val_cases=1), progress=False))
-    timed("ours_2workers_s", lambda: preprocess_task(task, work / "ours2", PreprocessConfig(), SplitConfig(val_cases=1), workers=2, progress=False))
+    timed("ours_1proc_s", lambda: preprocess_task(task, work / "ours1", PreprocessConfig(preset="seed"), SplitConfig(val_cases=1), progress=False))
+    timed("ours_2workers_s", lambda: preprocess_task(task, work / "ours2", PreprocessConfig(preset="seed"), SplitConfig(val_cases=1), workers=2, progress=False))
     timed("floor_again_s", lambda: floor(task))
     floor_s = min(res["floor_s"], res["floor_again_s"])
     rng = np.random.default_rng(0)

@@ -112,7 +112,7 @@ def build_stores(work: Path, pairs: Path) -> dict[str, Path]:
     from lungtumor.preprocessing.store import preprocess_task
 
     stores = {
-        "seed": (work / "store_seed", PreprocessConfig(size=SEED_STORE_SIZE)),
+        "seed": (work / "store_seed", PreprocessConfig(preset="seed", size=SEED_STORE_SIZE)),
         "lung": (work / "store_lung", PreprocessConfig.from_preset("lung", spacing_mm=LUNG_BENCH_SPACING_MM)),
     }
     for name, (path, cfg) in stores.items():

@@ -99,7 +99,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
         write_phantom_dataset(work / "task", cases=6, test_cases=0, size="SMALL", seed=0)
-        preprocess_task(work / "task", work / "store", PreprocessConfig(size=SIZE), SplitConfig(val_cases=1), progress=False)
+        preprocess_task(work / "task", work / "store", PreprocessConfig(preset="seed", size=SIZE), SplitConfig(val_cases=1), progress=False)
         store = SliceStore(work / "store")
         ds = SliceDataset(store, store.splits["train"])
         cfg = ModelConfig(width=a.width)

@@ -533,7 +533,7 @@ def stage_store(ctx: Context, rec: dict[str, Any]) -> None:
     rec["phantom_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     workers = 1 if ctx.tiny else min(ctx.sizes.cases, max(1, (os.cpu_count() or 1) // 2))
-    summary = preprocess_task(task, ctx.work / "store", PreprocessConfig(size=ctx.sizes.size), SplitConfig(val_cases=1),
+    summary = preprocess_task(task, ctx.work / "store", PreprocessConfig(preset="seed", size=ctx.sizes.size), SplitConfig(val_cases=1),
                               workers=workers, progress=False)
     rec["preprocess_s"] = time.perf_counter() - t0
     rec["cases"] = ctx.sizes.cases
@@ -735,7 +735,7 @@ def write_seed_checkpoint(path: Path, width: int, size: int) -> None:
     cfg = ModelConfig(width=width)
     net = UNet(cfg)
     state = {NET_PREFIX + k: v for k, v in net.state_dict().items()}
-    meta = checkpoint_metadata(cfg.to_dict(), PreprocessConfig(size=size).to_dict(), 0, loss="bce", threshold=0.5)
+    meta = checkpoint_metadata(cfg.to_dict(), PreprocessConfig(preset="seed", size=size).to_dict(), 0, loss="bce", threshold=0.5)
     torch.save({"state_dict": state, "lungtumor": meta, "epoch": 0, "global_step": 0}, path)
 
 

@@ -33,5 +33,5 @@ def make_task(root: Path, n: int = 4, shape=(32, 32, 40), seed: int = 0) -> Path
 def make_store(root: Path, n: int = 4, size: int = 32, val_cases: int = 1) -> Path:
     """Task + store under ``root``; returns the store folder."""
     task = make_task(root / "task", n=n)
-    preprocess_task(task, root / "store", PreprocessConfig(size=size), SplitConfig(val_cases=val_cases), progress=False)
+    preprocess_task(task, root / "store", PreprocessConfig(preset="seed", size=size), SplitConfig(val_cases=val_cases), progress=False)
     return root / "store"

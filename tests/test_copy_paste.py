@@ -375,7 +375,7 @@ def test_training_with_copy_paste_and_a_window(tmp_path: Path) -> None:
     from lungtumor.training.trainer import train
 
     task = _chest_task(tmp_path / "task")
-    preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32, skip_inferior_slices=0), SplitConfig(val_cases=1), progress=False)
+    preprocess_task(task, tmp_path / "store", PreprocessConfig(preset="seed", size=32, skip_inferior_slices=0), SplitConfig(val_cases=1), progress=False)
     crops = tmp_path / "crops"
     crops.mkdir()
     _write_crop(crops, "X_R_1")
@@ -405,7 +405,7 @@ def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.Captu
     from lungtumor.preprocessing.store import preprocess_task
 
     task = _chest_task(tmp_path / "task")
-    preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32, skip_inferior_slices=0), SplitConfig(val_cases=1), progress=False)
+    preprocess_task(task, tmp_path / "store", PreprocessConfig(preset="seed", size=32, skip_inferior_slices=0), SplitConfig(val_cases=1), progress=False)
     crops = tmp_path / "crops"
     crops.mkdir()
     _write_crop(crops, "X_R_1")

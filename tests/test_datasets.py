@@ -339,14 +339,14 @@ def test_nnunet_label_value_reaches_the_store(tmp_path) -> None:
     expected = np.asarray(nib.load(str(root / "labelsTr" / "lung_001.nii.gz")).dataobj) == 2
     np.testing.assert_array_equal(mask.array, expected.astype(np.uint8))
     assert mask.array.sum() == 10 * 10 * 7
-    summary = preprocess_task(root, tmp_path / "store", PreprocessConfig(size=32), SplitConfig(val_cases=0), progress=False)
+    summary = preprocess_task(root, tmp_path / "store", PreprocessConfig(preset="seed", size=32), SplitConfig(val_cases=0), progress=False)
     assert summary["splits"]["train"] == ["lung_001"]
     meta = json.loads((tmp_path / "store" / "cases" / "lung_001" / "meta.json").read_text())
     assert meta["tumour_voxels_original"] == 10 * 10 * 7
     _, stored = SliceStore(tmp_path / "store").arrays("lung_001")
     assert set(np.unique(stored)) <= {0, 1} and stored.any()
     # The lung label instead: more voxels.
-    cfg, split = PreprocessConfig(size=32), SplitConfig(val_cases=0)
+    cfg, split = PreprocessConfig(preset="seed", size=32), SplitConfig(val_cases=0)
     preprocess_task(root, tmp_path / "store_lung", cfg, split, progress=False, label="lung")
     meta_lung = json.loads((tmp_path / "store_lung" / "cases" / "lung_001" / "meta.json").read_text())
     assert meta_lung["tumour_voxels_original"] == int(np.count_nonzero(_multi_label(SHAPE) == 1))

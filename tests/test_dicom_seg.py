@@ -328,7 +328,7 @@ def _checkpoint(path: Path) -> Path:
     torch.save(
         {
             "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-            "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(size=16, skip_inferior_slices=0).to_dict(), 0, threshold=0.5),
+            "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(preset="seed", size=16, skip_inferior_slices=0).to_dict(), 0, threshold=0.5),
         },
         path,
     )

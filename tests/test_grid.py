@@ -13,7 +13,8 @@ from conftest import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig
 from lungtumor.errors import ConfigError, GeometryError
 from lungtumor.io.volume import Volume, reorient
-from lungtumor.preprocessing.grid import SliceGrid, check_model_input, context_stack, fit_grid
+from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
+from lungtumor.preprocessing.presets import preset_for
 
 LAS = ("L", "A", "S")
 INSIDE_HU, OUTSIDE_HU = 1000, -1000
@@ -82,7 +83,7 @@ def test_the_seed_preset_mask_is_shifted_against_its_ct() -> None:
     """The documented property of the seed preset (half a voxel at 512 -> 256): CT and mask differ
     along the square's upper edge, where the physical grid agrees (test above)."""
     ct, mask = _square_case(512, 0.7, lo=(100, 150), hi=(201, 301))
-    grid = fit_grid(ct, None, PreprocessConfig(skip_inferior_slices=0))
+    grid = fit_grid(ct, None, PreprocessConfig(preset="seed", skip_inferior_slices=0))
     ms = grid.mask_to_slices(mask)[0].astype(bool)
     ctm = grid.image_to_slices(ct)[0] > 0.0
     assert (ms & ~ctm).sum() >= 50  # a whole row of the mask sits outside the CT's square
@@ -155,7 +156,7 @@ def test_seed_preset_reproduces_the_recipe_bit_for_bit(tmp_path) -> None:
     from lungtumor.preprocessing.store import SliceStore, preprocess_task
 
     cfg = PreprocessConfig.from_preset("seed")
-    assert cfg == PreprocessConfig()
+    assert cfg == PreprocessConfig(preset="seed")
     ct, label = make_case(3, size="SMALL")
     las = ct
     for vol, lab in ((las, label), tuple(reorient(v, ("L", "P", "S"))[0] for v in (las, label))):
@@ -188,9 +189,9 @@ def test_an_old_seed_store_config_still_matches(tmp_path) -> None:
     """A store written before the presets existed (no new keys) is the seed preset on a re-run."""
     from lungtumor.preprocessing.store import _check_config
 
-    old = {k: v for k, v in PreprocessConfig().to_dict().items() if k not in ("preset", "spacing_mm", "margin_mm", "pad_multiple", "input_size_px", "context_step_mm")}
+    old = {k: v for k, v in PreprocessConfig(preset="seed").to_dict().items() if k not in ("preset", "spacing_mm", "margin_mm", "pad_multiple", "input_size_px", "context_step_mm")}
     (tmp_path / "config.json").write_text(json.dumps({"format": "lungtumor-slice-store", "version": 1, "preprocess": old}))
-    assert _check_config(tmp_path, PreprocessConfig())
+    assert _check_config(tmp_path, PreprocessConfig(preset="seed"))
     with pytest.raises(ConfigError, match="different config"):
         _check_config(tmp_path, lung_cfg())
 
@@ -216,7 +217,7 @@ def test_slices_follow_the_lung_extent_in_mm_not_a_count() -> None:
         kept = z[grid.slice_start : grid.slice_stop]
         assert kept[0] == pytest.approx(100 - 5, abs=dz) and kept[-1] == pytest.approx(270 + 5, abs=dz)
         assert grid.coverage(Volume(label, aff)) == (int(label.sum()), int(label.sum()))
-        seed = fit_grid(ct, None, PreprocessConfig(skip_inferior_slices=30))
+        seed = fit_grid(ct, None, PreprocessConfig(preset="seed", skip_inferior_slices=30))
         assert seed.slice_start == 30  # a count: 37.5 mm or 150 mm depending on the slices
 
 
@@ -226,7 +227,7 @@ def test_context_offsets_are_millimetres_and_interpolated() -> None:
     np.testing.assert_allclose(grid.context_offsets(2), [-1.0, -0.5, 0.0, 0.5, 1.0])
     thin = fit_grid(Volume(np.zeros((8, 8, 20), np.int16), affine_for("LAS", spacing=(1.0, 1.0, 0.625))), None, lung_cfg(context_step_mm=2.5))
     np.testing.assert_allclose(thin.context_offsets(1), [-4.0, 0.0, 4.0])
-    assert fit_grid(ct, None, PreprocessConfig(skip_inferior_slices=0)).context_offsets(1).tolist() == [-1, 0, 1]
+    assert fit_grid(ct, None, PreprocessConfig(preset="seed", skip_inferior_slices=0)).context_offsets(1).tolist() == [-1, 0, 1]
     slices = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((1, 2, 3), np.float32)
     out = context_stack(slices, np.array([0, 2, 4]), np.array([-0.5, 0.0, 0.5]))
     np.testing.assert_allclose(out[:, :, 0, 0], [[0.0, 0.0, 0.5], [1.5, 2.0, 2.5], [3.5, 4.0, 4.0]])
@@ -241,7 +242,7 @@ def test_real_lung1_002_keeps_every_tumour_voxel_with_the_lung_preset(real_data)
 
     ct = read_nifti(real_data / "LUNG1-002" / "ct.nii.gz")
     gtv = read_nifti(real_data / "LUNG1-002" / "gtv1_label.nii.gz")
-    inside, total = fit_grid(ct, None, PreprocessConfig()).coverage(gtv)
+    inside, total = fit_grid(ct, None, PreprocessConfig(preset="seed")).coverage(gtv)
     assert (total, total - inside) == (128_499, 11_467)
     region, _ = include_label(find_lung_region(ct), gtv)
     grid = fit_grid(ct, region.mask, lung_cfg())
@@ -275,16 +276,16 @@ def test_bad_lung_configs_are_one_line_errors(kw, text) -> None:
 def test_other_config_errors() -> None:
     for make, text in [
         (lambda: PreprocessConfig(preset="lungs"), "unknown"),
-        (lambda: PreprocessConfig(spacing_mm=1.0), "lung preset only"),
+        (lambda: PreprocessConfig(preset="seed", spacing_mm=1.0), "lung preset only"),
         (lambda: PreprocessConfig.from_preset("nope"), "unknown"),
         (lambda: PreprocessConfig.from_dict({**lung_cfg().to_dict(), "bogus": 1}), "unknown"),
-        (lambda: check_model_input(lung_cfg(), depth=5), "pad_multiple=32"),
-        (lambda: check_model_input(PreprocessConfig(size=36), depth=3), "--size 40"),
+        (lambda: preset_for(lung_cfg()).check_model_input(lung_cfg(), depth=5), "pad_multiple=32"),
+        (lambda: preset_for("seed").check_model_input(PreprocessConfig(preset="seed", size=36), depth=3), "--size 40"),
     ]:
         with pytest.raises(ConfigError, match=text) as info:
             make()
         assert "\n" not in str(info.value)
-    check_model_input(lung_cfg(), depth=4)
+    preset_for(lung_cfg()).check_model_input(lung_cfg(), depth=4)
     assert PreprocessConfig.from_dict(lung_cfg(input_size_px=(256, 192)).to_dict()) == lung_cfg(input_size_px=(256, 192))
     ct = Volume(np.zeros((8, 8, 8), np.int16), affine_for("LAS"))
     with pytest.raises(GeometryError, match="lung region"):
@@ -383,7 +384,7 @@ def test_tta_flips_the_patients_left_right(codes: str, preset: str) -> None:
     ijk = np.round(np.linalg.inv(aff) @ np.append(target, 1.0))[:3].astype(int)
     ct[ijk[0] - 1 : ijk[0] + 2, ijk[1] - 1 : ijk[1] + 2, ijk[2] - 1 : ijk[2] + 2] = 200
     vol = Volume(ct, aff)
-    cfg = PreprocessConfig(size=32) if preset == "seed" else lung_cfg(spacing_mm=2.0)
+    cfg = PreprocessConfig(preset="seed", size=32) if preset == "seed" else lung_cfg(spacing_mm=2.0)
     region = None if preset == "seed" else Volume(np.ones(shape, np.uint8), aff)
     plain = segment(vol, _model(RightHalfNet(), cfg), region=region, threshold=0.4, precision="fp32")
     assert plain.array.sum() == 0  # the detector alone never sees the patient's left
@@ -501,7 +502,7 @@ def test_labels_outside_the_lung_region_are_reported_and_kept(caplog) -> None:
     with caplog.at_level("WARNING"):
         none, info = lung_region_for(ct.with_array(np.full(ct.shape, 40, np.int16)), None, lung_cfg())
     assert none is None and not info["found"] and "no lungs found" in caplog.text
-    assert lung_region_for(ct, label, PreprocessConfig()) == (None, {})
+    assert lung_region_for(ct, label, PreprocessConfig(preset="seed")) == (None, {})
 
 
 @pytest.mark.parametrize("path", ["sparse", "dense"])

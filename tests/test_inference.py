@@ -27,7 +27,7 @@ class ThresholdNet(torch.nn.Module):
 
 
 def stub_model(size: int, context: int = 0) -> LoadedModel:
-    pre = PreprocessConfig(size=size)
+    pre = PreprocessConfig(preset="seed", size=size)
     return LoadedModel(net=ThresholdNet(), preprocess=pre, context=context, info={"threshold": 0.5})
 
 
@@ -40,7 +40,7 @@ def stub_checkpoint(path, size: int) -> None:
     torch.save(
         {
             "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-            "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(size=size).to_dict(), 0, threshold=0.5),
+            "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(preset="seed", size=size).to_dict(), 0, threshold=0.5),
         },
         path,
     )

@@ -16,7 +16,7 @@ from lungtumor.io.volume import Volume, reorient
 from lungtumor.preprocessing.recipe import prepare_ct, restore_slices
 from lungtumor.preprocessing.store import SliceStore, preprocess_task, split_cases
 
-CFG = PreprocessConfig(size=32)
+CFG = PreprocessConfig(preset="seed", size=32)
 
 
 def _task(root, n=4, shape=(40, 40, 45), codes="LAS", seed=0):
@@ -70,7 +70,7 @@ def test_inferior_slices_are_dropped_in_any_orientation(tmp_path) -> None:
         canon_target = affine_for(codes)
         # Build the same anatomy on another grid by reorienting the LAS volume.
         vol, _ = reorient(las, tuple(__import__("nibabel").aff2axcodes(canon_target)))
-        prep = prepare_ct(vol, PreprocessConfig(size=8))
+        prep = prepare_ct(vol, PreprocessConfig(preset="seed", size=8))
         assert prep.slices.shape == (10, 8, 8)
         np.testing.assert_allclose(prep.slices, 500 / HU_SCALE, rtol=1e-6)
 
@@ -79,7 +79,7 @@ def test_inferior_slices_are_dropped_in_any_orientation(tmp_path) -> None:
 def test_restore_is_the_inverse_grid(codes: str) -> None:
     arr = np.random.default_rng(0).integers(-1000, 1000, (16, 12, 36)).astype(np.int16)
     vol = Volume(arr, affine_for(codes))
-    cfg = PreprocessConfig(size=8)
+    cfg = PreprocessConfig(preset="seed", size=8)
     prep = prepare_ct(vol, cfg)
     probs = np.ones_like(prep.slices)
     out = restore_slices(probs, prep, vol.shape, threshold=0.5)
@@ -96,7 +96,7 @@ def test_rerun_skips_done_cases_and_refuses_other_config(tmp_path) -> None:
     preprocess_task(task, store, CFG, progress=False)
     assert (store / "cases" / "lung_000" / "image.npy").stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match="different config"):
-        preprocess_task(task, store, PreprocessConfig(size=16), progress=False)
+        preprocess_task(task, store, PreprocessConfig(preset="seed", size=16), progress=False)
 
 
 def test_parallel_workers_give_the_same_store(tmp_path) -> None:
@@ -216,9 +216,9 @@ def test_failed_first_run_leaves_no_config_and_the_fixed_rerun_works(tmp_path) -
 
     task = make_task(tmp_path / "task", n=2)
     with pytest.raises(InputError):  # 40 slices, and the seed recipe would drop 50
-        preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32, skip_inferior_slices=50), SplitConfig(val_cases=1), progress=False)
+        preprocess_task(task, tmp_path / "store", PreprocessConfig(preset="seed", size=32, skip_inferior_slices=50), SplitConfig(val_cases=1), progress=False)
     assert not (tmp_path / "store" / "config.json").exists()
-    s = preprocess_task(task, tmp_path / "store", PreprocessConfig(size=32), SplitConfig(val_cases=1), progress=False)
+    s = preprocess_task(task, tmp_path / "store", PreprocessConfig(preset="seed", size=32), SplitConfig(val_cases=1), progress=False)
     assert len(s["splits"]["train"]) == 1
 
 
@@ -232,7 +232,7 @@ def test_a_store_refuses_a_case_from_another_source_and_a_changed_split(tmp_path
     a = make_task(tmp_path / "a", n=2, seed=0)
     b = make_task(tmp_path / "b", n=2, seed=1)
     store = tmp_path / "store"
-    cfg, split = PreprocessConfig(size=32), SplitConfig(val_cases=1)
+    cfg, split = PreprocessConfig(preset="seed", size=32), SplitConfig(val_cases=1)
     preprocess_task(a, store, cfg, split, progress=False)
     with pytest.raises(ConfigError, match="lung_000.*use a new STORE_DIR"):
         preprocess_task(b, store, cfg, split, progress=False)
@@ -285,7 +285,7 @@ def test_the_reader_keeps_a_bounded_number_of_cases_open(tmp_path) -> None:
         np.save(d / "mask.npy", np.zeros((2, 4, 4), np.uint8))
         cases[f"c{i:03d}"] = {"n_slices": 2, "kept_start": 0, "tumour_voxels": [0, 0], "split": "train"}
     (tmp_path / "manifest.json").write_text(json.dumps({"cases": cases}))
-    (tmp_path / "store.json").write_text(json.dumps({"format": STORE_FORMAT, "preprocess": PreprocessConfig().to_dict(), "splits": {"train": list(cases), "val": []}}))
+    (tmp_path / "store.json").write_text(json.dumps({"format": STORE_FORMAT, "preprocess": PreprocessConfig(preset="seed").to_dict(), "splits": {"train": list(cases), "val": []}}))
     store = SliceStore(tmp_path)
     fds_before = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else None
     for cid in cases:

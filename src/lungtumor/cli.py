@@ -40,14 +40,14 @@ def _cmd_phantom(a: argparse.Namespace) -> None:
 
 
 def _add_preprocess(sub: argparse._SubParsersAction) -> None:
-    from lungtumor.config import LUNG_MARGIN_MM, LUNG_SPACING_MM, PreprocessConfig
+    from lungtumor.config import DEFAULT_PRESET, LUNG_MARGIN_MM, LUNG_SPACING_MM, PRESET_NAMES, PreprocessConfig
 
-    d = PreprocessConfig()
+    d = PreprocessConfig(preset="seed")
     p = sub.add_parser("preprocess", help="dataset folder (MSD, nnU-Net v2 raw, CT/label pairs) -> slice store for training")
     p.add_argument("task_dir")
     p.add_argument("store_dir")
     p.add_argument(
-        "--preset", choices=["seed", "lung"], default="lung",
+        "--preset", choices=list(PRESET_NAMES), default=DEFAULT_PRESET,
         help="slice grid: lung (default: crop to the lung region, spacing in mm, the slices of the lung extent) or seed "
         "(the seed's recipe bit for bit: drop 30 slices, resize to 256x256; to reproduce old stores and checkpoints)",
     )
@@ -70,9 +70,10 @@ def _add_preprocess(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_preprocess(a: argparse.Namespace) -> None:
     from lungtumor.config import PreprocessConfig, SplitConfig
+    from lungtumor.preprocessing.presets import preset_for
     from lungtumor.preprocessing.store import preprocess_task
 
-    if a.preset != "seed" and (a.size is not None or a.skip_inferior_slices is not None):
+    if not preset_for(a.preset).fixed_size and (a.size is not None or a.skip_inferior_slices is not None):
         from lungtumor.errors import ConfigError
 
         raise ConfigError(
@@ -408,6 +409,8 @@ def _cmd_cv(a: argparse.Namespace) -> None:
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from lungtumor.config import PRESET_NAMES
+
     p = sub.add_parser("demo", help="the whole pipeline on built-in synthetic data (or --task-dir)")
     p.add_argument("--workdir", default="demo_run", help="where everything is written (default ./demo_run)")
     p.add_argument("--task-dir", default=None, help="run on a real MSD-layout folder instead of the phantom")
@@ -416,7 +419,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-cases", type=int, default=None, help="validation cases (the last ones in sorted order; with --task-dir the held-out ones)")
     p.add_argument("--heldout-cases", type=int, default=None, help="phantom held-out cases, a dataset of their own, scored at the end")
     p.add_argument("--train-minutes", type=float, default=None, help="training time budget")
-    p.add_argument("--preset", choices=["lung", "seed"], default=None, help="slice grid (default lung; seed = the seed's recipe)")
+    p.add_argument("--preset", choices=list(PRESET_NAMES), default=None, help="slice grid (default lung; seed = the seed's recipe)")
     p.add_argument("--spacing-mm", type=float, default=None, help="lung preset: model pixel in mm (default 3, the SMALL phantom's own)")
     p.add_argument("--size", type=int, default=None, help="seed preset: slice size (default 128)")
     p.add_argument("--width", type=int, default=None, help="U-Net base width")

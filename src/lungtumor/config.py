@@ -1,4 +1,4 @@
-"""Configuration dataclasses and named constants. The defaults reproduce the seed's recipe.
+"""Configuration dataclasses and named constants (the seed's recipe among them, as the seed preset).
 
 The seed notebook's recipe: HU / 3071, drop the 30 most inferior axial slices, resize every
 axial slice to 256x256 (bilinear CT, nearest mask).
@@ -85,8 +85,6 @@ AIR_TISSUE_HU = -500.0
 LUNG_WINDOW_HU = (-600.0, 1500.0)
 
 
-#: Names of the slice-grid presets (see :mod:`lungtumor.preprocessing.grid` for what each does and why).
-PRESET_NAMES = ("seed", "lung")
 #: Lung preset: in-plane target spacing of the model slices (mm). Chosen by measurement, see the grid module.
 LUNG_SPACING_MM = 1.5
 #: Lung preset: margin around the lung region's box, in-plane and along the body axis (mm; the region itself
@@ -100,6 +98,37 @@ LUNG_CONTEXT_STEP_MM = 2.5
 LUNG_CLIP_HU = (-1024.0, 3071.0)
 #: Lung-preset-only fields: they must stay None in the seed preset.
 _LUNG_ONLY_FIELDS = ("spacing_mm", "margin_mm", "pad_multiple", "input_size_px", "context_step_mm")
+#: Per slice-grid preset, the defaults of the fields whose default depends on the preset; a preset
+#: that names no lung-only field takes none of them (they stay None). The key order is the order
+#: of the names in messages. What each preset does and why: :mod:`lungtumor.preprocessing.presets`.
+PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "seed": {"clip_hu": None},
+    "lung": {
+        "clip_hu": LUNG_CLIP_HU,
+        "spacing_mm": LUNG_SPACING_MM,
+        "margin_mm": LUNG_MARGIN_MM,
+        "pad_multiple": LUNG_PAD_MULTIPLE,
+        "input_size_px": None,
+        "context_step_mm": LUNG_CONTEXT_STEP_MM,
+    },
+}
+#: Names of the slice-grid presets.
+PRESET_NAMES = tuple(PRESET_DEFAULTS)
+#: The preset of ``PreprocessConfig()``, of every API function's default config and of the command line.
+DEFAULT_PRESET = "lung"
+#: The preset of a stored config that records none (stores and checkpoints written before the presets existed).
+UNRECORDED_PRESET = "seed"
+
+
+class _PresetDefault:
+    """Marks a field left unset: it takes its preset's default (:data:`PRESET_DEFAULTS`)."""
+
+    def __repr__(self) -> str:
+        return "<preset default>"
+
+
+#: Default of the fields whose default depends on the preset.
+PRESET_DEFAULT: Any = _PresetDefault()
 
 
 def _config_error(message: str) -> Exception:
@@ -116,19 +145,22 @@ def _positive_number(value: Any) -> bool:
 class PreprocessConfig:
     """How a CT volume becomes 2D slices (the slice grid's config). Written into every store and checkpoint.
 
-    Two presets (``preset``): ``seed`` (the dataclass default, so that stores and checkpoints written
-    before the presets existed read back as what they are; the seed's recipe bit for bit: drop the
-    ``skip_inferior_slices`` most inferior slices, resize every axial slice to ``size`` pixels) and
-    ``lung`` (physical and lung-aware: crop to the lung region's box plus ``margin_mm``, resample
-    in-plane to ``spacing_mm``, pad to ``pad_multiple`` or to ``input_size_px``, keep the slices of the
-    lung extent; :class:`~lungtumor.preprocessing.grid.SliceGrid` records every step; the default of
-    ``lungtumor preprocess``, ``cv`` and the demo). Build one with :meth:`from_preset`. Invalid values raise :class:`~lungtumor.errors.ConfigError` on construction.
+    Two presets (``preset``): ``lung`` (the default, of the API and of ``lungtumor preprocess``,
+    ``cv`` and the demo alike: physical and lung-aware: crop to the lung region's box plus
+    ``margin_mm``, resample in-plane to ``spacing_mm``, pad to ``pad_multiple`` or to
+    ``input_size_px``, keep the slices of the lung extent;
+    :class:`~lungtumor.preprocessing.grid.SliceGrid` records every step) and ``seed`` (the seed's
+    recipe bit for bit: drop the ``skip_inferior_slices`` most inferior slices, resize every axial
+    slice to ``size`` pixels; a stored config that records no preset, written before the presets
+    existed, reads back as the seed preset). Fields left unset take their preset's default
+    (:data:`PRESET_DEFAULTS`); build one with ``PreprocessConfig(preset=...)`` or
+    :meth:`from_preset`. Invalid values raise :class:`~lungtumor.errors.ConfigError` on construction.
 
     Attributes:
         size: seed preset: in-plane size (pixels) every axial slice is resized to.
         skip_inferior_slices: seed preset: number of most inferior axial slices dropped.
         hu_scale: CT values are divided by this (HU / hu_scale).
-        clip_hu: optional (low, high) HU clip applied before scaling; None (seed) = no clip.
+        clip_hu: optional (low, high) HU clip applied before scaling; None (the seed's default) = no clip.
         axcodes: canonical orientation the volume is reoriented to (no resampling).
         image_interpolation: ``bilinear`` for the CT.
         mask_interpolation: ``nearest`` for the mask.
@@ -144,20 +176,24 @@ class PreprocessConfig:
     size: int = SEED_SLICE_SIZE
     skip_inferior_slices: int = SEED_SKIP_INFERIOR_SLICES
     hu_scale: float = HU_SCALE
-    clip_hu: tuple[float, float] | None = None
+    clip_hu: tuple[float, float] | None = PRESET_DEFAULT
     axcodes: tuple[str, str, str] = CANONICAL_AXCODES
     image_interpolation: str = "bilinear"
     mask_interpolation: str = "nearest"
-    preset: str = "seed"
-    spacing_mm: float | None = None
-    margin_mm: float | None = None
-    pad_multiple: int | None = None
-    input_size_px: tuple[int, int] | None = None
-    context_step_mm: float | None = None
+    preset: str = DEFAULT_PRESET
+    spacing_mm: float | None = PRESET_DEFAULT
+    margin_mm: float | None = PRESET_DEFAULT
+    pad_multiple: int | None = PRESET_DEFAULT
+    input_size_px: tuple[int, int] | None = PRESET_DEFAULT
+    context_step_mm: float | None = PRESET_DEFAULT
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESET_NAMES:
+        defaults = PRESET_DEFAULTS.get(self.preset) if isinstance(self.preset, str) else None
+        if defaults is None:
             raise _config_error(f"preset {self.preset!r} is unknown; use one of {list(PRESET_NAMES)} (--preset)")
+        for name in ("clip_hu", *_LUNG_ONLY_FIELDS):
+            if getattr(self, name) is PRESET_DEFAULT:
+                object.__setattr__(self, name, defaults.get(name))
         if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 1:
             raise _config_error(f"size (--size) must be a whole number of pixels >= 1, got {self.size!r}")
         if not isinstance(self.skip_inferior_slices, int) or self.skip_inferior_slices < 0:
@@ -166,7 +202,7 @@ class PreprocessConfig:
             raise _config_error(f"hu_scale must be a positive number, got {self.hu_scale!r}")
         if self.clip_hu is not None and not (len(self.clip_hu) == 2 and float(self.clip_hu[0]) < float(self.clip_hu[1])):
             raise _config_error(f"clip_hu (--clip-hu LOW HIGH) needs LOW < HIGH, got {self.clip_hu!r}")
-        if self.preset == "seed":
+        if not set(_LUNG_ONLY_FIELDS) <= set(defaults):  # a preset without the physical grid's fields
             given = [f for f in _LUNG_ONLY_FIELDS if getattr(self, f) is not None]
             if given:
                 raise _config_error(f"{', '.join(given)} apply to the lung preset only; use preset 'lung' (--preset lung) or leave them unset")
@@ -206,16 +242,7 @@ class PreprocessConfig:
         """
         if name not in PRESET_NAMES:
             raise _config_error(f"preset {name!r} is unknown; use one of {list(PRESET_NAMES)} (--preset)")
-        base: dict[str, Any] = {}
-        if name == "lung":
-            base = {
-                "spacing_mm": LUNG_SPACING_MM,
-                "margin_mm": LUNG_MARGIN_MM,
-                "pad_multiple": LUNG_PAD_MULTIPLE,
-                "context_step_mm": LUNG_CONTEXT_STEP_MM,
-                "clip_hu": LUNG_CLIP_HU,
-            }
-        base.update({k: v for k, v in overrides.items() if v is not None})
+        base = {k: v for k, v in overrides.items() if v is not None}
         check_known_keys(cls, base, "preprocessing")
         return cls(preset=name, **base)
 
@@ -230,9 +257,13 @@ class PreprocessConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take the defaults
-        (a store or checkpoint written before the presets existed reads as the seed preset)."""
+        of the stored config's time (a store or checkpoint written before the presets existed
+        records no preset and reads as the seed preset; a missing field of the presets reads as None)."""
         check_known_keys(cls, d, "preprocessing")
         d = dict(d)
+        d.setdefault("preset", UNRECORDED_PRESET)
+        for key in ("clip_hu", *_LUNG_ONLY_FIELDS):
+            d.setdefault(key, None)
         for key in ("axcodes", "clip_hu", "input_size_px"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])

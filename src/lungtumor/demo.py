@@ -165,6 +165,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     from lungtumor.io.datasets import find_cases
     from lungtumor.io.nifti import is_nifti, read_nifti
     from lungtumor.predict import predict_path
+    from lungtumor.preprocessing.presets import preset_for
     from lungtumor.preprocessing.store import preprocess_task
     from lungtumor.reporting.figures import visualize
     from lungtumor.training.trainer import TrainConfig, train
@@ -192,7 +193,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
             raise InputError(f"{task}: --task-dir not found; pass an MSD folder with imagesTr/ and labelsTr/")
 
     store = work / "store"
-    pre = PreprocessConfig.from_preset(cfg.preset, spacing_mm=cfg.spacing_mm) if cfg.preset == "lung" else PreprocessConfig(size=cfg.size)
+    pre = PreprocessConfig.from_preset(cfg.preset, **({"size": cfg.size} if preset_for(cfg.preset).fixed_size else {"spacing_mm": cfg.spacing_mm}))
     summary_store = _stage("2/6 preprocess", timings)(
         lambda: {**preprocess_task(task, store, pre, SplitConfig(val_cases=cfg.val_cases), workers=1), "where": str(store)}
     )

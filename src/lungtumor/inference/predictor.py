@@ -28,11 +28,12 @@ import torch
 
 from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, check_batch_size, check_threshold
 from lungtumor.errors import ConfigError, InputError
-from lungtumor.io.volume import Volume
+from lungtumor.io.volume import Volume, to_canonical
 from lungtumor.lesions.components import postprocess_mask
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, resolve_device
 from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
+from lungtumor.preprocessing.presets import preset_for
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +160,15 @@ def segment(
     for message in hu_range_warnings(volume):
         log.warning("%s", message)
     cfg = loaded.preprocess
-    if region is None and cfg.preset != "seed":
+    canonical = to_canonical(volume, cfg.axcodes)  # the one reorientation: the lung finder, the fit and the slicing share it
+    if region is None and preset_for(cfg).needs_lung_region:
         from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
 
         # No lungs found: the whole scan is segmented and no lesion is dropped for lying outside.
-        found, _ = lung_region_or_whole_scan(volume, fallback="segmenting the whole field of view")
+        found, _ = lung_region_or_whole_scan(canonical, fallback="segmenting the whole field of view")
         region = found.mask if found.found else None
-    grid: SliceGrid = fit_grid(volume, region, cfg)
-    slices = grid.image_to_slices(volume)
+    grid: SliceGrid = fit_grid(canonical, region, cfg)
+    slices = grid.image_to_slices(canonical)
     probs = predict_slices(
         loaded, slices, batch_size=batch_size, device=device, tta=tta, precision=precision, offsets=grid.context_offsets(loaded.context)
     )

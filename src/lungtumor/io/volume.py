@@ -7,7 +7,8 @@ RAS once, in the DICOM reader. CT arrays hold Hounsfield units.
 
 Reorientation (:func:`reorient`) only permutes and flips axes (no resampling) and returns the
 orientation transform so that :func:`undo_reorient` restores the exact original array and
-affine.
+affine. On its way to model slices a CT (and its mask) is reoriented once, by
+:func:`to_canonical`, and the :class:`CanonicalVolume` it returns is passed down.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
-from lungtumor.config import GRID_ATOL_MM
+from lungtumor.config import CANONICAL_AXCODES, GRID_ATOL_MM
 from lungtumor.errors import GeometryError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -169,10 +170,76 @@ def reorient(volume: Volume, axcodes: tuple[str, ...]) -> tuple[Volume, np.ndarr
         The reoriented Volume (a view where possible) and the orientation transform to pass
         to :func:`undo_reorient`.
     """
-    ornt = orientation_transform(volume.affine, axcodes)
-    array = nio.apply_orientation(volume.array, ornt)
-    affine = volume.affine @ nio.inv_ornt_aff(ornt, volume.array.shape)
-    return Volume(array, affine, dict(volume.meta)), ornt
+    canon = to_canonical(volume, axcodes)
+    return canon.canonical, canon.ornt
+
+
+@dataclass(frozen=True)
+class CanonicalVolume:
+    """A volume together with its canonical-orientation view and what is needed to go back.
+
+    It stands for the source volume where only its grid is read (``shape``, ``affine`` and
+    ``meta`` are the source's: the grid outputs go back to), and carries the voxels already
+    reoriented (``canonical``) so that nothing downstream reorients them again.
+
+    Attributes:
+        source: the volume as given.
+        canonical: the same voxels permuted/flipped to the canonical orientation (a view where
+            nibabel allows), with its affine.
+        ornt: nibabel orientation transform ``source -> canonical``.
+    """
+
+    source: Volume
+    canonical: Volume
+    ornt: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The source's shape."""
+        return self.source.shape
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The source's affine."""
+        return self.source.affine
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The source's metadata (the same in every orientation)."""
+        return self.source.meta
+
+    def undo(self, array: np.ndarray) -> np.ndarray:
+        """An array on the canonical grid back onto the source grid (layout only)."""
+        return undo_reorient_array(array, self.ornt)
+
+
+def to_canonical(
+    volume: Volume | CanonicalVolume, axcodes: tuple[str, ...] = CANONICAL_AXCODES, *, ornt: np.ndarray | None = None
+) -> CanonicalVolume:
+    """Reorient ``volume`` to ``axcodes`` (or by a recorded ``ornt``) once, keeping the record to undo it.
+
+    The one reorientation on a CT's way to model slices: the lung-region finder, the slice grid's
+    fit and its slicing all take the result instead of reorienting again. A
+    :class:`CanonicalVolume` with the same transform is returned as it is (no second reorientation).
+
+    Args:
+        volume: any orientation.
+        axcodes: the canonical orientation (nibabel axis codes).
+        ornt: a recorded orientation transform (e.g. a slice grid's) to apply instead of the one
+            computed from ``axcodes``.
+
+    Raises:
+        GeometryError: the orientation of the affine is unknown.
+    """
+    source = volume.source if isinstance(volume, CanonicalVolume) else volume
+    transform = orientation_transform(source.affine, axcodes) if ornt is None else np.asarray(ornt, dtype=np.float64)
+    if isinstance(volume, CanonicalVolume):
+        if np.array_equal(transform, volume.ornt):
+            return volume
+        volume = source
+    array = nio.apply_orientation(volume.array, transform)
+    affine = volume.affine @ nio.inv_ornt_aff(transform, volume.array.shape)
+    return CanonicalVolume(volume, Volume(array, affine, dict(volume.meta)), transform)
 
 
 def undo_reorient_array(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:

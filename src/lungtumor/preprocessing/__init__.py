@@ -1,1 +1,1 @@
-"""CT -> model slices: the slice recipe and the slice store (writer and reader)."""
+"""CT -> model slices: the lung region, the slice recipes (presets), the slice grid and the slice store (writer and reader)."""

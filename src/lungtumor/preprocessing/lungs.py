@@ -51,7 +51,14 @@ from scipy import ndimage
 
 from lungtumor.config import CANONICAL_AXCODES
 from lungtumor.errors import ConfigError
-from lungtumor.io.volume import Volume, reorient, require_same_grid, undo_reorient, undo_reorient_array
+from lungtumor.io.volume import (
+    CanonicalVolume,
+    Volume,
+    require_same_grid,
+    to_canonical,
+    undo_reorient,
+    undo_reorient_array,
+)
 
 __all__ = ["LungRegion", "LungRegionConfig", "find_lung_region", "include_label"]
 
@@ -163,12 +170,14 @@ class LungRegion:
 # Public API
 
 
-def find_lung_region(ct: Volume, *, config: LungRegionConfig | None = None) -> LungRegion:
+def find_lung_region(ct: Volume | CanonicalVolume, *, config: LungRegionConfig | None = None) -> LungRegion:
     """Find the lungs of a CT and return a tumour-inclusive region on the CT's grid.
 
     Args:
         ct: CT in Hounsfield units, any orientation (reoriented internally to
-            ('L', 'A', 'S') without resampling and mapped back exactly).
+            ('L', 'A', 'S') without resampling and mapped back exactly), or the CT already
+            reoriented by :func:`~lungtumor.io.volume.to_canonical` (not reoriented again; the
+            region is on the source CT's grid all the same).
         config: thresholds and distances (default :class:`LungRegionConfig`).
 
     Returns:
@@ -178,8 +187,9 @@ def find_lung_region(ct: Volume, *, config: LungRegionConfig | None = None) -> L
         GeometryError: the CT's orientation is unknown (raised by the reorientation).
     """
     cfg = config or LungRegionConfig()
+    canon = to_canonical(ct, CANONICAL_AXCODES)
+    ct, las, ornt = canon.source, canon.canonical, canon.ornt
     where = ct.meta.get("path", "CT")
-    las, ornt = reorient(ct, CANONICAL_AXCODES)
     spacing = las.spacing_mm
     full_shape = las.shape
     stride = (
@@ -300,7 +310,7 @@ def include_label(region: LungRegion, label: Volume) -> tuple[LungRegion, int]:
     )
 
 
-def lung_region_or_whole_scan(ct: Volume, label: Volume | None = None, *, fallback: str) -> tuple[LungRegion, int]:
+def lung_region_or_whole_scan(ct: Volume | CanonicalVolume, label: Volume | None = None, *, fallback: str) -> tuple[LungRegion, int]:
     """The lung region that ``preprocess`` and ``predict`` crop to: find it, warn, or fall back.
 
     The one policy both commands follow: find the region (:func:`find_lung_region`); when lungs are

@@ -1,4 +1,10 @@
-"""The slice recipe: a CT Volume -> model slices and model outputs -> the CT's grid (seed preset)."""
+"""The seed's slice recipe, bit for bit: a CT -> model slices and model outputs -> the CT's grid.
+
+The arithmetic of the seed preset (:class:`~lungtumor.preprocessing.presets.SeedPreset` calls
+:func:`prepare_stack` and :func:`restore_canonical` on the canonical array it was given);
+:func:`prepare_ct`, :func:`prepare_mask` and :func:`restore_slices` are the recipe on a whole
+Volume, the reference the preset is tested against.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,9 @@ import numpy as np
 
 from lungtumor.config import PreprocessConfig
 from lungtumor.errors import GeometryError, InputError
-from lungtumor.io.volume import Volume, reorient, undo_reorient_array
+from lungtumor.io.volume import Volume, to_canonical, undo_reorient_array
 
 log = logging.getLogger(__name__)
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def _torch_view(array: np.ndarray) -> Any:
     return torch.from_numpy(array)
 
 
-def _prepare_stack(canonical: np.ndarray, start: int, cfg: PreprocessConfig, *, is_mask: bool) -> np.ndarray:
+def prepare_stack(canonical: np.ndarray, start: int, cfg: PreprocessConfig, *, is_mask: bool) -> np.ndarray:
     """Canonical (I, J, K) array -> (K - start, S, S) resized axial slices, in chunks.
 
     The chunks bound the float working memory of a big scan. The CT chunk is converted to
@@ -114,40 +118,37 @@ def prepare_ct(ct: Volume, cfg: PreprocessConfig) -> PreparedCT:
     Raises:
         InputError: the scan has no slices left after dropping ``skip_inferior_slices``.
     """
-    canon, ornt = reorient(ct, cfg.axcodes)
-    depth = canon.shape[2]
+    canon = to_canonical(ct, cfg.axcodes)
+    depth = canon.canonical.shape[2]
     if depth <= cfg.skip_inferior_slices:
         raise InputError(
             f"{ct.meta.get('path', 'CT')}: has {depth} axial slices, not more than the "
             f"{cfg.skip_inferior_slices} the recipe drops; use --skip-inferior-slices smaller than {depth}"
         )
-    slices = _prepare_stack(canon.array, cfg.skip_inferior_slices, cfg, is_mask=False)
-    return PreparedCT(slices, ornt, canon.shape, cfg.skip_inferior_slices)
+    slices = prepare_stack(canon.canonical.array, cfg.skip_inferior_slices, cfg, is_mask=False)
+    return PreparedCT(slices, canon.ornt, canon.canonical.shape, cfg.skip_inferior_slices)
 
 
 def prepare_mask(mask: Volume, cfg: PreprocessConfig) -> np.ndarray:
     """The label counterpart of :func:`prepare_ct`: (D, S, S) uint8 {0, 1}."""
-    canon, _ = reorient(mask, cfg.axcodes)
-    return _prepare_stack(canon.array, cfg.skip_inferior_slices, cfg, is_mask=True)
+    canon = to_canonical(mask, cfg.axcodes)
+    return prepare_stack(canon.canonical.array, cfg.skip_inferior_slices, cfg, is_mask=True)
 
 
-def restore_slices(
-    probs: np.ndarray, prepared: PreparedCT, original_shape: tuple[int, ...], threshold: float | None = None
+def restore_canonical(
+    probs: np.ndarray, canonical_shape: tuple[int, int, int], kept_start: int, threshold: float | None = None
 ) -> np.ndarray:
-    """Inverse of :func:`prepare_ct` for a (D, S, S) probability stack.
+    """A (D, S, S) probability stack back onto the canonical grid (the reorientation is not undone).
 
     Probabilities (not binary masks) are resized back bilinearly to the canonical in-plane
-    size, slices the recipe dropped are put back as zeros, and the reorientation is undone.
-    With ``threshold`` the result is a uint8 mask ``prob > threshold`` (thresholded after
-    resizing, chunk by chunk, so no full-size float copy is made); else float32 probabilities.
-
-    Returns:
-        Array with exactly ``original_shape``.
+    size and slices the recipe dropped are put back as zeros. With ``threshold`` the result is a
+    uint8 mask ``prob > threshold`` (thresholded after resizing, chunk by chunk, so no full-size
+    float copy is made); else float32 probabilities.
     """
     import torch
     import torch.nn.functional as F
 
-    ci, cj, ck = prepared.canonical_shape
+    ci, cj, ck = canonical_shape
     canon = np.zeros((ci, cj, ck), dtype=np.float32 if threshold is None else np.uint8)
     depth = probs.shape[0]
     for c0 in range(0, depth, CHUNK_SLICES):
@@ -158,7 +159,22 @@ def restore_slices(
         chunk = t.squeeze(1).numpy()  # (n, I, J)
         if threshold is not None:
             chunk = chunk > threshold
-        canon[:, :, prepared.kept_start + c0 : prepared.kept_start + c1] = np.moveaxis(chunk, 0, 2)
+        canon[:, :, kept_start + c0 : kept_start + c1] = np.moveaxis(chunk, 0, 2)
+    return canon
+
+
+def restore_slices(
+    probs: np.ndarray, prepared: PreparedCT, original_shape: tuple[int, ...], threshold: float | None = None
+) -> np.ndarray:
+    """Inverse of :func:`prepare_ct` for a (D, S, S) probability stack.
+
+    :func:`restore_canonical` (bilinear resize back, dropped slices as zeros, optional
+    threshold), then the reorientation is undone.
+
+    Returns:
+        Array with exactly ``original_shape``.
+    """
+    canon = restore_canonical(probs, prepared.canonical_shape, prepared.kept_start, threshold)
     out = undo_reorient_array(canon, prepared.ornt)
     if out.shape != tuple(original_shape):
         raise GeometryError(f"internal: restored shape {out.shape} != original {tuple(original_shape)}")

@@ -1,13 +1,12 @@
 """CT volume -> 2D slices, and an MSD-layout folder -> a memory-mappable slice store.
 
 Every case is written through its :class:`~lungtumor.preprocessing.grid.SliceGrid` (recorded in
-its ``meta.json``). The default :class:`~lungtumor.config.PreprocessConfig` is the ``seed`` preset,
-which reproduces the seed's recipe bit for bit: reorient to one canonical orientation without
-resampling (('L','A','S'), the MSD files' own), HU / 3071, drop the 30 most inferior axial slices,
-resize every axial slice to 256x256 (bilinear CT, nearest mask). The ``lung`` preset crops to the
-lung region (labels outside it are reported and kept: the region grows to include them),
-resamples to a spacing in mm and keeps the slices of the lung extent; slice sizes then differ
-between cases.
+its ``meta.json``). The default :class:`~lungtumor.config.PreprocessConfig` is the ``lung`` preset:
+it crops to the lung region (labels outside it are reported and kept: the region grows to include
+them), resamples to a spacing in mm and keeps the slices of the lung extent; slice sizes then
+differ between cases. The ``seed`` preset reproduces the seed's recipe bit for bit: reorient to one
+canonical orientation without resampling (('L','A','S'), the MSD files' own), HU / 3071, drop the
+30 most inferior axial slices, resize every axial slice to 256x256 (bilinear CT, nearest mask).
 
 Store layout (``STORE_DIR``)::
 
@@ -48,8 +47,9 @@ from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
 from lungtumor.io.nifti import read_nifti
-from lungtumor.io.volume import Volume, require_same_grid
+from lungtumor.io.volume import CanonicalVolume, Volume, require_same_grid, to_canonical
 from lungtumor.preprocessing.grid import SliceGrid, fit_grid
+from lungtumor.preprocessing.presets import preset_for
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ STORE_FORMAT = "lungtumor-slice-store"
 #: limit of 1,024 open files per process, per DataLoader worker.
 MAX_OPEN_CASES = 128
 STORE_VERSION = 1
-#: Defaults of :func:`preprocess_task`: the seed preset and a 5-fold split.
+#: Defaults of :func:`preprocess_task`: the lung preset and a 5-fold split.
 DEFAULT_PREPROCESS = PreprocessConfig()
 DEFAULT_SPLIT = SplitConfig()
 
@@ -82,15 +82,17 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
     return ct, label.with_array(tumour_mask(label.array, case))
 
 
-def lung_region_for(ct: Volume, label: Volume | None, cfg: PreprocessConfig) -> tuple[Volume | None, dict[str, Any]]:
-    """The region the slice grid crops to, and a record of it for ``meta.json``.
+def lung_region_for(ct: Volume | CanonicalVolume, label: Volume | None, cfg: PreprocessConfig) -> tuple[Volume | None, dict[str, Any]]:
+    """The region the slice grid crops to (on the CT's own grid), and a record of it for ``meta.json``.
 
-    The seed preset uses no region (None). The lung preset finds the lungs
+    ``ct`` may be the CT already reoriented by :func:`~lungtumor.io.volume.to_canonical` (the
+    region finder then does not reorient it again). A preset without a lung region (the seed's)
+    uses none (None). The lung preset finds the lungs
     (:func:`~lungtumor.preprocessing.lungs.find_lung_region`); labelled voxels outside the region are
     reported (a warning with their count) and kept: the region grows to include them. A scan whose
     lungs are not found is kept whole, with a warning.
     """
-    if cfg.preset == "seed":
+    if not preset_for(cfg).needs_lung_region:
         return None, {}
     from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
 
@@ -110,12 +112,14 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
         The case's metadata (also written as ``meta.json``).
     """
     ct, label = load_case(case)
-    region, region_info = lung_region_for(ct, label, cfg)
-    grid: SliceGrid = fit_grid(ct, region, cfg)
-    slices = grid.image_to_slices(ct)
-    mask = grid.mask_to_slices(label)
+    # Reoriented once each; the region finder, the grid's fit and its slicing take these.
+    ct_c, label_c = to_canonical(ct, cfg.axcodes), to_canonical(label, cfg.axcodes)
+    region, region_info = lung_region_for(ct_c, label, cfg)
+    grid: SliceGrid = fit_grid(ct_c, region, cfg)
+    slices = grid.image_to_slices(ct_c)
+    mask = grid.mask_to_slices(label_c)
     tumour_voxels = mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=np.int64)
-    covered, total = grid.coverage(label)
+    covered, total = grid.coverage(label_c)
     meta = {
         "case": case.case_id,
         "image": str(case.image),

@@ -18,7 +18,7 @@ from lungtumor.atomic import atomic_output, write_text_atomic
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.model.device import bf16_native
 from lungtumor.model.unet import ModelConfig
-from lungtumor.preprocessing.grid import check_model_input
+from lungtumor.preprocessing.presets import preset_for
 from lungtumor.training.augment import AugmentConfig, combined_clip
 from lungtumor.training.copy_paste import config_from_train_options
 from lungtumor.training.data import DataConfig, make_datamodule
@@ -214,13 +214,14 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if not dm.val_set.cases:
         raise ConfigError(f"{cfg.store}: the store's split has no validation cases; re-run preprocess with --val-cases or --folds")
     store_pre = dm.store.preprocess
-    if cfg.size is not None and store_pre.preset != "seed":
+    preset = preset_for(store_pre)
+    if cfg.size is not None and not preset.fixed_size:
         raise ConfigError(
             f"--size {cfg.size}: the store {cfg.store} uses the {store_pre.preset} preset, whose slices keep their physical "
             "spacing; drop --size (or change the pixel size with `preprocess --spacing-mm`)"
         )
-    if store_pre.preset != "seed":  # the seed preset is checked below at the training size
-        check_model_input(store_pre, cfg.depth)
+    if not preset.fixed_size:  # a fixed-size (seed) preset is checked below at the training size
+        preset.check_model_input(store_pre, cfg.depth)
     size = cfg.size or store_pre.size
     if size > store_pre.size:
         raise ConfigError(f"--size {size} is larger than the store's {store_pre.size}; re-preprocess with --size {size}")
@@ -230,7 +231,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     # A training HU window is part of the preprocessing that inference must repeat.
     pre = dataclasses.replace(store_pre, size=size, clip_hu=combined_clip(store_pre.clip_hu, augment_cfg.clip_hu))
     model_cfg = ModelConfig(in_channels=2 * cfg.context + 1, width=cfg.width, depth=cfg.depth, norm=cfg.norm, upsample=cfg.upsample)
-    if store_pre.preset == "seed" and size % (2**cfg.depth):
+    if preset.fixed_size and size % (2**cfg.depth):
         raise ConfigError(f"--size {size} is not divisible by 2**depth = {2**cfg.depth}; use --size {size - size % 2**cfg.depth + 2**cfg.depth}")
     module = SegmentationModule(
         model=model_cfg.to_dict(),
