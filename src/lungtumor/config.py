@@ -210,6 +210,12 @@ class PreprocessConfig:
         self._check_lung_fields()
 
     def _check_lung_fields(self) -> None:
+        seed_only = [f"{name}={getattr(self, name)!r}" for name, seed in (("size", SEED_SLICE_SIZE), ("skip_inferior_slices", SEED_SKIP_INFERIOR_SLICES)) if getattr(self, name) != seed]
+        if seed_only:  # the lung preset is the default: a seed value given without preset='seed' would be ignored silently
+            raise _config_error(
+                f"{', '.join(seed_only)} apply to the seed preset only; use preset 'seed' (--preset seed) or, for the lung preset, "
+                "spacing_mm (--spacing-mm) or input_size_px"
+            )
         if not _positive_number(self.spacing_mm):
             raise _config_error(f"spacing_mm (--spacing-mm) must be a positive number of mm, got {self.spacing_mm!r}; use e.g. {LUNG_SPACING_MM}")
         if not _positive_number(self.margin_mm):
