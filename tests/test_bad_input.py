@@ -72,6 +72,15 @@ def world(tmp_path_factory) -> dict[str, Path]:
     raw = bytearray(w["zero_voxel"].read_bytes())  # nibabel "fixes" a zero pixdim on save: patch the header
     raw[80:84] = np.float32(0.0).tobytes()  # pixdim[1], the first voxel size (NIfTI-1 header offset 80)
     w["zero_voxel"].write_bytes(bytes(raw))
+    # A cross-validation folder made with --folds 2 and the default training options, and an older
+    # one (no cv_config.json) whose finished fold says 2 folds.
+    from lungtumor.cv import CONFIG_JSON, cv_options
+    from lungtumor.runstate import record_config
+    from lungtumor.training.options import TrainConfig
+
+    record_config(root / "cvdone", CONFIG_JSON, cv_options(w["store"], TrainConfig(store=str(w["store"])), folds=2, tta="none"))
+    (root / "cvold" / "seed-0" / "fold-0").mkdir(parents=True)
+    (root / "cvold" / "seed-0" / "fold-0" / "done.json").write_text('{"seed": 0, "fold": 0, "folds": 2, "rows": []}')
     return w
 
 
@@ -122,6 +131,14 @@ ROWS = [
     ("demo-train-minutes-neg", "demo --workdir {root}/d2 --train-minutes -1", ["minutes"], ["d2"]),
     ("demo-heldout-0", "demo --workdir {root}/d3 --heldout-cases 0", ["--heldout-cases 0"], ["d3"]),
     ("cv-parallel-0", "cv {store} --out {root}/cv1 --parallel 0", ["--parallel 0"], ["cv1"]),
+    ("cv-other-folds", "cv {store} --out {root}/cvdone --folds 3", ["cvdone", "--folds 2 -> 3", "new --out"], ["cvdone/seed-0"]),
+    ("cv-other-training-options", "cv {store} --out {root}/cvdone --folds 2 --lr 0.01 --width 8", ["cvdone", "--lr 0.0001 -> 0.01", "--width 64 -> 8"], ["cvdone/seed-0"]),
+    ("cv-other-tta", "cv {store} --out {root}/cvdone --folds 2 --tta flip", ["cvdone", "--tta 'none' -> 'flip'"], ["cvdone/seed-0"]),
+    ("cv-old-folder-other-folds", "cv {store} --out {root}/cvold --folds 3", ["cvold", "--folds 2 -> 3"], ["cvold/cv_config.json"]),
+    # preprocess
+    ("preprocess-label-absent", "preprocess {task} {root}/st1 --preset seed --size 32 --label 2", ["tumour label 2", "present: 0, 1", "--label"], ["st1"]),
+    ("preprocess-store-other-label", "preprocess {task} {store} --preset seed --size 32 --val-cases 1 --label 2", ["different config", "--label 1 -> 2"], []),
+    ("preprocess-store-other-spacing", "preprocess {task} {store} --preset seed --size 64 --val-cases 1", ["different config", "--size 32 -> 64"], []),
     # evaluate
     ("evaluate-missing", "evaluate {root}/nopred {root}/noref", ["nopred"], ["nopred"]),
 ]

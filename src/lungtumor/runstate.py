@@ -97,12 +97,17 @@ def check_recorded_config(
         recorded = recorded.get(section)
     if not isinstance(recorded, dict):
         raise ConfigError(f"{path}: the {what}'s recorded options are not a mapping; delete the folder {path.parent} and start again")
-    diff = config_differences(recorded, current, keys)
-    if diff:
-        shown = ", ".join(f"{option_flag(k)} {was!r} -> {now!r}" for k, was, now in diff[:_MAX_SHOWN])
-        more = f" and {len(diff) - _MAX_SHOWN} more" if len(diff) > _MAX_SHOWN else ""
-        raise ConfigError(f"{Path(folder)}: this {what} was made with other options (recorded -> requested: {shown}{more}); {fix}")
+    refuse_config_differences(folder, config_differences(recorded, current, keys), what=what, fix=fix)
     return True
+
+
+def refuse_config_differences(folder: str | os.PathLike[str], diff: list[tuple[str, Any, Any]], *, what: str, fix: str) -> None:
+    """Raise the one-line ConfigError of :func:`check_recorded_config` when ``diff`` is not empty."""
+    if not diff:
+        return
+    shown = ", ".join(f"{option_flag(k)} {was!r} -> {now!r}" for k, was, now in diff[:_MAX_SHOWN])
+    more = f" and {len(diff) - _MAX_SHOWN} more" if len(diff) > _MAX_SHOWN else ""
+    raise ConfigError(f"{Path(folder)}: this {what} was made with a different config (recorded -> requested: {shown}{more}); {fix}")
 
 
 def record_config(folder: str | os.PathLike[str], recorded_name: str, current: Mapping[str, Any]) -> Path:
