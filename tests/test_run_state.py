@@ -105,3 +105,16 @@ def test_recorded_config_check(tmp_path) -> None:
     (tmp_path / "rec.json").write_text("{trunc")
     with pytest.raises(ConfigError, match="unreadable"):
         check_recorded_config(tmp_path, "rec.json", {}, what="thing", fix="do X")
+
+
+def test_an_error_in_a_dataloader_worker_is_its_own_one_line_message(tmp_path, capsys) -> None:
+    store = make_store(tmp_path)
+    for case in sorted((store / "cases").iterdir()):  # the store is damaged after it was made
+        data = (case / "image.npy").read_bytes()
+        (case / "image.npy").write_bytes(data[: len(data) // 2])
+    rc = main(["train", str(store), "--out", str(tmp_path / "run"), "--width", "4", "--batch-size", "4", "--num-workers", "1",
+               "--no-progress", "--epochs", "1", "--samples-per-epoch", "4"])
+    err = capsys.readouterr().err.strip()
+    assert rc == EXIT_USER_ERROR and err.count("\n") == 0
+    assert "image.npy/mask.npy unreadable or truncated" in err and "re-run `lungtumor preprocess`" in err
+    assert "Traceback" not in err and "DataLoader worker" not in err

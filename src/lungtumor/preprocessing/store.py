@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import publish_permissions, write_text_atomic
-from lungtumor.config import GRID_ATOL_MM, PreprocessConfig, SplitConfig
+from lungtumor.config import GRID_ATOL_MM, MAX_VOXELS_PER_CASE, SENSIBLE_SPACING_MM, PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, GeometryError, InputError, LungTumorError
 from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
 from lungtumor.io.nifti import read_nifti
@@ -150,6 +150,28 @@ def lung_region_for(ct: Volume, label: Volume | None, cfg: PreprocessConfig) -> 
     return region.mask, info
 
 
+def check_grid_size(grid: SliceGrid, cfg: PreprocessConfig, where: Any) -> None:
+    """Refuse a slice grid too large to make sense (:data:`~lungtumor.config.MAX_VOXELS_PER_CASE`),
+    before its slices are allocated: a spacing far finer than the scan's own asks for many GiB.
+
+    Raises:
+        ConfigError: naming the case, the spacing (or size), the grid and the smallest spacing that fits.
+    """
+    d, h, w = grid.slice_shape
+    voxels = d * h * w
+    if voxels <= MAX_VOXELS_PER_CASE:
+        return
+    shown = f"{d} slices of {h}x{w} pixels ({voxels / 1e6:,.0f} M voxels; at most {MAX_VOXELS_PER_CASE / 1e6:,.0f} M per case)"
+    if cfg.preset == "seed":
+        raise ConfigError(f"{where}: --size {cfg.size} would make {shown}; use a smaller --size (256 is the seed's)")
+    finest = float(cfg.spacing_mm) * (voxels / MAX_VOXELS_PER_CASE) ** 0.5
+    lo, hi = SENSIBLE_SPACING_MM
+    raise ConfigError(
+        f"{where}: --spacing-mm {cfg.spacing_mm:g} would make {shown}; use --spacing-mm {max(finest, lo):.2g} or coarser "
+        f"({lo:g}-{hi:g} mm makes sense for CT)"
+    )
+
+
 def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> dict[str, Any]:
     """Preprocess one case into ``store_dir/cases/<case>/``, atomically.
 
@@ -163,6 +185,7 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
     ct, label = load_case(case)
     region, region_info = lung_region_for(ct, label, cfg)
     grid: SliceGrid = fit_grid(ct, region, cfg)
+    check_grid_size(grid, cfg, case.image)  # before the slices are allocated
     slices = grid.image_to_slices(ct)
     mask = grid.mask_to_slices(label)
     tumour_voxels = mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=np.int64)
