@@ -72,6 +72,32 @@ def world(tmp_path_factory) -> dict[str, Path]:
     raw = bytearray(w["zero_voxel"].read_bytes())  # nibabel "fixes" a zero pixdim on save: patch the header
     raw[80:84] = np.float32(0.0).tobytes()  # pixdim[1], the first voxel size (NIfTI-1 header offset 80)
     w["zero_voxel"].write_bytes(bytes(raw))
+    # A cross-validation folder made with --folds 2 and the default training options, and an older
+    # one (no cv_config.json) whose finished fold says 2 folds.
+    from lungtumor.cv import CONFIG_JSON, cv_options
+    from lungtumor.runstate import record_config
+    from lungtumor.training.options import TrainConfig
+
+    record_config(root / "cvdone", CONFIG_JSON, cv_options(w["store"], TrainConfig(store=str(w["store"])), folds=2, tta="none"))
+    (root / "cvold" / "seed-0" / "fold-0").mkdir(parents=True)
+    (root / "cvold" / "seed-0" / "fold-0" / "done.json").write_text('{"seed": 0, "fold": 0, "folds": 2, "rows": []}')
+    # A NIfTI with zero slices; DICOM series whose first / last slice file is cut short.
+    w["zero_slices"] = root / "zero_slices.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 0), np.int16), affine_for("LAS")), w["zero_slices"])
+    from dicom_fixtures import write_ct_series
+
+    for name, which in (("dicom_first_bad", 0), ("dicom_last_bad", -1)):
+        write_ct_series(root / name, rng.normal(-700, 50, (8, 6, 5)).round(), affine_for("LPS"), shuffle_seed=None)
+        bad = sorted((root / name).glob("*.dcm"))[which]
+        bad.write_bytes(bad.read_bytes()[:100])
+        w[name] = root / name
+        w[f"{name}_file"] = bad.name
+    # A dataset folder with a symbolic link loop among its images.
+    import shutil
+
+    shutil.copytree(w["task"], root / "looptask", symlinks=True)
+    (root / "looptask" / "imagesTr" / "lung_099.nii.gz").symlink_to("lung_099.nii.gz")
+    w["looptask"] = root / "looptask"
     return w
 
 
@@ -98,6 +124,11 @@ ROWS = [
     ("predict-series-uid-for-nifti", "predict {ckpt} {ct} {root}/o8.nii.gz --series-uid 1.2.3", ["--series-uid"], ["o8.nii.gz"]),
     ("predict-missing-input", "predict {ckpt} {root}/nope.nii.gz {root}/o9.nii.gz", ["nope.nii.gz"], ["o9.nii.gz"]),
     ("predict-complex-nifti", "predict {ckpt} {complex} {root}/o10.nii.gz", ["complex.nii"], ["o10.nii.gz"]),
+    ("predict-zero-slices", "predict {ckpt} {zero_slices} {root}/o12.nii.gz", ["zero_slices.nii.gz", "no voxels"], ["o12.nii.gz"]),
+    ("predict-dicom-corrupt-first-slice", "predict {ckpt} {dicom_first_bad} {root}/o13.nii.gz", ["{dicom_first_bad_file}", "re-export"], ["o13.nii.gz"]),
+    ("predict-dicom-corrupt-last-slice-seg", "predict {ckpt} {dicom_last_bad} {root}/o14.nii.gz --output-format dicom-seg", ["{dicom_last_bad_file}", "re-export"], ["o14.nii.gz", "o14.dcm"]),
+    ("import-dicom-corrupt-first-slice", "import-dicom {dicom_first_bad} {root}/i1.nii.gz", ["{dicom_first_bad_file}", "not readable as DICOM"], ["i1.nii.gz"]),
+    ("lungs-zero-slices", "lungs {zero_slices} {root}/l1.nii.gz", ["zero_slices.nii.gz", "no voxels"], ["l1.nii.gz"]),
     ("predict-zero-voxel-size", "predict {ckpt} {zero_voxel} {root}/o11.nii.gz", ["zero_voxel.nii", "voxel size"], ["o11.nii.gz"]),
     # train: every value checked before anything is written
     ("train-batch-0", "train {store} --out {root}/r1 --batch-size 0", ["--batch-size"], ["r1"]),
@@ -131,6 +162,16 @@ ROWS = [
     ("demo-train-minutes-neg", "demo --workdir {root}/d2 --train-minutes -1", ["minutes"], ["d2"]),
     ("demo-heldout-0", "demo --workdir {root}/d3 --heldout-cases 0", ["--heldout-cases 0"], ["d3"]),
     ("cv-parallel-0", "cv {store} --out {root}/cv1 --parallel 0", ["--parallel 0"], ["cv1"]),
+    ("cv-other-folds", "cv {store} --out {root}/cvdone --folds 3", ["cvdone", "--folds 2 -> 3", "new --out"], ["cvdone/seed-0"]),
+    ("cv-other-training-options", "cv {store} --out {root}/cvdone --folds 2 --lr 0.01 --width 8", ["cvdone", "--lr 0.0001 -> 0.01", "--width 64 -> 8"], ["cvdone/seed-0"]),
+    ("cv-other-tta", "cv {store} --out {root}/cvdone --folds 2 --tta flip", ["cvdone", "--tta 'none' -> 'flip'"], ["cvdone/seed-0"]),
+    ("cv-old-folder-other-folds", "cv {store} --out {root}/cvold --folds 3", ["cvold", "--folds 2 -> 3"], ["cvold/cv_config.json"]),
+    # preprocess
+    ("preprocess-label-absent", "preprocess {task} {root}/st1 --preset seed --size 32 --label 2", ["tumour label 2", "present: 0, 1", "--label"], ["st1"]),
+    ("preprocess-spacing-too-fine", "preprocess {task} {root}/st2 --spacing-mm 0.01", ["lung_000.nii.gz", "--spacing-mm 0.01", "or coarser"], []),
+    ("preprocess-symlink-loop", "preprocess {looptask} {root}/st3 --preset seed --size 32", ["lung_099.nii.gz", "loop"], ["st3"]),
+    ("preprocess-store-other-label", "preprocess {task} {store} --preset seed --size 32 --val-cases 1 --label 2", ["different config", "--label 1 -> 2"], []),
+    ("preprocess-store-other-spacing", "preprocess {task} {store} --preset seed --size 64 --val-cases 1", ["different config", "--size 32 -> 64"], []),
     # evaluate
     ("evaluate-missing", "evaluate {root}/nopred {root}/noref", ["nopred"], ["nopred"]),
 ]
@@ -148,6 +189,7 @@ def test_bad_input_is_one_line_nothing_written_inputs_unchanged(world, capsys, a
     line = lines[0]
     assert "Traceback" not in err and "np.float64" not in line
     for word in words:
+        word = word.format(**{k: str(v) for k, v in world.items()})
         assert word in line, line
     assert not re.search(r"/\.[^/\s]+\.[a-z0-9_]{8}", line)  # names the target, never the hidden temporary file
     for name in absent:

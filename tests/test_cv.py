@@ -114,7 +114,7 @@ def test_parallel_option_errors(tmp_path) -> None:
 
 
 def test_predict_on_a_cv_folder_takes_the_volume_its_folds_chose(tmp_path) -> None:
-    from lungtumor.predict import cv_min_lesion_ml
+    from lungtumor.cvfolder import cv_min_lesion_ml
 
     (tmp_path / "cv").mkdir()
     (tmp_path / "cv" / "cv_summary.json").write_text(json.dumps({"postprocessing": {"min_lesion_ml": 0.2}}))
@@ -124,3 +124,25 @@ def test_predict_on_a_cv_folder_takes_the_volume_its_folds_chose(tmp_path) -> No
     assert cv_min_lesion_ml(tmp_path / "cv") is None
     (tmp_path / "cv" / "cv_summary.json").write_text("{not json")
     assert cv_min_lesion_ml(tmp_path / "cv") is None
+
+
+def test_an_ensemble_of_a_cv_folder_takes_only_finished_folds(tmp_path, caplog) -> None:
+    from lungtumor.cvfolder import DONE_FILE, ensemble_checkpoints, finished_fold_checkpoints, is_cv_folder
+    from lungtumor.errors import CheckpointError
+
+    cv = tmp_path / "cv"
+    for fold in (0, 1, 2):
+        (cv / "seed-0" / f"fold-{fold}" / "run").mkdir(parents=True)
+        (cv / "seed-0" / f"fold-{fold}" / "run" / "last.ckpt").write_bytes(b"weights")
+    with pytest.raises(CheckpointError, match="no finished fold"):  # a cv folder killed before any fold finished
+        finished_fold_checkpoints(cv)
+    for fold in (0, 2):
+        (cv / "seed-0" / f"fold-{fold}" / DONE_FILE).write_text("{}")
+    with caplog.at_level("WARNING"):
+        found = finished_fold_checkpoints(cv)
+    assert found == [cv / "seed-0" / f"fold-{k}" / "run" / "last.ckpt" for k in (0, 2)]
+    assert "fold-1" in caplog.text and "unfinished" in caplog.text
+    assert is_cv_folder(cv) and ensemble_checkpoints(str(cv)) == found
+    run = tmp_path / "run"  # a train run folder or a checkpoint file pass through unchanged
+    run.mkdir()
+    assert not is_cv_folder(run) and ensemble_checkpoints(run) == run and ensemble_checkpoints("a.ckpt") == "a.ckpt"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -476,9 +477,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+#: What torch's DataLoader puts before the traceback of an error raised in a worker process (it
+#: re-raises the error's own type in the main process with this text as the message).
+_WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def _original_message(text: str) -> str:
+    """The message of an error raised in a DataLoader worker: the traceback's last line without the type."""
+    if _WORKER_TRACEBACK not in text:
+        return text
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    match = re.match(r"^[A-Za-z_][\w.]*: (.*)$", lines[-1]) if lines else None
+    return match.group(1) if match else lines[-1]
+
+
 def _one_line(exc: BaseException) -> str:
-    """The message of ``exc`` on one line (a user sees one line, whatever the library wrote)."""
-    return " ".join(str(exc).split())
+    """The message of ``exc`` on one line (a user sees one line, whatever the library wrote), the
+    original message where a DataLoader worker wrapped it in its traceback."""
+    return " ".join(_original_message(str(exc)).split())
 
 
 if __name__ == "__main__":  # pragma: no cover

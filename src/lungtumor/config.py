@@ -87,6 +87,12 @@ LUNG_WINDOW_HU = (-600.0, 1500.0)
 
 #: Lung preset: in-plane target spacing of the model slices (mm). Chosen by measurement, see the grid module.
 LUNG_SPACING_MM = 1.5
+#: Most voxels one case's resampled slices may hold (2**28 = 268 M: 512 MiB as float16, with float32
+#: working copies a few GiB). A 512x512x300 chest CT at 0.5 mm is about 150 M; a spacing far finer
+#: than the scan's own (e.g. 0.01 mm, over 100 GiB) is refused before anything is allocated.
+MAX_VOXELS_PER_CASE = 1 << 28
+#: The in-plane spacings (mm) that make sense for CT model slices, named in the error above.
+SENSIBLE_SPACING_MM = (0.5, 3.0)
 #: Lung preset: margin around the lung region's box, in-plane and along the body axis (mm; the region itself
 #: already reaches 15 mm in-plane and 10 mm along z beyond the lungs' hull).
 LUNG_MARGIN_MM = 5.0

@@ -12,11 +12,16 @@ Layout of ``OUT``::
     seed-<s>/fold-<k>/run/            the fold's training run (checkpoints, logs)
     seed-<s>/fold-<k>/predictions/    validation masks + probabilities at original resolution
     seed-<s>/fold-<k>/evaluation/     metrics.csv, summary.json
-    seed-<s>/fold-<k>/done.json       written last: a finished fold is not trained again
+    seed-<s>/fold-<k>/done.json       written last: a finished fold is not trained again, and only
+                                      finished folds join an ensemble (``predict OUT``)
+    cv_config.json                    the split (folds, seeds), the source and the training options:
+                                      a re-run with others is refused
     cv_cases.csv, cv_summary.json     every case of every fold; per fold, per seed, overall; the
                                       minimum lesion volume chosen on the folds' predictions
 
-Resumable: a fold with ``done.json`` is reused; a fold with a run but no ``done.json`` resumes its
+Resumable: a re-run with the options recorded in ``cv_config.json`` continues; one with another
+split or other training options is refused (it would mix two experiments in one report). A fold
+with ``done.json`` is reused; a fold with a run but no ``done.json`` resumes its
 training from ``last.ckpt``. A fold that fails is listed with its one-line error and the others
 still report.
 
@@ -46,14 +51,18 @@ from pathlib import Path
 from typing import Any
 
 from lungtumor.atomic import write_text_atomic
+from lungtumor.cvfolder import CONFIG_JSON, DONE_FILE, SUMMARY_JSON
 from lungtumor.errors import ConfigError, InputError, LungTumorError
+from lungtumor.runstate import check_recorded_config, config_differences, record_config, refuse_config_differences
 
 log = logging.getLogger(__name__)
 
-DONE_FILE = "done.json"
 WORKER_LOG = "cv_worker.log"
 CASES_CSV = "cv_cases.csv"
-SUMMARY_JSON = "cv_summary.json"
+#: Training options that change how a fold runs but not what it learns: not recorded, free to change on a re-run.
+RUNTIME_OPTIONS = ("store", "out", "progress", "num_workers", "accelerator", "devices", "strategy", "num_nodes", "log_every_n_steps", "image_every_n_steps")
+#: Training options that ``cv`` sets per fold itself (not the user's to record).
+PER_FOLD_OPTIONS = ("fold", "folds", "split_seed", "val_cases", "seed")
 #: Per-case columns of the cross-validation table (a subset of the evaluation's).
 CASE_COLUMNS = ("seed", "fold", "case", "dice", "surface_dice", "hd95_mm", "pred_volume_ml", "ref_volume_ml")
 
@@ -128,6 +137,33 @@ def run_fold(base: Any, store: Path, fold_dir: Path, fold: int, folds: int, seed
     return record
 
 
+def cv_options(source: Path, base: Any, *, folds: int, tta: str) -> dict[str, Any]:
+    """The options that decide a cross-validation folder's content (recorded in ``cv_config.json``).
+
+    ``--seeds`` is not among them: each seed's folds stand alone, so a re-run may add seeds.
+    """
+    train = {k: v for k, v in base.to_dict().items() if k not in RUNTIME_OPTIONS and k not in PER_FOLD_OPTIONS}
+    return {"folds": folds, "tta": tta, "source": str(source.resolve()), **train}
+
+
+def check_cv_options(out: Path, options: dict[str, Any]) -> None:
+    """Refuse a re-run of ``out`` with another split, source or training options (one line).
+
+    A folder written before ``cv_config.json`` existed is checked against its finished folds'
+    ``done.json`` (their fold count).
+    """
+    fix = "use a new --out for these options, or re-run with the options it was made with"
+    if check_recorded_config(out, CONFIG_JSON, options, what="cross-validation folder", fix=fix):
+        return
+    for done in sorted(out.glob(f"seed-*/fold-*/{DONE_FILE}")):
+        try:
+            record = json.loads(done.read_text())
+        except (OSError, ValueError):
+            continue
+        diff = config_differences({"folds": record.get("folds")} if record.get("folds") is not None else {}, options, ("folds",))
+        refuse_config_differences(out, diff, what="cross-validation folder", fix=fix)
+
+
 def _parse_only(only: str | None, folds: int) -> list[int]:
     if not only:
         return list(range(folds))
@@ -177,6 +213,8 @@ def cross_validate(
     src = Path(store_or_dataset)
     if not src.is_dir():
         raise InputError(f"{src}: not found; pass a slice store (lungtumor preprocess) or a dataset folder")
+    options = cv_options(src, base, folds=folds, tta=tta)
+    check_cv_options(out, options)  # before anything is written or trained
     if (src / "store.json").exists():
         store = src
     else:
@@ -185,6 +223,8 @@ def cross_validate(
 
         store = out / "store"
         preprocess_task(src, store, PreprocessConfig.from_preset("lung"), SplitConfig(folds=folds))  # `preprocess`'s default
+    if not (out / CONFIG_JSON).exists():
+        record_config(out, CONFIG_JSON, options)
     records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     jobs: list[tuple[int, int, Path]] = []

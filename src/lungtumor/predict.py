@@ -14,7 +14,6 @@ itself stays below ``evaluation/`` and ``reporting/``.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from lungtumor.config import check_batch_size, check_threshold
+from lungtumor.cvfolder import cv_min_lesion_ml, ensemble_checkpoints
 from lungtumor.errors import InputError, LungTumorError
 from lungtumor.inference.predictor import load_ensemble, segment
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
@@ -101,7 +101,7 @@ def predict_path(
     seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
     if device is not None:
         resolve_device(device)  # a bad --device is refused before any work
-    models = load_ensemble(checkpoint)
+    models = load_ensemble(ensemble_checkpoints(checkpoint))  # a cv folder: its finished folds only
     if min_lesion_ml is None:
         min_lesion_ml = cv_min_lesion_ml(checkpoint)
     jobs: list[tuple[Path, Path, Path | None]] = []
@@ -144,27 +144,6 @@ def predict_path(
                 results.append({"input": str(in_path), "output": None, "error": " ".join(str(exc).split())})
             advance()
     return results
-
-
-def cv_min_lesion_ml(checkpoint: Any) -> float | None:
-    """The minimum lesion volume that a ``lungtumor cv`` folder chose on its folds' predictions
-    (``cv_summary.json``), when ``checkpoint`` is such a folder; else None."""
-    if not isinstance(checkpoint, (str, os.PathLike)) or not Path(checkpoint).is_dir():
-        return None
-    summary = Path(checkpoint) / "cv_summary.json"
-    if not summary.is_file():
-        return None
-    import json
-
-    try:
-        value = (json.loads(summary.read_text()).get("postprocessing") or {}).get("min_lesion_ml")
-    except (OSError, ValueError, AttributeError):
-        log.warning("%s: unreadable; no minimum lesion volume taken from it", summary)
-        return None
-    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-        log.info("minimum lesion volume %g ml, chosen by the cross-validation (%s); --min-lesion-ml 0 keeps every lesion", value, summary)
-        return float(value)
-    return None
 
 
 def shard_of_this_process() -> tuple[int, int]:

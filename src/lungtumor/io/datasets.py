@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from lungtumor.errors import InputError
-from lungtumor.io.nifti import list_niftis, nifti_stem
+from lungtumor.io.nifti import check_link, list_niftis, nifti_stem
 from lungtumor.io.volume import is_binary
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,8 @@ def detect_layout(folder: str | os.PathLike[str]) -> str:
         InputError: not a folder, or a folder in none of the layouts.
     """
     root = Path(folder)
+    for path in (root, root / IMAGES_DIR, root / LABELS_DIR):  # a link loop reads as "not there"; say what it is
+        check_link(path)
     if not root.is_dir():
         raise InputError(f"{root}: dataset folder not found; check the path")
     json_path = root / DATASET_JSON

@@ -29,8 +29,9 @@ result with SimpleITK's ``ImageSeriesReader`` voxel for voxel.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +204,7 @@ class _FolderScan:
     series: dict[str, list[_Slice]]
     damaged: list[Path]
     skipped: Counter[str]
+    not_dicom: list[Path] = field(default_factory=list)
 
 
 def _scan(folder: str | os.PathLike[str]) -> _FolderScan:
@@ -217,6 +219,7 @@ def _scan(folder: str | os.PathLike[str]) -> _FolderScan:
         header = _read_header(path)
         if header is None:
             scan.skipped["not DICOM"] += 1
+            scan.not_dicom.append(path)
             continue
         reason = _classify(header)
         if reason is not None:
@@ -231,6 +234,30 @@ def _scan(folder: str | os.PathLike[str]) -> _FolderScan:
             raise InputError(f"{path}: CT image without a SeriesInstanceUID; re-export the series")
         scan.series.setdefault(uid, []).append(_make_slice(path, header))
     return scan
+
+
+#: Suffixes of DICOM files: a file with one that does not read as DICOM is a damaged slice.
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def _name_pattern(path: Path) -> str:
+    """A file name with its digits removed: the slices of one export share it (IMG0001.dcm -> IMG.dcm)."""
+    return re.sub(r"\d+", "", path.name).lower()
+
+
+def _check_no_unreadable_slice(scan: _FolderScan, uid: str, slices: list[_Slice]) -> None:
+    """Refuse a series beside a file that is named like its slices (or ends in .dcm) but is not
+    readable DICOM: a damaged first or last slice leaves no gap, so the volume would be one slice
+    shorter without a word."""
+    patterns = {_name_pattern(s.path) for s in slices}
+    suspects = [p for p in scan.not_dicom if p.suffix.lower() in DICOM_SUFFIXES or _name_pattern(p) in patterns]
+    if suspects:
+        more = f" (and {len(suspects) - 1} more such file(s))" if len(suspects) > 1 else ""
+        raise InputError(
+            f"{suspects[0]}: not readable as DICOM{more}, but named like the {len(slices)} slices of series {uid}; it is "
+            "truncated or corrupt, and reading the series without it could silently lose a slice at its top or bottom: "
+            "re-export it, or move it out of the folder if it is not part of the scan"
+        )
 
 
 def _info(uid: str, slices: list[_Slice]) -> SeriesInfo:
@@ -426,6 +453,7 @@ def _ordered_series(folder: str | os.PathLike[str], series_uid: str | None) -> t
             "truncated or corrupt, re-export it or remove it from the folder"
         )
     uid, slices = _select(scan, series_uid)
+    _check_no_unreadable_slice(scan, uid, slices)
     ordered, affine_lps, step = _series_geometry(slices)
     return scan.root, uid, ordered, affine_lps, step
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,21 @@ def nifti_stem(path: str | os.PathLike[str]) -> str:
     return name
 
 
+def check_link(path: Path) -> None:
+    """Refuse a symbolic link that loops or points nowhere (a walk would skip it without a word).
+
+    Raises:
+        InputError: naming the link and what is wrong with it.
+    """
+    if not path.is_symlink():
+        return
+    try:
+        path.stat()
+    except OSError as exc:
+        why = "loops back on itself (a symbolic link loop)" if exc.errno == errno.ELOOP else f"points to {os.readlink(path)}, which does not exist"
+        raise InputError(f"{path}: this symbolic link {why}; fix or remove the link") from exc
+
+
 def list_niftis(folder: str | os.PathLike[str]) -> list[Path]:
     """The ``.nii`` / ``.nii.gz`` files of ``folder`` (not recursive), sorted by name.
 
@@ -61,7 +77,11 @@ def list_niftis(folder: str | os.PathLike[str]) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"{root}: folder not found; pass a folder of .nii/.nii.gz files")
-    files = sorted(p for p in root.iterdir() if is_nifti(p) and not p.name.startswith(".") and p.is_file())
+    check_link(root)
+    named = [p for p in root.iterdir() if is_nifti(p) and not p.name.startswith(".")]
+    for path in named:
+        check_link(path)
+    files = sorted(p for p in named if p.is_file())
     seen: dict[str, Path] = {}
     for path in files:
         stem = nifti_stem(path)
@@ -71,6 +91,16 @@ def list_niftis(folder: str | os.PathLike[str]) -> list[Path]:
             )
         seen[stem] = path
     return files
+
+
+def check_not_empty(shape: tuple[int, ...], where: Any) -> None:
+    """Refuse a volume with no voxels (a dimension of size 0): nothing in it can be segmented or measured.
+
+    Raises:
+        InputError: naming ``where`` and the shape.
+    """
+    if any(int(n) == 0 for n in shape):
+        raise InputError(f"{where}: the volume has no voxels (shape {tuple(int(n) for n in shape)}); the file is empty or cut short, re-export the scan")
 
 
 def read_nifti(path: str | os.PathLike[str], dtype: Any = None, *, allow_nan: bool = False) -> Volume:
@@ -102,6 +132,7 @@ def read_nifti(path: str | os.PathLike[str], dtype: Any = None, *, allow_nan: bo
         shape = shape[:3]
     if len(shape) != 3:
         raise GeometryError(f"{p}: expected a 3D volume, found {len(img.shape)}D shape {tuple(img.shape)}; pass a single 3D volume")
+    check_not_empty(shape, p)
     on_disk = img.get_data_dtype()
     if on_disk.kind not in "iubf":
         raise InputError(f"{p}: voxels are stored as {on_disk} (not real numbers); export the CT or mask as int16, uint8 or float32")

@@ -8,6 +8,7 @@ preprocessing config of the store it was trained on, and the 2.5D context.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import zipfile
@@ -17,6 +18,7 @@ from typing import Any
 
 import torch
 
+from lungtumor.atomic import atomic_output
 from lungtumor.config import PreprocessConfig
 from lungtumor.errors import CheckpointError
 
@@ -24,6 +26,11 @@ CHECKPOINT_FORMAT = "lungtumor-checkpoint"
 CHECKPOINT_VERSION = 1
 #: Prefix of the U-Net's parameters inside the LightningModule's state dict.
 NET_PREFIX = "net."
+#: The previous ``last.ckpt`` of a run, kept (a hard link: no extra space until the next save) so
+#: that a resume survives a ``last.ckpt`` damaged by anything but our own atomic writer.
+PREVIOUS_LAST = "last.previous.ckpt"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,57 @@ def checkpoint_metadata(model_cfg: dict[str, Any], preprocess: dict[str, Any], c
         "context": int(context),
         **extra,
     }
+
+
+def _dump(obj: Any, fh: Any) -> None:
+    """Serialise ``obj`` into the open binary file ``fh`` (one place, so a test can make it fail)."""
+    torch.save(obj, fh)
+
+
+def save_checkpoint_file(obj: dict[str, Any], path: str | os.PathLike[str], *, keep_previous: str | None = None) -> Path:
+    """Write a checkpoint atomically on the target's own file system.
+
+    The bytes go to a hidden temporary file in the target's folder, are flushed to the disk
+    (``fsync``) and only then renamed over ``path``: a full disk, a crash or a kill leaves the
+    previous checkpoint (or none), never a truncated one under the final name. (Lightning's own
+    writer stages the file elsewhere and copies it across file systems, which can truncate it.)
+
+    Args:
+        obj: the checkpoint dictionary.
+        path: the final file.
+        keep_previous: a file name in the same folder that receives the checkpoint being replaced
+            (a hard link, so no copy; skipped where the file system has none).
+    """
+    target = Path(path)
+    with atomic_output(target, suffix=".tmp") as tmp:
+        try:
+            with open(tmp, "wb") as fh:
+                _dump(obj, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:
+            if exc.filename is None:  # a full disk names no file: name the checkpoint being written
+                raise OSError(exc.errno, exc.strerror, str(target)) from exc
+            raise
+        if keep_previous and target.is_file():
+            previous = target.with_name(keep_previous)
+            staged = target.with_name(f".{keep_previous}.link")
+            try:
+                staged.unlink(missing_ok=True)
+                os.link(target, staged)
+                os.replace(staged, previous)
+            except OSError as exc:  # no hard links here: the previous one is simply not kept
+                staged.unlink(missing_ok=True)
+                log.debug("%s: previous checkpoint not kept (%s)", target, exc)
+    try:  # the rename itself reaches the disk only with the folder's entry
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return target
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from lungtumor.atomic import publish_permissions, write_text_atomic
-from lungtumor.config import PreprocessConfig, SplitConfig
+from lungtumor.config import MAX_VOXELS_PER_CASE, SENSIBLE_SPACING_MM, PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
 from lungtumor.io.nifti import read_nifti
@@ -79,7 +79,30 @@ def load_case(case: CaseFiles) -> tuple[Volume, Volume]:
     label = read_nifti(case.label)
     require_same_grid(label, ct, "label", "image", fix="the label must be on the image's grid")
     # Binarise: label == case.label_value (the dataset's tumour label); undeclared values raise.
-    return ct, label.with_array(tumour_mask(label.array, case))
+    mask = tumour_mask(label.array, case)
+    if not mask.any():  # recorded so that a tumour label absent from every case can be reported
+        return ct, label.with_array(mask, label_values=label_values(label.array))
+    return ct, label.with_array(mask)
+
+
+def label_values(array: np.ndarray) -> list[int | float]:
+    """The distinct values of a label map (a count per value for small integers: no sort of 80M voxels)."""
+    a = np.asarray(array)
+    if a.size and a.dtype.kind in "iub" and int(a.min()) >= 0 and int(a.max()) < 1 << 16:
+        return [int(v) for v in np.flatnonzero(np.bincount(a.ravel().astype(np.int64, copy=False)))]
+    return [v.item() for v in np.unique(a)]
+
+
+def check_label_present(metas: dict[str, dict[str, Any]], label_value: int | None, task_dir: Any) -> None:
+    """Refuse a store in which the tumour label occurs in no case (a wrong ``--label`` would train on empty masks)."""
+    if not metas or any(int(m.get("tumour_voxels_original", 1)) > 0 for m in metas.values()):
+        return
+    present = sorted({v for m in metas.values() for v in m.get("label_values", [])})
+    shown = ", ".join(str(v) for v in present) or "none recorded"
+    raise InputError(
+        f"{task_dir}: the tumour label {label_value} occurs in none of the {len(metas)} case(s) (label values present: {shown}); "
+        "choose the tumour's value with --label"
+    )
 
 
 def lung_region_for(ct: Volume | CanonicalVolume, label: Volume | None, cfg: PreprocessConfig) -> tuple[Volume | None, dict[str, Any]]:
@@ -101,6 +124,28 @@ def lung_region_for(ct: Volume | CanonicalVolume, label: Volume | None, cfg: Pre
     return (region.mask if region.found else None), info
 
 
+def check_grid_size(grid: SliceGrid, cfg: PreprocessConfig, where: Any) -> None:
+    """Refuse a slice grid too large to make sense (:data:`~lungtumor.config.MAX_VOXELS_PER_CASE`),
+    before its slices are allocated: a spacing far finer than the scan's own asks for many GiB.
+
+    Raises:
+        ConfigError: naming the case, the spacing (or size), the grid and the smallest spacing that fits.
+    """
+    d, h, w = grid.slice_shape
+    voxels = d * h * w
+    if voxels <= MAX_VOXELS_PER_CASE:
+        return
+    shown = f"{d} slices of {h}x{w} pixels ({voxels / 1e6:,.0f} M voxels; at most {MAX_VOXELS_PER_CASE / 1e6:,.0f} M per case)"
+    if cfg.preset == "seed":
+        raise ConfigError(f"{where}: --size {cfg.size} would make {shown}; use a smaller --size (256 is the seed's)")
+    finest = float(cfg.spacing_mm) * (voxels / MAX_VOXELS_PER_CASE) ** 0.5
+    lo, hi = SENSIBLE_SPACING_MM
+    raise ConfigError(
+        f"{where}: --spacing-mm {cfg.spacing_mm:g} would make {shown}; use --spacing-mm {max(finest, lo):.2g} or coarser "
+        f"({lo:g}-{hi:g} mm makes sense for CT)"
+    )
+
+
 def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: PreprocessConfig) -> dict[str, Any]:
     """Preprocess one case into ``store_dir/cases/<case>/``, atomically.
 
@@ -116,6 +161,7 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
     ct_c, label_c = to_canonical(ct, cfg.axcodes), to_canonical(label, cfg.axcodes)
     region, region_info = lung_region_for(ct_c, label, cfg)
     grid: SliceGrid = fit_grid(ct_c, region, cfg)
+    check_grid_size(grid, cfg, case.image)  # before the slices are allocated
     slices = grid.image_to_slices(ct_c)
     mask = grid.mask_to_slices(label_c)
     tumour_voxels = mask.reshape(mask.shape[0], -1).sum(axis=1, dtype=np.int64)
@@ -137,6 +183,7 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
         "tumour_voxels_original": int(total),
         "tumour_voxels_covered": int(covered),
         "preset": cfg.preset,
+        **({"label_values": label.meta["label_values"]} if "label_values" in label.meta else {}),
         "lung_region": region_info,
         "grid": grid.to_dict(),
     }
@@ -223,8 +270,16 @@ def split_cases(case_ids: Iterable[str], split: SplitConfig) -> dict[str, list[s
 # Whole store
 
 
-def _check_config(store: Path, cfg: PreprocessConfig) -> bool:
-    """True when ``store`` already holds ``cfg``; False for a new store; ConfigError for another config."""
+#: The options a store was built with, refused when a re-run asks for others.
+STORE_FIX = "use a new STORE_DIR or the options it was built with"
+
+
+def _check_config(store: Path, cfg: PreprocessConfig, label_value: int | None = None) -> bool:
+    """True when ``store`` already holds ``cfg`` (and the tumour label ``label_value``); False for a
+    new store; a one-line ConfigError naming the differing options for another config
+    (:func:`lungtumor.runstate.refuse_config_differences`, as for run and cross-validation folders)."""
+    from lungtumor.runstate import config_differences, refuse_config_differences
+
     path = store / "config.json"
     wanted = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocess": cfg.to_dict()}
     if path.exists():
@@ -237,16 +292,13 @@ def _check_config(store: Path, cfg: PreprocessConfig) -> bool:
                 have = {**have, "preprocess": PreprocessConfig.from_dict(have["preprocess"]).to_dict()}
             except (ConfigError, TypeError) as exc:
                 raise ConfigError(f"{path}: invalid store config ({exc}); delete the store folder and re-run") from exc
-        if have != wanted:
-            diff = {
-                k: (have.get("preprocess", {}).get(k), v)
-                for k, v in wanted["preprocess"].items()
-                if have.get("preprocess", {}).get(k) != v
-            }
-            raise ConfigError(
-                f"{store}: store was built with a different config (stored vs requested: {diff}); "
-                "use a new STORE_DIR or the options it was built with"
-            )
+        if not isinstance(have, dict) or {k: have.get(k) for k in ("format", "version")} != {k: wanted[k] for k in ("format", "version")}:
+            raise ConfigError(f"{store}: store was built with a different config (format {have.get('format') if isinstance(have, dict) else None!r}); {STORE_FIX}")
+        recorded = dict(have.get("preprocess") or {})
+        current = dict(wanted["preprocess"])
+        if have.get("tumour_label") is not None and label_value is not None:  # stores before it was recorded: not compared
+            recorded["label"], current["label"] = have["tumour_label"], int(label_value)
+        refuse_config_differences(store, config_differences(recorded, current), what="store", fix=STORE_FIX)
         return True
     # A first run interrupted before any case finished leaves only an empty cases/ folder.
     entries = [e for e in store.iterdir() if not (e.name == "cases" and e.is_dir() and not any(e.iterdir()))]
@@ -255,8 +307,10 @@ def _check_config(store: Path, cfg: PreprocessConfig) -> bool:
     return False
 
 
-def _write_config(store: Path, cfg: PreprocessConfig) -> None:
-    wanted = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocess": cfg.to_dict()}
+def _write_config(store: Path, cfg: PreprocessConfig, label_value: int | None = None) -> None:
+    wanted: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION, "preprocess": cfg.to_dict()}
+    if label_value is not None:
+        wanted["tumour_label"] = int(label_value)
     write_text_atomic(store / "config.json", json.dumps(wanted, indent=2))
 
 
@@ -294,11 +348,13 @@ def preprocess_task(
         raise ConfigError(f"--workers {workers}: must be at least 1 (processes working on cases in parallel)")
     cases = find_cases(task_dir, layout=layout, label=label)
     store = Path(store_dir)
+    created, was_empty = not store.exists(), store.is_dir() and not any(store.iterdir())
     store.mkdir(parents=True, exist_ok=True)
     # Left-overs of an interrupted run are never valid cases.
     for tmp in (store / "cases").glob(".tmp-*") if (store / "cases").is_dir() else []:
         shutil.rmtree(tmp, ignore_errors=True)
-    config_written = _check_config(store, cfg)
+    label_value = cases[0].label_value if cases else None
+    config_written = _check_config(store, cfg, label_value)
     _check_split_unchanged(store, split)
 
     metas: dict[str, dict[str, Any]] = {}
@@ -321,7 +377,7 @@ def preprocess_task(
         # no config behind to refuse the corrected re-run as "a different config".
         nonlocal config_written
         if not config_written:
-            _write_config(store, cfg)
+            _write_config(store, cfg, label_value)
             config_written = True
 
     from lungtumor.progress import progress_bar
@@ -345,8 +401,15 @@ def preprocess_task(
 
     if not metas:
         raise InputError(f"{task_dir}: no case could be preprocessed ({len(skipped)} skipped)")
+    try:
+        check_label_present(metas, label_value, task_dir)
+    except InputError:
+        if created or was_empty:  # a wrong --label: leave no store behind that a corrected re-run would refuse
+            for entry in [store] if created else list(store.iterdir()):
+                shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        raise
     if not config_written:  # every case was already in the store
-        _write_config(store, cfg)
+        _write_config(store, cfg, label_value)
     return write_manifest(store, cfg, split, metas, skipped)
 
 

@@ -105,8 +105,11 @@ def write_curves_png(run_dir: Path) -> Path | None:
 
 
 def _make_trainer(cfg: TrainConfig, precision: str, callbacks: list[Any], loggers: list[Any], run_dir: Path) -> L.Trainer:
-    """The Lightning Trainer for ``cfg``."""
+    """The Lightning Trainer for ``cfg`` (every checkpoint written atomically in the run folder)."""
+    from lungtumor.training.checkpoint_io import AtomicCheckpointIO
+
     return L.Trainer(
+        plugins=[AtomicCheckpointIO()],
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
         devices=_devices(cfg.devices),
@@ -170,6 +173,47 @@ def check_resume_matches(last: Path, hparams: Any) -> None:
         raise ConfigError(f"{last}: cannot resume with different validation cases; keep the run's split (its fold/val-cases) or start a new run")
 
 
+#: Options a resumed run must share with the run it continues (recorded in its ``config.yaml``).
+RUN_MUST_MATCH = ("width", "depth", "norm", "upsample", "context", "loss", "size", "fold", "folds", "split_seed", "val_cases")
+
+
+def resume_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a resumed run continues: ``last.ckpt``, or when that does not load (a disk that
+    filled up under an older writer, a copy cut short), the newest loadable of the previous last
+    checkpoint and ``best.ckpt`` (both hold the optimizer state), with a warning.
+
+    Raises:
+        CheckpointError: nothing in ``run_dir`` loads; says what to delete.
+    """
+    from lungtumor.errors import CheckpointError
+    from lungtumor.model.checkpoint import PREVIOUS_LAST, read_checkpoint
+
+    last = run_dir / "last.ckpt"
+    try:
+        read_checkpoint(last)
+        return last
+    except CheckpointError as exc:
+        damage = " ".join(str(exc).split())
+    usable: list[tuple[int, Path]] = []
+    for candidate in (run_dir / PREVIOUS_LAST, run_dir / "best.ckpt"):
+        if not candidate.is_file():
+            continue
+        try:
+            ckpt = read_checkpoint(candidate)
+        except CheckpointError:
+            continue
+        if "optimizer_states" in ckpt:
+            usable.append((int(ckpt.get("global_step") or 0), candidate))
+    if not usable:
+        raise CheckpointError(
+            f"{damage.rstrip('.')}; no earlier checkpoint of the run loads either, so it cannot be resumed: "
+            f"delete the run folder {run_dir} and train again (or train into a new --out)"
+        )
+    step, chosen = max(usable)
+    log.warning("%s; resuming from %s (step %d) instead", damage, chosen, step)
+    return chosen
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train a U-Net on a slice store; write checkpoints, logs, curves and the resolved config.
 
@@ -179,11 +223,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     Returns:
         Summary: best checkpoint path and score, epochs and steps run, seconds.
-    """
-    import yaml
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    Raises:
+        ConfigError: another ``train`` is writing the same run folder now (an exclusive lock), or
+            a resume with options other than the run's.
+    """
     if not cfg.store:
         raise ConfigError("no store given; pass STORE_DIR (made by `lungtumor preprocess`)")
     if not cfg.out:
@@ -196,6 +240,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         raise InputError(f"{last}: nothing to resume (no last.ckpt); start a new run with --out")
     if not resume and last.exists():
         raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
+    resume_from = resume_checkpoint(run_dir) if resume else None
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, split_record = run_split(cfg)
@@ -250,9 +295,31 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         threshold=cfg.threshold,
         split={**split_record, "train": dm.splits["train"], "val": dm.splits["val"]},
     )
-    if resume:
-        check_resume_matches(last, module.hparams)
+    if resume_from is not None:
+        from lungtumor.runstate import check_recorded_config
+
+        check_resume_matches(resume_from, module.hparams)  # what the checkpoint records
+        check_recorded_config(  # and the options the run folder records
+            run_dir, "config.yaml", dataclasses.asdict(cfg), RUN_MUST_MATCH, what="training run",
+            fix="drop the changed options to resume it, or start a new run with another --out",
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
+    from lungtumor.runstate import exclusive_folder_lock
+
+    with exclusive_folder_lock(run_dir, command="lungtumor train", what="run folder"):
+        if not resume and last.exists():  # another run finished here while this one was setting up
+            raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
+        return _fit(cfg, run_dir, dm, module, resume_from)
+
+
+def _fit(cfg: TrainConfig, run_dir: Path, dm: Any, module: SegmentationModule, resume_from: Path | None) -> dict[str, Any]:
+    """Callbacks, loggers, the Trainer and the fit, in the locked run folder; the run's summary."""
+    import yaml
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    resume = resume_from is not None
+    last = run_dir / "last.ckpt"
 
     resolved = dataclasses.asdict(cfg)
     precision = resolve_precision(cfg)
@@ -284,7 +351,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     t0 = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from is not None else None)
     except SystemExit:
         # Lightning turns Ctrl-C into a graceful shutdown and exit(1); report it as the interrupt it was.
         if trainer.interrupted:
