@@ -22,7 +22,6 @@ from lungtumor.errors import GeometryError
 from lungtumor.io.volume import Volume, voxel_orientation
 
 #: The world frame of every coordinate written here.
-WORLD_FRAME = "RAS+"
 WORLD_FRAME_TEXT = "RAS+ mm (NIfTI/nibabel world: +x towards the patient's right, +y anterior, +z superior)"
 #: Slice planes tilted more than this from the true axial plane are refused.
 MAX_SLICE_TILT_DEG = 20.0

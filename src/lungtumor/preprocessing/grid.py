@@ -43,14 +43,6 @@ from lungtumor.errors import GeometryError
 from lungtumor.io.volume import CanonicalVolume, Volume, require_same_grid, to_canonical, undo_reorient_array
 from lungtumor.preprocessing.presets import INTEGER_TOL, SlicePreset, preset_for
 
-#: The grid's config is the preprocessing config: one record, written into the store and the checkpoint.
-GridConfig = PreprocessConfig
-
-
-def preset_config(name: str, **overrides: Any) -> PreprocessConfig:
-    """The config of preset ``name`` (``seed`` or ``lung``), with ``overrides`` (None values ignored)."""
-    return PreprocessConfig.from_preset(name, **overrides)
-
 
 def air_value(cfg: PreprocessConfig) -> float:
     """Air (HU_AIR, clipped as ``cfg`` clips) in the scaled units of the model slices."""
@@ -275,7 +267,7 @@ def context_stack(slices: np.ndarray, centre: np.ndarray | int, offsets: np.ndar
 
 
 def fit_grid(ct: Volume | CanonicalVolume, region: Volume | None, cfg: PreprocessConfig) -> SliceGrid:
-    """Fit the slice grid of ``ct`` under ``cfg`` (a :data:`GridConfig`): the preset's layout
+    """Fit the slice grid of ``ct`` under ``cfg`` (the preprocessing config, recorded in the store and the checkpoint): the preset's layout
     (:meth:`~lungtumor.preprocessing.presets.SlicePreset.fit`) in the one record.
 
     Args:
