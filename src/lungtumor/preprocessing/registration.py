@@ -40,7 +40,6 @@ What :func:`register_followup` does, and why:
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any

@@ -1,0 +1,1 @@
+"""Lesions of a mask and of two visits: instances, RECIST measurements, longitudinal matching, response."""
