@@ -389,6 +389,12 @@ def followup(
             "min_lesion_ml": min_lesion_ml,
         }
 
+    # The baseline's lesions and the targets first: a bad --targets is refused before any long work.
+    from lungtumor.lesions.response import choose_targets
+
+    if "baseline" in masks and one_organ:  # (per-lung counting needs the sides, known after the lungs are found)
+        choose_targets(measure_lesions(masks["baseline"]).lesions, targets, lungs_as_one_organ=one_organ)
+
     # Dates.
     date_b, attr_b = scan_date(ct_b)
     date_f, attr_f = scan_date(ct_f)
