@@ -318,6 +318,60 @@ def _cmd_lesions(a: argparse.Namespace) -> None:
     print(f"{len(report.lesions)} lesion(s); wrote " + ", ".join(str(p) for p in files))
 
 
+def _add_followup(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("followup", help="two CTs of one patient: lesions paired, their changes, RECIST 1.1 response")
+    p.add_argument("baseline", help="baseline CT (.nii.gz or a DICOM series folder)")
+    p.add_argument("followup", help="follow-up CT (.nii.gz or a DICOM series folder), any grid or position")
+    p.add_argument("--out", required=True, help="output folder: followup.json, followup.csv (+ followup.html)")
+    p.add_argument("--baseline-mask", default=None, help="binary tumour mask .nii.gz on the baseline CT's grid")
+    p.add_argument("--followup-mask", default=None, help="binary tumour mask .nii.gz on the follow-up CT's grid")
+    p.add_argument("--checkpoint", nargs="+", default=None, help="checkpoint(s) or a cv/train folder: predict the mask(s) not given")
+    p.add_argument("--report", action="store_true", help="also write a self-contained followup.html")
+    p.add_argument("--targets", default=None, help="RECIST target lesions: baseline lesion ids, e.g. 1,3 (default: by the RECIST rule)")
+    p.add_argument("--dates", default=None, help="study dates YYYY-MM-DD,YYYY-MM-DD (baseline, follow-up); default: the DICOM dates")
+    p.add_argument("--affine", action="store_true", help="refine the rigid alignment with an affine one (12 dof)")
+    p.add_argument("--match-tolerance-mm", type=float, default=None, help="largest centroid distance of lesions paired without overlap (default 10)")
+    p.add_argument("--lungs-as-two-organs", action="store_true", help="RECIST: count each lung as an organ (default: the lungs are one organ)")
+    p.add_argument("--threshold", type=float, default=None, help="with --checkpoint: probability threshold (default: the checkpoint's)")
+    p.add_argument("--min-lesion-ml", type=float, default=None, help="with --checkpoint: drop predicted lesions below this volume")
+    p.add_argument("--device", default=None, help="with --checkpoint: cpu, cuda, cuda:1, ...")
+    p.add_argument("--baseline-series-uid", default=None, help="DICOM series of the baseline where its folder holds several")
+    p.add_argument("--followup-series-uid", default=None, help="DICOM series of the follow-up where its folder holds several")
+    p.set_defaults(func=_cmd_followup)
+
+
+def _parse_ids(text: str | None, option: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {text!r}: give lesion ids separated by commas, e.g. {option} 1,3") from None
+
+
+def _cmd_followup(a: argparse.Namespace) -> None:
+    from lungtumor.followup import followup
+
+    checkpoint = None if a.checkpoint is None else (a.checkpoint[0] if len(a.checkpoint) == 1 else a.checkpoint)
+    doc = followup(
+        a.baseline, a.followup, a.out, baseline_mask=a.baseline_mask, followup_mask=a.followup_mask, checkpoint=checkpoint,
+        report=a.report, targets=_parse_ids(a.targets, "--targets"), dates=a.dates, affine=a.affine,
+        match_tolerance_mm=a.match_tolerance_mm, lungs_as_one_organ=not a.lungs_as_two_organs,
+        series_uids=(a.baseline_series_uid, a.followup_series_uid), threshold=a.threshold, min_lesion_ml=a.min_lesion_ml, device=a.device,
+    )
+    for warning in doc["warnings"]:
+        print(f"lungtumor followup: warning: {warning}", file=sys.stderr)
+    for statement in doc["statements"]:
+        print(statement)
+    counts = ", ".join(f"{n} {status}" for status, n in doc["counts"].items() if n)
+    print(f"lesions: {counts or 'none at either visit'}")
+    sums = doc["recist"]["sums"]
+    if sums:
+        print(f"sum of target diameters {sums['baseline_mm']:.1f} -> {sums['followup_mm']:.1f} mm ({sums['change_percent']:+.1f} %)")
+    print(f"response: {doc['response']} ({doc['response_name']}); computed from the segmentation, not a clinical read")
+    print("wrote " + ", ".join(doc["written"]))
+
+
 def _add_lungs(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("lungs", help="tumour-inclusive lung region of a CT (NIfTI file or DICOM series folder) -> uint8 NIfTI")
     p.add_argument("ct", help="CT .nii/.nii.gz file or DICOM series folder")
@@ -444,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungtumor", description="Lung tumour segmentation in chest CT.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_lesions, _add_lungs, _add_visualize, _add_cv, _add_demo):
+    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_lesions, _add_followup, _add_lungs, _add_visualize, _add_cv, _add_demo):
         add(sub)
     return parser
 
