@@ -98,6 +98,9 @@ ROWS = [
     ("predict-series-uid-for-nifti", "predict {ckpt} {ct} {root}/o8.nii.gz --series-uid 1.2.3", ["--series-uid"], ["o8.nii.gz"]),
     ("predict-missing-input", "predict {ckpt} {root}/nope.nii.gz {root}/o9.nii.gz", ["nope.nii.gz"], ["o9.nii.gz"]),
     ("predict-complex-nifti", "predict {ckpt} {complex} {root}/o10.nii.gz", ["complex.nii"], ["o10.nii.gz"]),
+    ("predict-min-lesion-score-2", "predict {ckpt} {ct} {root}/o12.nii.gz --min-lesion-score 2", ["--min-lesion-score 2", "between 0 and 1"], ["o12.nii.gz"]),
+    ("predict-min-lesion-score-neg", "predict {ckpt} {ct} {root}/o12a.nii.gz --min-lesion-score -0.1", ["--min-lesion-score -0.1", "between 0 and 1"], ["o12a.nii.gz"]),
+    ("predict-min-lesion-score-nan", "predict {ckpt} {ct} {root}/o12b.nii.gz --min-lesion-score nan", ["--min-lesion-score nan", "between 0 and 1"], ["o12b.nii.gz"]),
     ("predict-zero-voxel-size", "predict {ckpt} {zero_voxel} {root}/o11.nii.gz", ["zero_voxel.nii", "voxel size"], ["o11.nii.gz"]),
     # train: every value checked before anything is written
     ("train-batch-0", "train {store} --out {root}/r1 --batch-size 0", ["--batch-size"], ["r1"]),
