@@ -129,6 +129,9 @@ ROWS = [
     ("predict-dicom-corrupt-last-slice-seg", "predict {ckpt} {dicom_last_bad} {root}/o14.nii.gz --output-format dicom-seg", ["{dicom_last_bad_file}", "re-export"], ["o14.nii.gz", "o14.dcm"]),
     ("import-dicom-corrupt-first-slice", "import-dicom {dicom_first_bad} {root}/i1.nii.gz", ["{dicom_first_bad_file}", "not readable as DICOM"], ["i1.nii.gz"]),
     ("lungs-zero-slices", "lungs {zero_slices} {root}/l1.nii.gz", ["zero_slices.nii.gz", "no voxels"], ["l1.nii.gz"]),
+    ("predict-min-lesion-score-2", "predict {ckpt} {ct} {root}/o15.nii.gz --min-lesion-score 2", ["--min-lesion-score 2", "between 0 and 1"], ["o15.nii.gz"]),
+    ("predict-min-lesion-score-neg", "predict {ckpt} {ct} {root}/o15a.nii.gz --min-lesion-score -0.1", ["--min-lesion-score -0.1", "between 0 and 1"], ["o15a.nii.gz"]),
+    ("predict-min-lesion-score-nan", "predict {ckpt} {ct} {root}/o15b.nii.gz --min-lesion-score nan", ["--min-lesion-score nan", "between 0 and 1"], ["o15b.nii.gz"]),
     ("predict-zero-voxel-size", "predict {ckpt} {zero_voxel} {root}/o11.nii.gz", ["zero_voxel.nii", "voxel size"], ["o11.nii.gz"]),
     # train: every value checked before anything is written
     ("train-batch-0", "train {store} --out {root}/r1 --batch-size 0", ["--batch-size"], ["r1"]),

@@ -90,6 +90,9 @@ def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
     # the minimum lesion volume was chosen on the validation cases and recorded
     choice = json.loads((work / "evaluation" / "postprocessing.json").read_text())
     assert choice["cases"] == 1 and result["postprocessing"]["min_lesion_ml"] == choice["min_lesion_ml"]
+    # ... and the minimum lesion score after it, from the validation probabilities
+    assert result["postprocessing"]["min_lesion_score"] == choice["min_lesion_score"]
+    assert choice["min_lesion_score_choice"]["cases"] == 1 and list((work / "predictions" / "val" / "probabilities").glob("*.nii.gz"))
     assert result["checkpoint"]
 
 

@@ -36,6 +36,13 @@ def test_cross_validation_covers_every_case_once_and_resumes(tmp_path) -> None:
     # the post-processing is chosen on every fold's predictions of its own cases
     post = summary["postprocessing"]
     assert post["cases"] == 4 and set(post["dice_by_min_lesion_ml"]) >= {0.0} and "rule" in post
+    # ... and the minimum lesion score after it, with the scores' reliability table over the folds
+    assert "min_lesion_score" in post and post["min_lesion_score_choice"]["cases"] == 4 and "rule" in post["min_lesion_score_choice"]
+    calib = post["lesion_calibration"]
+    assert calib["candidates"] == post["min_lesion_score_choice"]["candidates"] and len(calib["bins"]) == 10
+    from lungtumor.cv import format_report
+
+    assert "minimum lesion score chosen" in format_report(summary) and "ECE" in format_report(summary)
     # A second run reuses the finished folds: nothing is trained again.
     stamp = (out / "seed-0" / "fold-0" / "run" / "last.ckpt").stat().st_mtime_ns
     again = cross_validate(store, out, base, folds=2, seeds=1)

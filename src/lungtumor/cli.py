@@ -199,6 +199,11 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", action="store_true", help="also write the lesion table (RECIST diameters) and report.html into NAME_report/")
     p.add_argument("--no-postprocess", dest="postprocess", action="store_false", help="keep predicted lesions that do not touch the lung region")
     p.add_argument("--min-lesion-ml", type=float, default=None, help="drop predicted lesions smaller than this (ml; default keep all, or for a `lungtumor cv` folder the volume its folds chose; 0 keeps all)")
+    p.add_argument(
+        "--min-lesion-score", type=float, default=None,
+        help="drop predicted lesions whose score (max probability inside) is below this, in [0, 1] (default keep all, "
+        "or for a `lungtumor cv` folder the score its folds chose; 0 keeps all)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="folder input: warn about a case that fails and go on with the others")
     p.add_argument("--probabilities", action="store_true", help="also write a float32 probability map (NAME_prob.nii.gz)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the checkpoint's, 0.5)")
@@ -223,6 +228,10 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         check_batch_size(a.batch_size)
     if a.threshold is not None:
         check_threshold(a.threshold)
+    if a.min_lesion_score is not None:
+        from lungtumor.lesions.score import check_min_lesion_score
+
+        check_min_lesion_score(a.min_lesion_score)
     from lungtumor.predict import predict_path
 
     results = predict_path(
@@ -238,6 +247,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         output_format=a.output_format,
         postprocess=a.postprocess,
         min_lesion_ml=a.min_lesion_ml,
+        min_lesion_score=a.min_lesion_score,
         report=a.report,
         skip_bad=a.skip_bad,
     )

@@ -256,17 +256,30 @@ def cross_validate(
 
 
 def _choose_postprocessing(out: Path, records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The minimum lesion volume chosen on every finished fold's predictions (nnU-Net chooses its
-    post-processing on its cross-validation the same way); ``predict CV_FOLDER`` applies it."""
+    """The minimum lesion volume, then the minimum lesion score, chosen on every finished fold's
+    predictions (nnU-Net chooses its post-processing on its cross-validation the same way), and the
+    reliability table of the lesion scores over those predictions (``lesion_calibration``);
+    ``predict CV_FOLDER`` applies both choices."""
     if not records:
         return None
-    from lungtumor.evaluation.postprocessing import choose_min_lesion_ml
+    from lungtumor.evaluation.calibration import candidates_reliability
+    from lungtumor.evaluation.postprocessing import choose_min_lesion_ml, choose_min_lesion_score, collect_lesion_candidates
+    from lungtumor.lesions.export import json_safe
 
     dirs = [out / f"seed-{r['seed']}" / f"fold-{r['fold']}" for r in records]
+    preds, refs = [d / "predictions" for d in dirs], [d / "references" for d in dirs]
     try:
-        return choose_min_lesion_ml([d / "predictions" for d in dirs], [d / "references" for d in dirs])
+        choice = choose_min_lesion_ml(preds, refs)
     except LungTumorError as exc:
-        return {"min_lesion_ml": None, "error": " ".join(str(exc).split())}
+        return {"min_lesion_ml": None, "min_lesion_score": None, "error": " ".join(str(exc).split())}
+    try:
+        candidates = collect_lesion_candidates(preds, refs, min_lesion_ml=choice["min_lesion_ml"])
+        by_score = choose_min_lesion_score(candidates)
+        choice.update(min_lesion_score=by_score["min_lesion_score"], min_lesion_score_choice=by_score)
+        choice["lesion_calibration"] = json_safe(candidates_reliability(candidates))  # empty bins: null, not NaN
+    except LungTumorError as exc:
+        choice.update(min_lesion_score=None, min_lesion_score_error=" ".join(str(exc).split()))
+    return choice
 
 
 def _visible_gpus() -> list[str]:
@@ -418,6 +431,19 @@ def format_report(summary: dict[str, Any]) -> str:
         )
     elif post.get("error"):
         lines.append(f"post-processing not chosen: {post['error']}")
+    if "min_lesion_score_choice" in post:
+        by = post["min_lesion_score_choice"]
+        lines.append(
+            f"minimum lesion score chosen on the folds' predictions: {post['min_lesion_score'] or 0:.3f} (false-positive lesions "
+            f"{by['false_positive_lesions']} -> {by['false_positive_lesions_at_min_lesion_score']}, found lesions "
+            f"{by['lesions_found']}/{by['lesions_ref']} kept); `predict` on this folder applies it"
+        )
+    elif post.get("min_lesion_score_error"):
+        lines.append(f"minimum lesion score not chosen: {post['min_lesion_score_error']}")
+    if post.get("lesion_calibration"):
+        from lungtumor.evaluation.calibration import format_reliability
+
+        lines.extend(format_reliability(post["lesion_calibration"]))
     for fail in summary["failed"]:
         lines.append(f"FAILED seed {fail['seed']} fold {fail['fold']}: {fail['error']}")
     return "\n".join(lines)

@@ -98,3 +98,20 @@ def cv_min_lesion_ml(checkpoint: Any) -> float | None:
         log.info("minimum lesion volume %g ml, chosen by the cross-validation (%s); --min-lesion-ml 0 keeps every lesion", value, summary)
         return float(value)
     return None
+
+
+def cv_min_lesion_score(checkpoint: Any) -> float | None:
+    """The minimum lesion score that a ``lungtumor cv`` folder chose on its folds' predictions
+    (``cv_summary.json``), when ``checkpoint`` is such a folder; else None."""
+    if not isinstance(checkpoint, (str, os.PathLike)) or not (Path(checkpoint) / SUMMARY_JSON).is_file():
+        return None
+    summary = Path(checkpoint) / SUMMARY_JSON
+    try:
+        value = (json.loads(summary.read_text()).get("postprocessing") or {}).get("min_lesion_score")
+    except (OSError, ValueError, AttributeError):
+        log.warning("%s: unreadable; no minimum lesion score taken from it", summary)
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
+        log.info("minimum lesion score %g, chosen by the cross-validation (%s); --min-lesion-score 0 keeps every lesion", value, summary)
+        return float(value)
+    return None

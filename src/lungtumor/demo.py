@@ -2,8 +2,8 @@
 
 phantom -> preprocess -> train (a narrow U-Net on the lung region's slices, a few minutes on
 2 CPU cores) -> predict the validation cases and choose the post-processing's minimum lesion
-volume on them -> predict the held-out and test cases in their original geometry -> evaluate
-per case -> GIF and PNG. Every stage prints its timing and where its output is.
+volume and minimum lesion score on them (``evaluation/postprocessing.json``) -> predict the
+held-out and test cases in their original geometry -> evaluate per case -> GIF and PNG. Every stage prints its timing and where its output is.
 
 On the phantom the held-out cases are a dataset of their own (the next dataset seed): they take
 no part in training, in the validation curve, or in choosing the post-processing. With
@@ -45,7 +45,7 @@ class DemoConfig:
             Many cases matter more than many epochs: with 11 training cases the model overfits
             (held-out Dice about 0.7), with 56 it generalises; generating them takes seconds.
         val_cases: validation cases (the last ones in sorted order): the training curve and the
-            choice of the minimum lesion volume (phantom only; with ``task_dir`` they are the
+            choice of the minimum lesion volume and score (phantom only; with ``task_dir`` they are the
             held-out cases).
         heldout_cases: phantom held-out cases, a dataset of their own (seed ``seed + 1``),
             predicted and scored once at the end.
@@ -243,7 +243,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     pred_held = work / "predictions" / "heldout"
     pred_test = work / "predictions" / "test"
     ref_val = work / "validation" / "reference"
-    choice: dict[str, Any] = {"min_lesion_ml": None}
+    choice: dict[str, Any] = {"min_lesion_ml": None, "min_lesion_score": None}
 
     def predict_all() -> dict[str, Any]:
         # Folders of links, so that the user-facing predict_path does all the work (the same
@@ -255,18 +255,32 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
         for cid in val_ids:
             (val_in / cases[cid].image.name).symlink_to(cases[cid].image.resolve())
             (ref_val / cases[cid].label.name).symlink_to(cases[cid].label.resolve())
-        n = len(predict_path(ckpt, val_in, pred_val, probabilities=heldout is None, tta=cfg.tta, progress=False))
+        n = len(predict_path(ckpt, val_in, pred_val, probabilities=True, tta=cfg.tta, progress=False))
         if heldout is not None:
-            from lungtumor.evaluation.postprocessing import choose_min_lesion_ml
+            from lungtumor.evaluation.postprocessing import (
+                choose_min_lesion_ml,
+                choose_min_lesion_score,
+                collect_lesion_candidates,
+            )
 
             choice.update(choose_min_lesion_ml(pred_val, ref_val))
             tried = ", ".join(f"{c:g} ml {d:.3f}" for c, d in choice["dice_by_min_lesion_ml"].items())
             print(f"   minimum lesion volume chosen on the {len(val_ids)} validation cases: {choice['min_lesion_ml'] or 0:g} ml (mean Dice: {tried})")
+            # The score's operating point, on the lesions that the chosen volume leaves.
+            by_score = choose_min_lesion_score(collect_lesion_candidates(pred_val, ref_val, min_lesion_ml=choice["min_lesion_ml"]))
+            choice["min_lesion_score"] = by_score["min_lesion_score"]
+            choice["min_lesion_score_choice"] = by_score
+            print(
+                f"   minimum lesion score chosen on them: {by_score['min_lesion_score'] or 0:.3f} (false-positive lesions "
+                f"{by_score['false_positive_lesions']} -> {by_score['false_positive_lesions_at_min_lesion_score']}, "
+                f"found lesions {by_score['lesions_found']}/{by_score['lesions_ref']} kept)"
+            )
             n += len(predict_path(ckpt, heldout / "imagesTr", pred_held, probabilities=True, tta=cfg.tta, progress=False,
-                                  min_lesion_ml=choice["min_lesion_ml"]))
+                                  min_lesion_ml=choice["min_lesion_ml"], min_lesion_score=choice["min_lesion_score"]))
         test_dir = task / "imagesTs"
         if test_dir.is_dir() and any(is_nifti(q) for q in test_dir.iterdir()):
-            n += len(predict_path(ckpt, test_dir, pred_test, tta=cfg.tta, progress=False, min_lesion_ml=choice["min_lesion_ml"]))
+            n += len(predict_path(ckpt, test_dir, pred_test, tta=cfg.tta, progress=False, min_lesion_ml=choice["min_lesion_ml"],
+                                  min_lesion_score=choice["min_lesion_score"]))
         return {"where": str(work / "predictions"), "n": n}
 
     _stage("4/6 predict", timings)(predict_all)

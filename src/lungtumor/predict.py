@@ -4,7 +4,7 @@
 :func:`~lungtumor.inference.predictor.segment` (one model or an ensemble) on each input, and writes
 the outputs the caller asked for: the mask as NIfTI and/or DICOM-SEG, the probability map, and the
 lesion table with the self-contained HTML report. A ``lungtumor cv`` folder as the checkpoint brings
-the minimum lesion volume its cross-validation chose (``cv_summary.json``). Under a launcher
+the minimum lesion volume and the minimum lesion score its cross-validation chose (``cv_summary.json``). Under a launcher
 (torchrun, SLURM) each process predicts its own share of a folder.
 
 A top-level module: it may import every room (inference, io, reporting), while ``inference/``
@@ -23,12 +23,13 @@ import numpy as np
 import torch
 
 from lungtumor.config import check_batch_size, check_threshold
-from lungtumor.cvfolder import cv_min_lesion_ml, ensemble_checkpoints
+from lungtumor.cvfolder import cv_min_lesion_ml, cv_min_lesion_score, ensemble_checkpoints
 from lungtumor.errors import InputError, LungTumorError
 from lungtumor.inference.predictor import load_ensemble, segment
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume
+from lungtumor.lesions.score import check_min_lesion_score
 from lungtumor.model.checkpoint import LoadedModel
 from lungtumor.model.device import resolve_device
 
@@ -58,6 +59,7 @@ def predict_path(
     output_format: str = "nifti",
     postprocess: bool = True,
     min_lesion_ml: float | None = None,
+    min_lesion_score: float | None = None,
     report: bool = False,
     skip_bad: bool = False,
 ) -> list[dict[str, Any]]:
@@ -70,7 +72,10 @@ def predict_path(
     (see :func:`lungtumor.io.dicom_seg.prediction_seg_path`); ``dicom-seg`` alone skips the NIfTI.
     ``postprocess`` and ``min_lesion_ml``: see :func:`~lungtumor.inference.predictor.segment`. ``checkpoint`` may be several
     checkpoints (or a ``lungtumor cv`` folder): an ensemble; a cv folder brings the minimum lesion
-    volume its cross-validation chose, unless ``min_lesion_ml`` is given (0 keeps every lesion). ``report`` also writes, per input, the
+    volume its cross-validation chose, unless ``min_lesion_ml`` is given (0 keeps every lesion), and
+    likewise the minimum lesion score (``min_lesion_score``, in [0, 1]: lesions scoring below it are
+    removed after the other post-processing, so the mask and the lesion table agree; 0 keeps every
+    lesion). ``report`` also writes, per input, the
     lesion table and the self-contained HTML report into ``OUTPUT_NAME_report/``
     (:func:`lungtumor.reporting.html.write_lesions_folder`). ``skip_bad`` (folders): a case that fails
     is reported in its result (``error``) and the others go on; without it the first failure stops
@@ -97,6 +102,8 @@ def predict_path(
         check_threshold(threshold)
     if batch_size is not None:
         check_batch_size(batch_size)
+    if min_lesion_score is not None:
+        check_min_lesion_score(min_lesion_score)
     formats = parse_output_formats(output_format)
     seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
     if device is not None:
@@ -104,6 +111,8 @@ def predict_path(
     models = load_ensemble(ensemble_checkpoints(checkpoint))  # a cv folder: its finished folds only
     if min_lesion_ml is None:
         min_lesion_ml = cv_min_lesion_ml(checkpoint)
+    if min_lesion_score is None:
+        min_lesion_score = cv_min_lesion_score(checkpoint)
     jobs: list[tuple[Path, Path, Path | None]] = []
     if src.is_dir():
         niftis = list_niftis(src)
@@ -130,7 +139,7 @@ def predict_path(
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     options = dict(
         threshold=threshold, tta=tta, batch_size=batch_size, device=device, series_uid=series_uid,
-        postprocess=postprocess, min_lesion_ml=min_lesion_ml, report=report,
+        postprocess=postprocess, min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score, report=report,
     )
     results = []
     with progress_bar(total=len(jobs), description="predict", enabled=progress and len(jobs) > 1) as advance:
@@ -178,6 +187,7 @@ def _predict_one(
     series_uid: str | None,
     postprocess: bool,
     min_lesion_ml: float | None,
+    min_lesion_score: float | None,
     report: bool,
 ) -> dict[str, Any]:
     """One input of :func:`predict_path`: read, check, segment, write."""
@@ -191,7 +201,7 @@ def _predict_one(
         check_nifti_affine(ct, mask_path)
     res = segment(
         ct, models, threshold=threshold, tta=tta, batch_size=batch_size, device=device, return_probabilities=prob_path is not None or report,
-        postprocess=postprocess, min_lesion_ml=min_lesion_ml,
+        postprocess=postprocess, min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score,
     )
     mask, prob = res if isinstance(res, tuple) else (res, None)
     used = threshold if threshold is not None else models[0].info.get("threshold", 0.5)
@@ -215,6 +225,7 @@ def _predict_one(
             "threshold": used,
             "ensemble_members": len(models),
             "tta": tta,
+            "min_lesion_score": min_lesion_score if postprocess and min_lesion_score else None,
         }
         written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
         write_lesions_folder(ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True)

@@ -12,8 +12,13 @@ an infinite distance is the string ``"inf"``; ``metrics.csv`` writes ``nan`` and
 Lesion-wise results use the instances and the one-to-one matching rule of
 :mod:`lungtumor.evaluation.matching` (26-connected components; ``MATCHING_RULE``): the per-case
 ``lesions_*`` columns, sensitivity and false positives per scan by size band of the longest axial
-diameter (``lesion_size_bands``), and, with probability maps, an FROC curve (``froc`` in
-``summary.json`` and ``froc.png``).
+diameter (``lesion_size_bands``), and, with probability maps, two FROC curves: the voxel-threshold
+FROC (``froc`` in ``summary.json`` and ``froc.png``: candidates are the components of
+``probability >= t`` on a fixed grid of t) and the lesion-level FROC from per-lesion scores
+(``lesion_froc``: candidates are the predicted lesions, each scored by
+:data:`lungtumor.lesions.score.LESION_SCORE`, exact over every score; :mod:`lungtumor.evaluation.lesion_froc`),
+each with LUNA16's CPM, and the reliability table of those scores (``lesion_calibration``,
+:mod:`lungtumor.evaluation.calibration`).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import numpy as np
 
 from lungtumor.atomic import atomic_output, write_text_atomic
 from lungtumor.errors import InputError
+from lungtumor.evaluation.calibration import candidates_reliability, format_reliability
 from lungtumor.evaluation.froc import froc_counts, froc_summary
+from lungtumor.evaluation.lesion_froc import lesion_candidates, lesion_froc_summary
 from lungtumor.evaluation.matching import MATCHING_RULE, SIZE_MEASURE, lesion_matching, size_band_summary
 from lungtumor.evaluation.metrics import (
     BOOTSTRAP_LEVEL,
@@ -318,8 +325,10 @@ def evaluate_folder(
         tolerance_mm: normalised surface Dice tolerance, mm.
         prob_dir: optional folder of float probability maps, ``NAME_prob.nii.gz`` or
             ``NAME.nii.gz`` per case, on the label's grid; adds the seed's pooled soft Dice to
-            the summary (``dice_pooled_soft_seed``), labelled as not comparable, and the FROC
-            curve (``froc`` in the summary, ``froc.png`` in ``out_dir``).
+            the summary (``dice_pooled_soft_seed``), labelled as not comparable, the
+            voxel-threshold FROC curve (``froc`` in the summary, ``froc.png`` in ``out_dir``),
+            the lesion-level FROC from per-lesion scores (``lesion_froc``) and their reliability
+            table (``lesion_calibration``).
         progress: show a progress bar on stderr.
 
     Returns:
@@ -349,29 +358,34 @@ def evaluate_folder(
 
     rows: list[dict[str, Any]] = []
     froc_cases: list[dict[str, Any]] = []
+    candidates: list[dict[str, Any]] = []
     pooled_terms = np.zeros(3)  # sum p*y, sum p, sum y over every case
     for name, pred_path, label_path in _progress(pairs, progress, "evaluating"):
         label = read_nifti(label_path)
         pred = read_nifti(pred_path)
         rows.append(evaluate_case(name, pred, label, tolerance_mm))
         if prob_files:
-            terms, froc = _prob_terms(prob_files[name], label)
+            terms, froc, scored = _prob_terms(prob_files[name], label, pred)
             pooled_terms += terms
             froc_cases.append(froc)
+            candidates.append(scored)
 
     summary = summarize(rows, tolerance_mm)
     if prob_files:
         summary["dice_pooled_soft_seed"] = pooled_dice_from_terms(*pooled_terms)
         summary["dice_pooled_soft_seed_label"] = POOLED_SOFT_DICE_LABEL
         summary["froc"] = froc_summary(froc_cases)
+        summary["lesion_froc"] = lesion_froc_summary(candidates)
+        summary["lesion_calibration"] = candidates_reliability(candidates)
     result = EvaluationResult(rows=rows, summary=summary)
     if out_dir is not None:
         result.files = write_results(result, out_dir)
     return result
 
 
-def _prob_terms(path: Path, label: Volume) -> tuple[np.ndarray, dict[str, Any]]:
-    """(sum p*y, sum p, sum y) of one probability map against its label, and its FROC counts."""
+def _prob_terms(path: Path, label: Volume, pred: Volume) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """(sum p*y, sum p, sum y) of one probability map against its label, its voxel-threshold FROC
+    counts, and the predicted lesions scored from it (:func:`~lungtumor.evaluation.lesion_froc.lesion_candidates`)."""
     prob = read_nifti(path, dtype=np.float32)
     require_same_grid(prob, label, "probability map", "label", fix=EVALUATION_GRID_FIX)
     lo, hi = float(prob.array.min()), float(prob.array.max())
@@ -381,7 +395,9 @@ def _prob_terms(path: Path, label: Volume) -> tuple[np.ndarray, dict[str, Any]]:
             "pass sigmoid probabilities, not logits or masks scaled to 255"
         )
     ref = require_binary(label, "label")
-    return np.asarray(soft_dice_terms(prob.array, ref)), froc_counts(prob.array, ref)
+    mask = require_binary(pred, "prediction")
+    scored = lesion_candidates(mask, prob.array, ref, label.voxel_volume_ml)
+    return np.asarray(soft_dice_terms(prob.array, ref)), froc_counts(prob.array, ref), scored
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,7 +495,15 @@ def format_table(result: EvaluationResult, width: int = 120) -> str:
     if "froc" in s:
         froc = s["froc"]
         points = ", ".join(f"{_fmt(r, 3).rstrip('0').rstrip('.')}: {_fmt(v)}" for r, v in zip(froc["fp_rates"], froc["sensitivity_at_fp_rates"]))
-        lines.append(f"FROC sensitivity at FP/scan {points}; CPM {_fmt(froc['cpm'])}")
+        lines.append(f"FROC (voxel thresholds) sensitivity at FP/scan {points}; CPM {_fmt(froc['cpm'])}")
+    if "lesion_froc" in s:
+        lf = s["lesion_froc"]
+        points = ", ".join(f"{_fmt(r, 3).rstrip('0').rstrip('.')}: {_fmt(v)}" for r, v in zip(lf["fp_rates"], lf["sensitivity_at_fp_rates"]))
+        lines.append(
+            f"lesion FROC (per-lesion scores, {lf['candidates']} predicted lesions) sensitivity at FP/scan {points}; CPM {_fmt(lf['cpm'])}"
+        )
+    if "lesion_calibration" in s:
+        lines.extend(format_reliability(s["lesion_calibration"]))
     console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
     console.print(table)
     for line in lines:

@@ -6,7 +6,8 @@ first), runs the slices through the U-Net in batches (bfloat16 autocast where th
 supports it), maps the *probabilities* back through the same grid, thresholds, and so returns a
 mask with the input's shape and affine (and, for DICOM input, the series' DICOM geometry in
 ``meta``), zero outside the grid's crop and kept slices. Post-processing (on by default) drops
-predicted components that do not touch the lung region and, optionally, lesions under a volume.
+predicted components that do not touch the lung region and, optionally, lesions under a volume
+and lesions whose score (:data:`~lungtumor.lesions.score.LESION_SCORE`) is under a minimum.
 For the seed preset this is exactly the seed's recipe (no lung region).
 
 TTA ``flip`` mirrors the patient's left-right axis: in the canonical ('L','A','S') slices
@@ -30,6 +31,7 @@ from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, check_batch_size, c
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.io.volume import Volume, to_canonical
 from lungtumor.lesions.components import postprocess_mask
+from lungtumor.lesions.score import check_min_lesion_score, remove_low_score_lesions
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, resolve_device
 from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
@@ -122,6 +124,7 @@ def segment(
     return_probabilities: bool = False,
     postprocess: bool = True,
     min_lesion_ml: float | None = None,
+    min_lesion_score: float | None = None,
     region: Volume | None = None,
 ) -> Volume | tuple[Volume, Volume]:
     """Segment tumours in a CT Volume (HU).
@@ -138,6 +141,9 @@ def segment(
             region, and those under ``min_lesion_ml``. The seed preset has no lung region, so
             there only ``min_lesion_ml`` acts (unless ``region`` is given).
         min_lesion_ml: with ``postprocess``, drop lesions smaller than this many ml (None = keep all).
+        min_lesion_score: with ``postprocess``, then drop lesions whose score
+            (:data:`~lungtumor.lesions.score.LESION_SCORE`, from the probabilities) is below this,
+            a number in [0, 1] (None or 0 = keep all).
         region: the lung region mask on ``volume``'s grid (e.g. ``find_lung_region(ct).mask``, as
             ``lungtumor lungs`` writes it); None = found here for the lung preset.
 
@@ -157,6 +163,8 @@ def segment(
         raise InputError(f"{volume.meta.get('path', 'CT')}: contains NaN or infinite voxels; fix the CT first")
     if min_lesion_ml is not None and not (np.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
         raise ConfigError(f"--min-lesion-ml {min_lesion_ml} must be a volume in ml >= 0")
+    if min_lesion_score is not None:
+        check_min_lesion_score(min_lesion_score)
     for message in hu_range_warnings(volume):
         log.warning("%s", message)
     cfg = loaded.preprocess
@@ -179,7 +187,8 @@ def segment(
     if len(models) > 1:
         probs /= len(models)
     meta = dict(volume.meta)
-    if not return_probabilities:
+    by_score = bool(postprocess and min_lesion_score)
+    if not (return_probabilities or by_score):
         # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
         mask_vol = grid.slices_to_volume(probs, threshold=thr, meta=meta)
         prob_vol = None
@@ -189,6 +198,11 @@ def segment(
     if postprocess and (region is not None or min_lesion_ml):
         kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
         mask_vol = Volume(kept, mask_vol.affine, dict(meta))
+    if by_score and prob_vol is not None:  # after the other post-processing: the lesions that remain are scored
+        kept = remove_low_score_lesions(mask_vol.array, prob_vol.array, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[arg-type]
+        mask_vol = Volume(kept, mask_vol.affine, dict(meta))
+    if not return_probabilities:
+        prob_vol = None
     return mask_vol if prob_vol is None else (mask_vol, prob_vol)
 
 

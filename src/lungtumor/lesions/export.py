@@ -25,6 +25,7 @@ from lungtumor.lesions.recist import (
     LesionReport,
     MeasuredLesion,
 )
+from lungtumor.lesions.score import LESION_SCORE_TEXT
 
 #: Output file names of :func:`write_lesion_outputs`.
 LESIONS_CSV = "lesions.csv"
@@ -72,6 +73,7 @@ CSV_COLUMNS = (
     "hu_max",
     "prob_mean",
     "prob_max",
+    "score",
 )
 
 
@@ -93,6 +95,7 @@ def _csv_row(lesion: MeasuredLesion, frame: SliceFrame) -> dict[str, Any]:
         "hu_max": lesion.hu_max,
         "prob_mean": lesion.prob_mean,
         "prob_max": lesion.prob_max,
+        "score": lesion.score,
     }
     for axis, name in enumerate("xyz"):
         row[f"centroid_{name}_ras_mm"] = lesion.centroid_ras_mm[axis]
@@ -163,6 +166,7 @@ def lesions_document(report: LesionReport, model_facts: dict[str, Any] | None = 
                 "measurable": f"RECIST 1.1: longest >= {RECIST_MIN_DIAMETER_MM:g} mm and >= "
                 f"{RECIST_THICKNESS_FACTOR:g} x slice thickness where slices are thicker than {RECIST_THICK_SLICE_MM:g} mm",
                 "size_bands_mm": list(SIZE_BAND_NAMES),
+                "score": LESION_SCORE_TEXT,
                 "indices": "voxel indices (i, j, k) into the file's array, bbox inclusive; *_ijk endpoints are "
                 "continuous (pixel centres at integers)",
             },

@@ -40,6 +40,7 @@ from scipy.spatial import ConvexHull
 from lungtumor.io.volume import Volume, foreground_box, require_same_grid
 from lungtumor.lesions.components import LabelledInstances, check_probabilities, label_cropped, require_binary, uncrop
 from lungtumor.lesions.frame import SliceFrame, ijk_to_ras, lift_to_ijk, scan_facts, slice_frame, to_slices_first
+from lungtumor.lesions.score import instance_scores
 from lungtumor.lesions.side import BodyMidline, decide_side, prepare_lungs
 
 #: RECIST 1.1: smallest measurable longest diameter, mm.
@@ -256,6 +257,8 @@ class MeasuredLesion:
         bbox_ijk_min, bbox_ijk_max: inclusive voxel index bounds.
         hu_mean, hu_max: CT values inside the lesion (None without a CT).
         prob_mean, prob_max: probabilities inside the lesion (None without them).
+        score: the lesion's confidence score, :data:`lungtumor.lesions.score.LESION_SCORE` (None
+            without probabilities).
     """
 
     id: int
@@ -280,6 +283,7 @@ class MeasuredLesion:
     hu_max: float | None = None
     prob_mean: float | None = None
     prob_max: float | None = None
+    score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
@@ -306,6 +310,7 @@ class MeasuredLesion:
             "hu_max": self.hu_max,
             "prob_mean": self.prob_mean,
             "prob_max": self.prob_max,
+            "score": self.score,
         }
 
 
@@ -350,7 +355,8 @@ def measure_lesions(
     Args:
         mask: binary tumour mask (0/1).
         ct: the CT (HU) on the mask's grid: HU statistics and the body midline for the side.
-        probabilities: probability map on the grid: mean/max probability per lesion.
+        probabilities: probability map on the grid: mean/max probability and the score
+            (:data:`~lungtumor.lesions.score.LESION_SCORE`) per lesion.
         lungs: lung region mask on the grid (binary both lungs, or two labels): the side.
 
     Returns:
@@ -370,6 +376,7 @@ def measure_lesions(
     frame = slice_frame(mask.affine, str(mask.meta.get("path", "mask")))
     found = label_cropped(fg)
     crop, crop_box = found.labels, found.box
+    scores = instance_scores(found, prob, mask.voxel_volume_ml) if prob is not None else None
     lung_info = prepare_lungs(lungs) if lungs is not None else None
     body_midline = BodyMidline(ct, frame) if ct is not None else None
     affine = mask.affine
@@ -415,6 +422,7 @@ def measure_lesions(
                 hu_max=float(hu.max()) if hu is not None else None,
                 prob_mean=float(pr.mean(dtype=np.float64)) if pr is not None else None,
                 prob_max=float(pr.max()) if pr is not None else None,
+                score=float(scores[index]) if scores is not None else None,
             )
         )
     instances = Volume(uncrop(crop, crop_box, mask.shape), mask.affine, {"path": None})

@@ -46,6 +46,7 @@ from lungtumor.lesions.recist import (
     MeasuredLesion,
     measure_lesions,
 )
+from lungtumor.lesions.score import LESION_SCORE_TEXT
 from lungtumor.reporting.figures import DISPLAY_AXCODES, axial_display_slices
 
 REPORT_HTML = "report.html"
@@ -78,6 +79,7 @@ TABLE_DIGITS = {
     "hu_max": 0,
     "prob_mean": 3,
     "prob_max": 3,
+    "score": 3,
 }
 _CENTROID_DIGITS = 1
 
@@ -316,7 +318,7 @@ def _lesion_table(lesions: list[MeasuredLesion]) -> str:
     head = (
         '<tr><th>id</th><th class="t">side</th><th>volume (ml)</th><th>longest axial (mm)</th><th>short axis (mm)</th>'
         '<th class="t">measurable</th><th class="t">size band</th><th>slice</th>'
-        "<th>centroid x, y, z (RAS mm)</th><th>HU mean</th><th>HU max</th><th>prob. mean</th><th>prob. max</th></tr>"
+        "<th>centroid x, y, z (RAS mm)</th><th>HU mean</th><th>HU max</th><th>prob. mean</th><th>prob. max</th><th>score</th></tr>"
     )
     rows = []
     for lesion in lesions:
@@ -329,7 +331,7 @@ def _lesion_table(lesions: list[MeasuredLesion]) -> str:
         cells.append(f'<td data-key="slice_index">{lesion.slice_index}</td>')
         centroid = ", ".join(_fmt(v, _CENTROID_DIGITS) for v in lesion.centroid_ras_mm)
         cells.append(f'<td data-key="centroid_ras_mm">{centroid}</td>')
-        for key in ("hu_mean", "hu_max", "prob_mean", "prob_max"):
+        for key in ("hu_mean", "hu_max", "prob_mean", "prob_max", "score"):
             cells.append(f'<td data-key="{key}">{_fmt(d[key], TABLE_DIGITS[key])}</td>')
         rows.append(f'<tr data-lesion="{lesion.id}">' + "".join(cells) + "</tr>")
     return f'<table id="lesion-table">{head}{"".join(rows)}</table>'
@@ -395,6 +397,7 @@ def report_html(ct: Volume, report: LesionReport, model_facts: dict[str, Any] | 
     for item in (
         f"Lesions are {CONNECTIVITY}-connected components of the mask, numbered by decreasing volume.",
         f"Diameters: {DIAMETER_CONVENTION}.",
+        f"Score (with probabilities): {LESION_SCORE_TEXT}.",
         f"Measurable (RECIST 1.1): longest diameter >= {RECIST_MIN_DIAMETER_MM:g} mm, and >= {RECIST_THICKNESS_FACTOR:g} x the slice "
         f"thickness where slices are thicker than {RECIST_THICK_SLICE_MM:g} mm.",
         "Images: radiological convention (the patient's right on the image's left).",
