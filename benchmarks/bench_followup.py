@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import machine
-from followup_fixtures import make_pair, motion, real_data_dir
+from helpers.followup import make_pair, motion, real_data_dir
 from lungtumor.followup import followup
 from lungtumor.io.nifti import read_nifti
 from lungtumor.lesions.recist import measure_lesions

@@ -25,7 +25,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the seed's reference augmentation lives with the tests (helpers/)
 from common import machine
+from helpers.seed_augment import augment_sample_numpy
 from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.model.unet import ModelConfig, UNet, flops_per_slice
 from lungtumor.phantom.dataset import write_phantom_dataset
@@ -33,7 +35,6 @@ from lungtumor.preprocessing.store import SliceStore, preprocess_task
 from lungtumor.training.augment import AugmentConfig, augment_batch
 from lungtumor.training.data import DataConfig, SliceDataset, make_datamodule
 from lungtumor.training.trainer import bf16_supported
-from seed_augment import augment_sample_numpy
 
 BATCH = 8
 SIZE = 256

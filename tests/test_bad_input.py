@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import affine_for
+from helpers import affine_for
+from helpers.store import make_store
 from lungtumor.cli import EXIT_USER_ERROR, main
 from lungtumor.io.nifti import write_nifti
 from lungtumor.io.volume import Volume
 from lungtumor.model.checkpoint import NET_PREFIX, checkpoint_metadata
 from lungtumor.model.unet import ModelConfig, UNet
-from storefix import make_store
 
 SHAPE = (32, 32, 40)
 
@@ -84,7 +84,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     # A NIfTI with zero slices; DICOM series whose first / last slice file is cut short.
     w["zero_slices"] = root / "zero_slices.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 0), np.int16), affine_for("LAS")), w["zero_slices"])
-    from dicom_fixtures import write_ct_series
+    from helpers.dicom import write_ct_series
 
     for name, which in (("dicom_first_bad", 0), ("dicom_last_bad", -1)):
         write_ct_series(root / name, rng.normal(-700, 50, (8, 6, 5)).round(), affine_for("LPS"), shuffle_seed=None)

@@ -42,7 +42,7 @@ def test_train_errors_are_one_line(tmp_path, capsys) -> None:
 
 
 def test_evaluate_and_visualize_errors(tmp_path, capsys) -> None:
-    from conftest import affine_for
+    from helpers import affine_for
     from lungtumor.io.nifti import write_nifti
     from lungtumor.io.volume import Volume
 
@@ -97,7 +97,7 @@ def test_tiny_demo_end_to_end(tmp_path, capsys) -> None:
 
 
 def test_bad_trainer_and_device_options_are_one_line_errors(tmp_path, capsys) -> None:
-    from storefix import make_store
+    from helpers.store import make_store
 
     store = make_store(tmp_path)
     rc, _, err = _run(capsys, "train", str(store), "--out", str(tmp_path / "r"), "--precision", "17-bogus", "--width", "4", "--no-progress")

@@ -8,12 +8,12 @@ import shutil
 
 import pytest
 
+from helpers.store import make_store
 from lungtumor.cli import main
 from lungtumor.cv import cross_validate
 from lungtumor.errors import ConfigError
 from lungtumor.model.checkpoint import read_checkpoint
 from lungtumor.training.options import TrainConfig
-from storefix import make_store
 
 FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_steps=0, log_every_n_steps=1, epochs=1, samples_per_epoch=4)
 

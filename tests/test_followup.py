@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
-from followup_fixtures import make_pair, motion, real_data_dir
+from helpers.followup import make_pair, motion, real_data_dir
 from lungtumor.cli import main
 from lungtumor.errors import ConfigError, GeometryError
 from lungtumor.followup import followup, scan_date
@@ -365,7 +365,7 @@ def test_dicom_inputs_get_one_measurement_report_per_visit_linked_by_tracking_ui
     import highdicom as hd
     import pydicom
 
-    from dicom_fixtures import write_ct_series
+    from helpers.dicom import write_ct_series
     from lungtumor.io.nifti import write_nifti
     from lungtumor.io.readers import read_volume
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import affine_for
+from helpers import affine_for
+from helpers.store import make_store
 from lungtumor.config import HU_SCALE
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.nifti import write_nifti
@@ -30,9 +31,8 @@ from lungtumor.training.copy_paste import (
     read_crops,
     store_lesions,
 )
-from storefix import make_store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = 96
 PIXEL_MM = 1.0
 LESION_HU = 30.0

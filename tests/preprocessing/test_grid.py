@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig
 from lungtumor.errors import ConfigError, GeometryError
 from lungtumor.io.volume import Volume, reorient

@@ -8,14 +8,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from dicom_fixtures import voxels_to_lps, write_ct_series, write_non_image, write_rtstruct
+from helpers import REAL_DATA
+from helpers.dicom import voxels_to_lps, write_ct_series, write_non_image, write_rtstruct
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.dicom import SeriesInfo, list_series, read_dicom_series
 from lungtumor.io.importer import import_dicom
 from lungtumor.io.nifti import read_nifti
 from lungtumor.io.rtstruct import FILL_PILLOW, fill_polygons_even_odd, rasterize_rtstruct, roi_names
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = REAL_DATA
 LUNG1 = REAL / "LUNG1-001"
 SHAPE = (8, 6, 5)  # (I, J, K) = (columns, rows, slices)
 SPACING = (0.75, 0.5, 2.5)  # mm along i, j, k; exact in binary and in DS strings

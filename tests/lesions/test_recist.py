@@ -17,7 +17,7 @@ import pytest
 from nibabel import orientations as nio
 from scipy.spatial.distance import pdist
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.cli import main
 from lungtumor.errors import GeometryError, InputError
 from lungtumor.evaluation.matching import match_instances
@@ -506,7 +506,7 @@ def test_box_by_box_labelling_equals_one_ndimage_label(density: float) -> None:
 
 
 def test_cli_with_a_dicom_series_and_an_oblique_grid(tmp_path: Path) -> None:
-    from dicom_fixtures import write_ct_series
+    from helpers.dicom import write_ct_series
     from lungtumor.io.dicom import read_dicom_series
 
     affine = affine_for("oblique", spacing=(0.7, 0.7, 2.0))

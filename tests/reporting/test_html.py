@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from nibabel import orientations as nio
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.cli import main
 from lungtumor.io.nifti import write_nifti
 from lungtumor.io.volume import Volume

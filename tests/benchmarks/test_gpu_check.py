@@ -24,7 +24,7 @@ import pytest
 import gpu_check
 from lungtumor.config import SEED_SKIP_INFERIOR_SLICES
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPT = BENCH / "gpu_check.py"
 WRAPPER = BENCH / "gpu_check.sh"
 #: What a CPU cannot measure: None in the tiny mode, each with a reason.

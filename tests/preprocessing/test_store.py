@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.nifti import write_nifti
@@ -210,9 +210,9 @@ def test_cli_lung_preset_store_records_the_grid_and_keeps_every_label(tmp_path, 
 
 
 def test_failed_first_run_leaves_no_config_and_the_fixed_rerun_works(tmp_path) -> None:
+    from helpers.store import make_task
     from lungtumor.config import PreprocessConfig, SplitConfig
     from lungtumor.preprocessing.store import preprocess_task
-    from storefix import make_task
 
     task = make_task(tmp_path / "task", n=2)
     with pytest.raises(InputError):  # 40 slices, and the seed recipe would drop 50
@@ -225,9 +225,9 @@ def test_failed_first_run_leaves_no_config_and_the_fixed_rerun_works(tmp_path) -
 def test_a_store_refuses_a_case_from_another_source_and_a_changed_split(tmp_path) -> None:
     import shutil
 
+    from helpers.store import make_task
     from lungtumor.config import PreprocessConfig, SplitConfig
     from lungtumor.preprocessing.store import preprocess_task
-    from storefix import make_task
 
     a = make_task(tmp_path / "a", n=2, seed=0)
     b = make_task(tmp_path / "b", n=2, seed=1)
@@ -248,8 +248,8 @@ def test_a_store_refuses_a_case_from_another_source_and_a_changed_split(tmp_path
 
 
 def test_corrupt_store_files_are_one_line_errors(tmp_path) -> None:
+    from helpers.store import make_store
     from lungtumor.preprocessing.store import SliceStore
-    from storefix import make_store
 
     store = make_store(tmp_path)
     for name in ("manifest.json", "store.json"):

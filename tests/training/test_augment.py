@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.seed_augment import augment_sample_numpy  # benchmarks/: the seed's scipy way
 from lungtumor.config import HU_AIR, HU_SCALE
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.training.augment import (
@@ -15,7 +16,6 @@ from lungtumor.training.augment import (
     augment_batch,
     elastic_displacement,
 )
-from seed_augment import augment_sample_numpy  # benchmarks/: the seed's scipy way
 
 SIZE = 64
 DISK_VALUE = 1.0

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import InputError
 from lungtumor.io.datasets import CaseFiles, choose_label, detect_layout, find_cases, tumour_mask

@@ -17,7 +17,8 @@ import pytest
 import torch
 from pydicom.sr.codedict import codes
 
-from dicom_fixtures import write_ct_series
+from helpers import REAL_DATA
+from helpers.dicom import write_ct_series
 from lungtumor import __version__
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.dicom import read_dicom_series
@@ -30,7 +31,7 @@ from lungtumor.io.dicom_seg import (
 from lungtumor.io.nifti import read_nifti, write_nifti
 from lungtumor.io.volume import Volume
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = REAL_DATA
 LUNG1 = REAL / "LUNG1-001"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

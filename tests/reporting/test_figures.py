@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import REAL_DATA
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.nifti import read_nifti
 from lungtumor.io.volume import Volume
@@ -23,7 +24,7 @@ from lungtumor.reporting.figures import (
     visualize,
 )
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL = REAL_DATA
 
 # Grid sizes along the patient's left-right, anterior-posterior and inferior-superior axes,
 # all different so that a wrong transpose shows up in the shape.

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig
 from lungtumor.inference import segment
 from lungtumor.io.nifti import read_nifti, write_nifti

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from helpers import REAL_DATA
 from lungtumor.io.volume import Volume
 from lungtumor.lesions.components import label_instances
 from lungtumor.preprocessing.lungs import find_lung_region
@@ -20,7 +21,7 @@ LUNG_HU, TUMOUR_HU = -850, 30
 
 def real_data_dir() -> Path | None:
     """The shared real scans: ``<repo>/../shared/data/real``, else ``$LUNGTUMOR_REAL_DATA``; None when absent."""
-    for candidate in (Path(__file__).parents[1] / "../shared/data/real", Path(os.environ.get("LUNGTUMOR_REAL_DATA", "/nonexistent"))):
+    for candidate in (REAL_DATA, Path(os.environ.get("LUNGTUMOR_REAL_DATA", "/nonexistent"))):
         if candidate.resolve().is_dir():
             return candidate.resolve()
     return None

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.store import make_store
 from lungtumor.errors import ConfigError
 from lungtumor.preprocessing.store import SliceStore
 from lungtumor.training.data import DataConfig, SliceDataset, TumourOversampler, make_datamodule, oversampling_weights
-from storefix import make_store
 
 
 def test_dataset_items_and_context_at_case_edges(tmp_path) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.io.nifti import write_nifti
 from lungtumor.io.volume import Volume

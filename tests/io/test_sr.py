@@ -17,13 +17,13 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from dicom_fixtures import write_ct_series
+from helpers.dicom import write_ct_series
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.dicom import read_dicom_series, read_series_headers
 from lungtumor.io.sr import SRLesion, write_measurement_report
 from lungtumor.io.volume import Volume
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared/data/real"
+REAL = Path(__file__).resolve().parents[2].parent / "shared/data/real"
 LUNG1 = REAL / "LUNG1-001"
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.cli import main
 from lungtumor.errors import ConfigError
 from lungtumor.inference.predictor import load_ensemble, segment

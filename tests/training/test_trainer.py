@@ -9,12 +9,12 @@ import pytest
 import torch
 import yaml
 
+from helpers.store import make_store
 from lungtumor.errors import CheckpointError, ConfigError
 from lungtumor.model.checkpoint import load_model, read_checkpoint
 from lungtumor.model.unet import ModelConfig, UNet
 from lungtumor.training.losses import make_loss
 from lungtumor.training.trainer import TrainConfig, load_config_file, train
-from storefix import make_store
 
 FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_steps=2, log_every_n_steps=1)
 

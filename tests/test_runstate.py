@@ -8,13 +8,13 @@ import errno
 import pytest
 import torch
 
+from helpers.store import make_store
 from lungtumor.cli import EXIT_USER_ERROR, main
 from lungtumor.errors import ConfigError
 from lungtumor.model import checkpoint as ckpt_mod
 from lungtumor.model.checkpoint import PREVIOUS_LAST, read_checkpoint, save_checkpoint_file
 from lungtumor.runstate import check_recorded_config, exclusive_folder_lock, record_config
 from lungtumor.training.trainer import TrainConfig, train
-from storefix import make_store
 
 FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_steps=0, log_every_n_steps=1)
 

@@ -487,7 +487,7 @@ def test_cli_lungs_no_lungs_writes_empty_with_warning(tmp_path: Path, capsys) ->
 
 
 def test_cli_lungs_dicom_series(tmp_path: Path, capsys) -> None:
-    from dicom_fixtures import write_ct_series
+    from helpers.dicom import write_ct_series
     from lungtumor.io.readers import read_volume
 
     ct, _, tumour = _chest(spacing=(5.0, 5.0, 5.0))

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import affine_for
+from helpers import affine_for
 from lungtumor.errors import GeometryError, InputError
 from lungtumor.io.nifti import read_nifti, write_nifti
 from lungtumor.io.readers import read_volume
