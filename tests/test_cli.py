@@ -106,7 +106,7 @@ def test_bad_trainer_and_device_options_are_one_line_errors(tmp_path, capsys) ->
     import torch
 
     if not torch.cuda.is_available():
-        from test_inference import stub_checkpoint
+        from helpers import stub_checkpoint
 
         stub_checkpoint(tmp_path / "m.ckpt", size=32)
         ct = next((tmp_path / "task" / "imagesTr").glob("*.nii.gz"))

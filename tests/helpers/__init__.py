@@ -37,3 +37,20 @@ def affine_for(codes: str, spacing=(0.8, 0.9, 2.5), origin=(10.0, -20.0, 30.0)) 
     return a
 
 
+def stub_checkpoint(path, size: int) -> None:
+    """A real lungtumor checkpoint file (tiny U-Net, random weights)."""
+    import torch
+
+    from lungtumor.config import PreprocessConfig
+    from lungtumor.model.checkpoint import checkpoint_metadata
+    from lungtumor.model.unet import ModelConfig, UNet
+
+    cfg = ModelConfig(width=2, depth=2)
+    net = UNet(cfg)
+    torch.save(
+        {
+            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+            "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(preset="seed", size=size).to_dict(), 0, threshold=0.5),
+        },
+        path,
+    )

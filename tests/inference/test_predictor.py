@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import affine_for
+from helpers import affine_for, stub_checkpoint
 from lungtumor.config import HU_SCALE, PreprocessConfig
 from lungtumor.inference import segment
 from lungtumor.io.nifti import read_nifti, write_nifti
@@ -29,21 +29,6 @@ class ThresholdNet(torch.nn.Module):
 def stub_model(size: int, context: int = 0) -> LoadedModel:
     pre = PreprocessConfig(preset="seed", size=size)
     return LoadedModel(net=ThresholdNet(), preprocess=pre, context=context, info={"threshold": 0.5})
-
-
-def stub_checkpoint(path, size: int) -> None:
-    """A real lungtumor checkpoint file (tiny U-Net, random weights)."""
-    from lungtumor.model.unet import UNet
-
-    cfg = ModelConfig(width=2, depth=2)
-    net = UNet(cfg)
-    torch.save(
-        {
-            "state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
-            "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(preset="seed", size=size).to_dict(), 0, threshold=0.5),
-        },
-        path,
-    )
 
 
 def _ct(shape, codes, seed=0):

@@ -246,7 +246,7 @@ def _graded_ct() -> Volume:
 
 
 def _graded_model() -> LoadedModel:
-    return LoadedModel(net=GradedNet(), preprocess=PreprocessConfig(size=16), context=0, info={"threshold": 0.5})
+    return LoadedModel(net=GradedNet(), preprocess=PreprocessConfig(preset="seed", size=16), context=0, info={"threshold": 0.5})
 
 
 def _component_scores(mask: np.ndarray, prob: np.ndarray) -> list[float]:
