@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from helpers import affine_for
+from helpers.dicom import write_ct_series
 from helpers.store import make_store
 from lungtumor.cli import EXIT_USER_ERROR, main
 from lungtumor.io.nifti import write_nifti
@@ -84,7 +85,6 @@ def world(tmp_path_factory) -> dict[str, Path]:
     # A NIfTI with zero slices; DICOM series whose first / last slice file is cut short.
     w["zero_slices"] = root / "zero_slices.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 0), np.int16), affine_for("LAS")), w["zero_slices"])
-    from helpers.dicom import write_ct_series
 
     for name, which in (("dicom_first_bad", 0), ("dicom_last_bad", -1)):
         write_ct_series(root / name, rng.normal(-700, 50, (8, 6, 5)).round(), affine_for("LPS"), shuffle_seed=None)
@@ -98,6 +98,29 @@ def world(tmp_path_factory) -> dict[str, Path]:
     shutil.copytree(w["task"], root / "looptask", symlinks=True)
     (root / "looptask" / "imagesTr" / "lung_099.nii.gz").symlink_to("lung_099.nii.gz")
     w["looptask"] = root / "looptask"
+    # Inputs that a careless output name would replace: a scan called NAME_prob, a DICOM series,
+    # a lesion folder whose instance mask is measured again, a user's dataset, a workdir holding a
+    # user's dataset and trained run (for the demo) and one holding only a run.
+    w["scan_prob"] = write_nifti(Volume(ct, affine_for("LAS")), root / "in2" / "scan_prob.nii.gz")
+    w["series"] = root / "series"
+    write_ct_series(w["series"], np.clip(ct, -1024, 3000).astype(np.float64), affine_for("LAS"), shuffle_seed=None)
+    w["instances"] = write_nifti(Volume(mask, affine_for("LAS")), root / "lz" / "instances.nii.gz")
+    w["dataset"] = root / "userdata"
+    write_nifti(Volume(ct, affine_for("LAS")), w["dataset"] / "imagesTr" / "lung_001.nii.gz")
+    write_nifti(Volume(mask, affine_for("LAS")), w["dataset"] / "labelsTr" / "lung_001.nii.gz")
+    w["demo_ws"] = root / "ws"
+    write_nifti(Volume(ct, affine_for("LAS")), w["demo_ws"] / "data" / "imagesTr" / "lung_001.nii.gz")
+    (w["demo_ws"] / "run").mkdir(parents=True)
+    (w["demo_ws"] / "run" / "last.ckpt").write_bytes(w["ckpt"].read_bytes())
+    w["demo_run_ws"] = root / "ws2"
+    (w["demo_run_ws"] / "run").mkdir(parents=True)
+    (w["demo_run_ws"] / "run" / "last.ckpt").write_bytes(w["ckpt"].read_bytes())
+    w["empty"] = write_nifti(Volume(np.zeros((0, 32, 40), np.uint8), affine_for("LAS")), root / "ev0" / "p" / "a.nii.gz")
+    write_nifti(Volume(np.zeros((0, 32, 40), np.uint8), affine_for("LAS")), root / "ev0" / "l" / "a.nii.gz")
+    w["ev0"] = root / "ev0"
+    w["ev"] = root / "ev"
+    write_nifti(Volume(mask, affine_for("LAS")), w["ev"] / "p" / "a.nii.gz")
+    write_nifti(Volume(mask, affine_for("LAS")), w["ev"] / "l" / "a.nii.gz")
     return w
 
 
@@ -133,6 +156,23 @@ ROWS = [
     ("predict-min-lesion-score-neg", "predict {ckpt} {ct} {root}/o15a.nii.gz --min-lesion-score -0.1", ["--min-lesion-score -0.1", "between 0 and 1"], ["o15a.nii.gz"]),
     ("predict-min-lesion-score-nan", "predict {ckpt} {ct} {root}/o15b.nii.gz --min-lesion-score nan", ["--min-lesion-score nan", "between 0 and 1"], ["o15b.nii.gz"]),
     ("predict-zero-voxel-size", "predict {ckpt} {zero_voxel} {root}/o11.nii.gz", ["zero_voxel.nii", "voxel size"], ["o11.nii.gz"]),
+    ("predict-empty-checkpoint-list", "predict , {ct} {root}/o12.nii.gz", ["CHECKPOINT ','", "empty list"], ["o12.nii.gz"]),
+    ("predict-probabilities-over-input", "predict {ckpt} {scan_prob} {root}/in2/scan.nii.gz --probabilities",
+     ["scan_prob.nii.gz", "overwrite"], ["in2/scan.nii.gz"]),
+    ("predict-dicom-seg-over-a-slice", "predict {ckpt} {series} {series}/IMG0003.nii.gz --output-format dicom-seg",
+     ["IMG0003.dcm", "inside the input folder", "write outside it"], ["series/IMG0003.nii.gz"]),
+    ("predict-dicom-seg-named-as-a-slice", "predict {ckpt} {series} {series}/IMG0003.dcm --output-format dicom-seg",
+     ["IMG0003.dcm", "inside the input folder"], []),
+    ("predict-mask-into-the-series", "predict {ckpt} {series} {series}/mask.nii.gz", ["mask.nii.gz", "inside the input folder"], ["series/mask.nii.gz"]),
+    ("predict-no-postprocess-with-min-lesion-ml", "predict {ckpt} {ct} {root}/o13.nii.gz --no-postprocess --min-lesion-ml 1",
+     ["--no-postprocess", "--min-lesion-ml 1"], ["o13.nii.gz"]),
+    # every other writing command: an output over (or inside) one of its inputs is refused
+    ("lungs-over-its-ct", "lungs {ct} {ct}", ["ct.nii.gz", "overwrite"], []),
+    ("lungs-into-the-series", "lungs {series} {series}/lungs.nii.gz", ["inside the input folder"], ["series/lungs.nii.gz"]),
+    ("lesions-over-its-mask", "lesions {instances} {ct} --out {root}/lz", ["instances.nii.gz", "overwrite"], []),
+    ("import-dicom-into-the-series", "import-dicom {series} {series}/ct.nii.gz", ["inside the input folder"], ["series/ct.nii.gz"]),
+    ("preprocess-store-over-its-dataset", "preprocess {task} {task}", ["overwrite"], []),
+    ("phantom-over-a-dataset", "phantom {dataset} --cases 1 --test-cases 0", ["userdata", "not a phantom dataset", "new or empty folder"], []),
     # train: every value checked before anything is written
     ("train-batch-0", "train {store} --out {root}/r1 --batch-size 0", ["--batch-size"], ["r1"]),
     ("train-batch-neg", "train {store} --out {root}/r2 --batch-size -2", ["--batch-size"], ["r2"]),
@@ -157,13 +197,23 @@ ROWS = [
     # lesions: the threshold it records is checked like predict's
     ("lesions-threshold-0", "lesions {mask} {ct} --out {root}/l1 --threshold 0", ["--threshold 0", "strictly between 0 and 1"], ["l1"]),
     ("lesions-threshold-1", "lesions {mask} {ct} --out {root}/l2 --threshold 1", ["--threshold 1", "strictly between 0 and 1"], ["l2"]),
+    ("lesions-threshold-5", "lesions {mask} {ct} --out {root}/l3 --threshold 5", ["--threshold 5", "strictly between 0 and 1"], ["l3"]),
+    ("lesions-threshold-nan", "lesions {mask} {ct} --out {root}/l4 --threshold nan", ["--threshold nan"], ["l4"]),
+    ("lesions-label-as-ct", "lesions {mask} {mask} --out {root}/l5", ["mask.nii.gz", "looks like a label"], ["l5"]),
     # visualize
     ("visualize-probabilities", "visualize {ct} {prob} --out {root}/v1.png", ["prob.nii.gz", "0 and 1"], ["v1.png"]),
     ("visualize-bad-suffix", "visualize {ct} {mask} --out {root}/v2.jpg", [".gif"], ["v2.jpg"]),
+    ("visualize-label-as-ct", "visualize {mask} {mask} --out {root}/v3.png", ["mask.nii.gz", "looks like a label"], ["v3.png"]),
+    ("visualize-zero-sized-ct", "visualize {empty} --out {root}/v4.png", ["a.nii.gz", "no voxels"], ["v4.png"]),
     # demo: option values checked before any stage runs
     ("demo-epochs-0", "demo --workdir {root}/d1 --epochs 0", ["epochs"], ["d1"]),
     ("demo-train-minutes-neg", "demo --workdir {root}/d2 --train-minutes -1", ["minutes"], ["d2"]),
     ("demo-heldout-0", "demo --workdir {root}/d3 --heldout-cases 0", ["--heldout-cases 0"], ["d3"]),
+    ("demo-over-a-users-data-and-run", "demo --workdir {demo_ws}", ["ws/data", "did not make it", "another --workdir"], ["ws/lungtumor_demo.json"]),
+    ("demo-over-a-users-run", "demo --workdir {demo_run_ws}", ["ws2/run", "did not make it", "another --workdir"], ["ws2/lungtumor_demo.json"]),
+    ("cv-only-folds-empty", "cv {store} --out {root}/cv2 --only-folds ,", ["--only-folds ','", "empty list"], ["cv2"]),
+    ("cv-out-is-the-store", "cv {store} --out {store}", ["overwrite"], []),
+    ("train-out-is-the-store", "train {store} --out {store}", ["overwrite"], []),
     ("cv-parallel-0", "cv {store} --out {root}/cv1 --parallel 0", ["--parallel 0"], ["cv1"]),
     ("cv-other-folds", "cv {store} --out {root}/cvdone --folds 3", ["cvdone", "--folds 2 -> 3", "new --out"], ["cvdone/seed-0"]),
     ("cv-other-training-options", "cv {store} --out {root}/cvdone --folds 2 --lr 0.01 --width 8", ["cvdone", "--lr 0.0001 -> 0.01", "--width 64 -> 8"], ["cvdone/seed-0"]),
@@ -177,6 +227,9 @@ ROWS = [
     ("preprocess-store-other-spacing", "preprocess {task} {store} --preset seed --size 64 --val-cases 1", ["different config", "--size 32 -> 64"], []),
     # evaluate
     ("evaluate-missing", "evaluate {root}/nopred {root}/noref", ["nopred"], ["nopred"]),
+    ("evaluate-zero-sized", "evaluate {ev0}/p {ev0}/l --out {root}/e1", ["a.nii.gz", "no voxels"], ["e1"]),
+    ("evaluate-labels-as-predictions", "evaluate {ev}/l {ev}/l --out {root}/e2", ["label folder", "against itself"], ["e2"]),
+    ("evaluate-labels-as-probabilities", "evaluate {ev}/p {ev}/l --out {root}/e3 --prob-dir {ev}/l", ["--prob-dir", "label folder"], ["e3"]),
 ]
 
 

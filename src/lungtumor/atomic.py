@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -83,30 +83,77 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
     return Path(path)
 
 
-def _same(a: Path, b: Path) -> bool:
-    if a.resolve() == b.resolve():
-        return True
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, else None."""
     try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
+        st = path.stat()
     except OSError:
-        return False
+        return None
+    return st.st_dev, st.st_ino
 
 
-def refuse_input_as_output(outputs: list[str | os.PathLike[str]], inputs: list[str | os.PathLike[str]], *, command: str) -> None:
-    """Raise a one-line ConfigError when an output is, or would replace, one of the inputs.
+def _input_files(folder: Path) -> Iterator[Path]:
+    """Every file under an input folder (a DICOM series is read recursively, so all of them count)."""
+    try:
+        yield from (p for p in folder.rglob("*") if p.is_file())
+    except OSError:
+        return
 
-    Catches the same path, the same file under another name (hard or symbolic links), an output
-    folder equal to an input folder (a folder predicted into itself would overwrite every scan),
-    and an output file that would land on a file inside an input folder.
+
+def refuse_overwriting_inputs(
+    outputs: Iterable[str | os.PathLike[str] | None],
+    inputs: Iterable[str | os.PathLike[str] | None],
+    *,
+    command: str,
+) -> None:
+    """Raise a one-line ConfigError when a command's output is, replaces or lands inside one of its inputs.
+
+    The one input-as-output guard of every command that writes, called before any work is done.
+    An output clashes with an input when
+
+    - both are the same path once resolved (``..``, symbolic links), or the same file under
+      another name (``os.path.samefile``: a hard link), where both exist;
+    - the input is a folder and the output is the folder itself or lies anywhere inside it. An
+      input folder stands for every file under it (a DICOM series folder is read whole: a
+      ``NAME.dcm`` written over a slice loses it, and a new file in it is read with the series
+      next time). A command that reads only some files of a folder (a folder of NIfTI files)
+      passes those files, not the folder;
+    - the output exists and is a hard link to a file under an input folder.
+
+    Args:
+        outputs: every file or folder the command will write (None entries are skipped).
+        inputs: every file or folder it reads (None entries are skipped).
+        command: the command's name for the message, e.g. ``"lungtumor predict"``.
+
+    Raises:
+        ConfigError: naming the output, the input it would replace and the fix.
     """
     from lungtumor.errors import ConfigError
 
-    for out in (Path(o) for o in outputs if o is not None):
-        for inp in (Path(i) for i in inputs if i is not None):
-            clash = _same(out, inp)
-            if not clash and inp.is_dir() and out.parent.resolve() == inp.resolve() and (inp / out.name).exists():
-                clash = _same(out, inp / out.name)
-            if clash:
+    outs = [Path(o) for o in outputs if o is not None]
+    ins = [Path(i) for i in inputs if i is not None]
+    folders = [i for i in ins if i.is_dir()]
+    under_folders: dict[tuple[int, int], Path] | None = None  # built only when an output exists
+    for out in outs:
+        r_out = out.resolve()
+        same_as = _identity(out)
+        for inp in ins:
+            r_in = inp.resolve()
+            if r_out == r_in or (same_as is not None and same_as == _identity(inp)):
                 raise ConfigError(
-                    f"{out}: this output is the input {inp}; `{command}` would overwrite it — write to another file or folder"
+                    f"{out}: this output is the input {inp}; `{command}` would overwrite it: write to another file or folder"
+                )
+            if inp in folders and r_in in r_out.parents:
+                raise ConfigError(
+                    f"{out}: this output lies inside the input folder {inp}; `{command}` would overwrite or add to its files "
+                    f"(a DICOM series folder is read whole): write outside it, e.g. {inp.parent / out.name}"
+                )
+        if same_as is not None and out.is_file() and folders:
+            if under_folders is None:
+                under_folders = {ident: folder for folder in folders for f in _input_files(folder) if (ident := _identity(f))}
+            if same_as in under_folders:
+                folder = under_folders[same_as]
+                raise ConfigError(
+                    f"{out}: this output is a hard link to a file of the input folder {folder}; `{command}` would overwrite it: "
+                    "write to another file"
                 )

@@ -86,6 +86,9 @@ def _cmd_preprocess(a: argparse.Namespace) -> None:
         spacing_mm=a.spacing_mm, margin_mm=a.margin_mm,
     )
     split = SplitConfig(folds=a.folds, fold=a.fold or 0, seed=a.split_seed, val_cases=a.val_cases)
+    from lungtumor.atomic import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([a.store_dir], [a.task_dir], command="lungtumor preprocess")
     t0 = time.perf_counter()
     s = preprocess_task(a.task_dir, a.store_dir, cfg, split, workers=a.workers, skip_bad=a.skip_bad, layout=a.layout, label=a.label)
     n = len(s["splits"]["train"]) + len(s["splits"]["val"])
@@ -114,9 +117,9 @@ def _add_import_dicom(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_import_dicom(a: argparse.Namespace) -> None:
-    from lungtumor.atomic import refuse_input_as_output
+    from lungtumor.atomic import refuse_overwriting_inputs
 
-    refuse_input_as_output([a.out, a.label_out], [a.dicom_dir, a.rtstruct], command="lungtumor import-dicom")
+    refuse_overwriting_inputs([a.out, a.label_out], [a.dicom_dir, a.rtstruct], command="lungtumor import-dicom")
     from lungtumor.io.importer import import_dicom
 
     r = import_dicom(a.dicom_dir, a.out, rtstruct=a.rtstruct, roi=a.roi, label_out=a.label_out, series_uid=a.series_uid, fill_rule=a.fill_rule)
@@ -180,6 +183,9 @@ def _cmd_train(a: argparse.Namespace) -> None:
     if a.resume:
         options["out"] = a.resume
     cfg = TrainConfig.from_dict(options)  # every value checked before Lightning is imported
+    from lungtumor.atomic import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([cfg.out], [cfg.store, a.config], command="lungtumor train")
     _quiet_lightning()
     from lungtumor.training.trainer import train
 
@@ -219,11 +225,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
-    from lungtumor.atomic import refuse_input_as_output
-    from lungtumor.config import check_batch_size, check_threshold
+    from lungtumor.config import check_batch_size, check_threshold, parse_list
 
-    checkpoints = [c for c in a.checkpoint.split(",") if c] if "," in a.checkpoint else [a.checkpoint]
-    refuse_input_as_output([a.output], [a.input, *checkpoints], command="lungtumor predict")
+    # One path may hold a comma (a folder named so): only a value that is not an existing path is a list.
+    checkpoints = [a.checkpoint] if Path(a.checkpoint).exists() else parse_list(a.checkpoint, "CHECKPOINT", example="fold0/last.ckpt,fold1/last.ckpt")
+    if not a.postprocess and a.min_lesion_ml is not None:
+        raise ConfigError(
+            f"--no-postprocess keeps every predicted lesion, --min-lesion-ml {a.min_lesion_ml:g} drops small ones: "
+            "give one of them (--min-lesion-ml 0 keeps every lesion while the lung-region post-processing stays on)"
+        )
     if a.batch_size is not None:
         check_batch_size(a.batch_size)
     if a.threshold is not None:
@@ -275,8 +285,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from lungtumor.evaluation.evaluate import evaluate_folder, format_table
+    from lungtumor.evaluation.evaluate import check_distinct_folders, evaluate_folder, format_table
 
+    check_distinct_folders(a.pred_dir, a.label_dir, a.prob_dir)
     out = a.out or str(Path(a.pred_dir) / "evaluation")
     result = evaluate_folder(a.pred_dir, a.label_dir, out_dir=out, tolerance_mm=a.tolerance_mm, prob_dir=a.prob_dir)
     print(format_table(result))
@@ -302,9 +313,14 @@ def _cmd_lesions(a: argparse.Namespace) -> None:
 
     if a.threshold is not None:
         check_threshold(a.threshold)
+    from lungtumor.atomic import refuse_overwriting_inputs
     from lungtumor.io.nifti import read_nifti
-    from lungtumor.io.readers import read_volume
-    from lungtumor.reporting.html import write_lesions_folder
+    from lungtumor.io.readers import check_ct, read_volume
+    from lungtumor.reporting.html import lesions_folder_files, write_lesions_folder
+
+    refuse_overwriting_inputs(
+        lesions_folder_files(a.out, html_report=a.report), [a.mask, a.ct, a.probabilities, a.lungs, a.checkpoint], command="lungtumor lesions"
+    )
 
     model_facts: dict[str, Any] = {}
     if a.checkpoint:
@@ -316,7 +332,7 @@ def _cmd_lesions(a: argparse.Namespace) -> None:
     elif a.threshold is not None:
         model_facts = {"threshold": a.threshold}
     mask = read_nifti(a.mask)
-    ct = read_volume(a.ct, series_uid=a.series_uid)
+    ct = check_ct(read_volume(a.ct, series_uid=a.series_uid))
     prob = read_nifti(a.probabilities, dtype="float32") if a.probabilities else None
     lungs = read_nifti(a.lungs) if a.lungs else None
     report, files = write_lesions_folder(ct, mask, a.out, probabilities=prob, lungs=lungs, model_facts=model_facts or None, html_report=a.report)
@@ -398,6 +414,9 @@ def _cmd_lungs(a: argparse.Namespace) -> None:
 
     if not is_nifti(a.out):
         raise InputError(f"{a.out}: the lung region is written as NIfTI; give an output name ending in .nii.gz or .nii")
+    from lungtumor.atomic import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([a.out], [a.ct], command="lungtumor lungs")
     t0 = time.perf_counter()
     ct = read_volume(a.ct, series_uid=a.series_uid)
     region = find_lung_region(ct)
@@ -424,10 +443,12 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_visualize(a: argparse.Namespace) -> None:
+    from lungtumor.atomic import refuse_overwriting_inputs
     from lungtumor.io.nifti import read_nifti
     from lungtumor.io.readers import read_volume
     from lungtumor.reporting.figures import visualize
 
+    refuse_overwriting_inputs([a.out], [a.ct, a.mask, a.reference], command="lungtumor visualize")
     ct = read_volume(a.ct, series_uid=a.series_uid)
     mask = read_nifti(a.mask) if a.mask else None
     ref = read_nifti(a.reference) if a.reference else None
@@ -462,6 +483,13 @@ def _cmd_cv(a: argparse.Namespace) -> None:
     options.update({k: v for k, v in vars(a).items() if k in TrainConfig.field_names() and k not in _CV_SETS and v is not None})
     for key in _CV_SETS:
         options.pop(key, None)
+    if a.only_folds is not None:
+        from lungtumor.config import parse_list
+
+        parse_list(a.only_folds, "--only-folds", item=int, example="0,2")  # ",": an empty list, not "every fold"
+    from lungtumor.atomic import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([a.out], [a.store, a.config], command="lungtumor cv")
     base = TrainConfig.from_dict({**options, "store": a.store, "out": a.out})
     _quiet_lightning()
     from lungtumor.cv import cross_validate, format_report

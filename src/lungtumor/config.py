@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,28 @@ def check_batch_size(value: Any, flag: str = "--batch-size") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise _config_error(f"{flag} {value}: must be a whole number of slices, at least 1")
     return int(value)
+
+
+def parse_list(text: Any, flag: str, *, item: Callable[[str], Any] = str, example: str = "a,b") -> list[Any]:
+    """A comma-separated option value as a list; the one parser of every list option.
+
+    Blank parts are dropped (``"a,,b,"`` is ``a``, ``b``), each part is stripped and converted by
+    ``item`` (``int`` for fold numbers). Used by ``predict``'s checkpoint list and ``cv``'s
+    ``--only-folds`` (``--output-format`` has its own parser, which also refuses an empty list).
+
+    Raises:
+        ConfigError: nothing is left (``","``, ``""``), or a part that ``item`` cannot convert.
+    """
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts:
+        raise _config_error(f"{flag} {str(text)!r}: an empty list; give at least one value, e.g. {example}")
+    values = []
+    for part in parts:
+        try:
+            values.append(item(part))
+        except (TypeError, ValueError):
+            raise _config_error(f"{flag} {str(text)!r}: {part!r} is not valid here; expected a comma-separated list such as {example}") from None
+    return values
 
 
 #: Hounsfield units of air, used to pad and as the value outside the body.

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from lungtumor.atomic import write_text_atomic
+from lungtumor.config import parse_list
 from lungtumor.cvfolder import CONFIG_JSON, DONE_FILE, SUMMARY_JSON
 from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.runstate import check_recorded_config, config_differences, record_config, refuse_config_differences
@@ -167,10 +168,7 @@ def check_cv_options(out: Path, options: dict[str, Any]) -> None:
 def _parse_only(only: str | None, folds: int) -> list[int]:
     if not only:
         return list(range(folds))
-    try:
-        chosen = sorted({int(x) for x in only.split(",") if x.strip()})
-    except ValueError as exc:
-        raise ConfigError(f"--only-folds {only!r}: expected fold numbers like 0,2") from exc
+    chosen = sorted(set(parse_list(only, "--only-folds", item=int, example="0,2")))
     bad = [k for k in chosen if not 0 <= k < folds]
     if bad:
         raise ConfigError(f"--only-folds {only!r}: folds are 0..{folds - 1}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lungtumor.atomic import write_text_atomic
+from lungtumor.atomic import refuse_overwriting_inputs, write_text_atomic
 from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, InputError
 
@@ -131,16 +131,61 @@ def _phantom_matches(folder: Path, cases: int, test_cases: int, seed: int) -> bo
 
 def phantom_set(folder: Path, cases: int, test_cases: int, seed: int, *, progress: bool = True) -> bool:
     """The SMALL phantom dataset the demo trains or scores on, in ``folder``: reused when its stamp
-    says it is this one, else made anew (a folder of another size or seed is replaced) and stamped.
-    Returns whether it was reused."""
+    says it is this one, else made anew (a demo phantom of another size or seed is replaced) and
+    stamped. Returns whether it was reused.
+
+    Raises:
+        ConfigError: ``folder`` is not empty and holds no demo stamp (a user's dataset, or a
+            phantom made by ``lungtumor phantom``): the demo replaces only what it made.
+    """
     if _phantom_matches(folder, cases, test_cases, seed):
         return True
+    if folder.exists() and not (folder / DEMO_DATA_STAMP).is_file() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ConfigError(
+            f"{folder}: holds data the demo did not make (no {DEMO_DATA_STAMP}); the demo would replace it: pass another --workdir"
+        )
     from lungtumor.phantom.dataset import write_phantom_dataset
 
     shutil.rmtree(folder, ignore_errors=True)
     write_phantom_dataset(folder, cases=cases, test_cases=test_cases, size="SMALL", seed=seed, progress=progress)
     write_text_atomic(folder / DEMO_DATA_STAMP, json.dumps(_stamp(cases, test_cases, seed)))
     return False
+
+
+#: Written into a workdir the demo uses: its stages' folders there are the demo's to replace.
+DEMO_WORKDIR_STAMP = "lungtumor_demo.json"
+#: What the demo writes in its workdir (``data`` and ``heldout`` only on the phantom).
+DEMO_OUTPUTS = ("data", "heldout", "store", "run", "predictions", "validation", "evaluation", "figures")
+
+
+def claim_workdir(work: Path, task_dir: str | None) -> None:
+    """Make ``work`` the demo's, or refuse it when something the demo did not make is in its way.
+
+    The demo replaces its own stage folders (``run/`` is deleted before training, the phantom
+    sets are rewritten); a workdir it made carries :data:`DEMO_WORKDIR_STAMP` (or, from before
+    the stamp, a stamped phantom in ``data/``). In any other workdir, a stage folder that exists
+    already (a user's dataset in ``data/``, a trained run in ``run/``) is refused, one line naming it.
+
+    Raises:
+        ConfigError: a folder in the way, or ``--task-dir`` among the demo's outputs.
+    """
+    parts = DEMO_OUTPUTS if task_dir is None else DEMO_OUTPUTS[2:]
+    outputs = [work / part for part in parts]
+    refuse_overwriting_inputs(outputs, [task_dir], command="lungtumor demo")
+    if task_dir is not None:
+        task = Path(task_dir).resolve()
+        inside = next((o for o in outputs if o.resolve() == task or o.resolve() in task.parents), None)
+        if inside is not None:
+            raise ConfigError(f"{task_dir}: --task-dir lies in the demo's {inside}, which the demo replaces; pass another --workdir")
+    ours = (work / DEMO_WORKDIR_STAMP).is_file() or (work / "data" / DEMO_DATA_STAMP).is_file()
+    if not ours:
+        in_way = next((o for o in outputs if o.exists()), None)
+        if in_way is not None:
+            raise ConfigError(
+                f"{in_way}: already exists and the demo did not make it (no {work / DEMO_WORKDIR_STAMP}); "
+                "the demo would replace it: pass another --workdir"
+            )
+    write_text_atomic(work / DEMO_WORKDIR_STAMP, json.dumps({"written_by": "lungtumor demo"}) + "\n")
 
 
 def _stage(name: str, log: list[tuple[str, float, str]]) -> Callable[[Callable[[], Any]], Any]:
@@ -171,7 +216,7 @@ def run_demo(cfg: DemoConfig = DemoConfig()) -> dict[str, Any]:
     from lungtumor.training.trainer import TrainConfig, train
 
     work = Path(cfg.workdir)
-    work.mkdir(parents=True, exist_ok=True)
+    claim_workdir(work, cfg.task_dir)  # creates the workdir
     timings: list[tuple[str, float, str]] = []
     t_start = time.perf_counter()
 

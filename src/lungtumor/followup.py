@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from lungtumor.atomic import atomic_output, refuse_input_as_output, write_text_atomic
+from lungtumor.atomic import atomic_output, refuse_overwriting_inputs, write_text_atomic
 from lungtumor.errors import ConfigError
 from lungtumor.io.volume import Volume
 
@@ -161,7 +161,7 @@ def _check_out_dir(out: Path, inputs: list[Any]) -> None:
                 f"{out}: holds {shown}, which a follow-up run did not write; pass a new or empty folder (a previous follow-up's outputs are replaced)"
             )
     paths = [p for p in inputs if isinstance(p, (str, os.PathLike))]
-    refuse_input_as_output([out / name for name in OUTPUT_FILES], paths, command="lungtumor followup")
+    refuse_overwriting_inputs([out / name for name in OUTPUT_FILES], paths, command="lungtumor followup")
     for p in paths:
         if Path(p).resolve() == out.resolve():
             raise ConfigError(f"{out}: this output folder is the input {p}; write to another folder")

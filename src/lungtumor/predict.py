@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lungtumor.atomic import refuse_overwriting_inputs
 from lungtumor.config import check_batch_size, check_threshold
 from lungtumor.cvfolder import cv_min_lesion_ml, cv_min_lesion_score, ensemble_checkpoints
 from lungtumor.errors import InputError, LungTumorError
@@ -108,12 +109,8 @@ def predict_path(
     seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
     if device is not None:
         resolve_device(device)  # a bad --device is refused before any work
-    models = load_ensemble(ensemble_checkpoints(checkpoint))  # a cv folder: its finished folds only
-    if min_lesion_ml is None:
-        min_lesion_ml = cv_min_lesion_ml(checkpoint)
-    if min_lesion_score is None:
-        min_lesion_score = cv_min_lesion_score(checkpoint)
     jobs: list[tuple[Path, Path, Path | None]] = []
+    read: list[Path] = []  # what predict reads: the NIfTI files of a folder, or the whole DICOM series folder
     if src.is_dir():
         niftis = list_niftis(src)
         if niftis:
@@ -121,16 +118,27 @@ def predict_path(
                 raise InputError(f"{out}: INPUT {src} is a folder of NIfTI files, so OUTPUT must be a folder, not a .nii.gz file")
             for p in niftis:
                 jobs.append((p, out / p.name, out / "probabilities" / p.name if probabilities else None))
+            read = list(niftis)
         else:  # a DICOM series folder
             if not is_nifti(out) and out != seg_path:
                 raise InputError(f"{out}: OUTPUT for a DICOM series must be a .nii.gz file")
             jobs.append((src, out, _probability_path(out) if probabilities else None))
+            read = [src]
     else:
         if not is_nifti(src):
             raise InputError(f"{src}: unknown input type; pass a .nii/.nii.gz file, a folder of them, or a DICOM series folder")
         if not is_nifti(out):
             raise InputError(f"{out}: OUTPUT must end in .nii.gz (or .nii) when INPUT is a file")
         jobs.append((src, out, _probability_path(out) if probabilities else None))
+        read = [src]
+    refuse_overwriting_inputs(
+        _outputs_of(jobs, seg_path, formats, report), [*read, *_checkpoint_files(checkpoint)], command="lungtumor predict"
+    )
+    models = load_ensemble(ensemble_checkpoints(checkpoint))  # a cv folder: its finished folds only
+    if min_lesion_ml is None:
+        min_lesion_ml = cv_min_lesion_ml(checkpoint)
+    if min_lesion_score is None:
+        min_lesion_score = cv_min_lesion_score(checkpoint)
 
     rank, world = shard_of_this_process()
     if world > 1:  # torchrun / SLURM / Lightning launchers: each rank predicts every world-th case, none twice
@@ -153,6 +161,39 @@ def predict_path(
                 results.append({"input": str(in_path), "output": None, "error": " ".join(str(exc).split())})
             advance()
     return results
+
+
+def _report_dir(mask_path: Path) -> Path:
+    """``NAME_report/`` beside ``NAME.nii.gz``: where ``--report`` writes the lesion table and report.html."""
+    return mask_path.with_name(f"{nifti_stem(mask_path)}_report")
+
+
+def _outputs_of(jobs: list[tuple[Path, Path, Path | None]], seg_path: Path | None, formats: Any, report: bool) -> list[Path]:
+    """Every file :func:`predict_path` will write for ``jobs``: masks, probability maps, the SEG, the reports."""
+    from lungtumor.io.dicom_seg import OUTPUT_NIFTI
+    from lungtumor.reporting.html import lesions_folder_files
+
+    outputs: list[Path] = [seg_path] if seg_path is not None else []
+    for _, mask_path, prob_path in jobs:
+        if OUTPUT_NIFTI in formats:
+            outputs.append(mask_path)
+        if prob_path is not None:
+            outputs.append(prob_path)
+        if report:
+            outputs += lesions_folder_files(_report_dir(mask_path), html_report=True)
+    return outputs
+
+
+def _checkpoint_files(checkpoint: Any) -> list[Path]:
+    """The checkpoint files ``checkpoint`` names (a folder stands for its ``last.ckpt`` files, as in
+    :func:`~lungtumor.inference.predictor.load_ensemble`); loaded models have none."""
+    items = checkpoint if isinstance(checkpoint, (list, tuple)) else [checkpoint]
+    files: list[Path] = []
+    for item in items:
+        if isinstance(item, (str, os.PathLike)):
+            path = Path(item)
+            files += sorted(path.rglob("last.ckpt")) if path.is_dir() else [path]
+    return files
 
 
 def shard_of_this_process() -> tuple[int, int]:
@@ -218,7 +259,7 @@ def _predict_one(
     if report:
         from lungtumor.reporting.html import write_lesions_folder
 
-        report_dir = mask_path.with_name(f"{nifti_stem(mask_path)}_report")
+        report_dir = _report_dir(mask_path)
         facts = {
             "checkpoint": _checkpoint_names(checkpoint),
             "preprocessing": models[0].preprocess.to_dict(),

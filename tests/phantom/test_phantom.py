@@ -206,6 +206,20 @@ def test_write_phantom_dataset(tmp_path: Path):
     np.testing.assert_array_equal(read_nifti(again / "imagesTr" / "lung_001.nii.gz").array, ct.array)
 
 
+def test_phantom_replaces_only_its_own_folder(tmp_path: Path):
+    out = write_phantom_dataset(tmp_path / "set", cases=2, test_cases=1, seed=3)
+    write_phantom_dataset(out, cases=1, test_cases=0, seed=3)  # its own: replaced, no case left over
+    assert [p.name for p in sorted((out / "imagesTr").iterdir())] == ["lung_001.nii.gz"]
+    assert not any((out / "imagesTs").iterdir()) and len(list((out / "labelsTr").iterdir())) == 1
+    user = tmp_path / "user"
+    (user / "imagesTr").mkdir(parents=True)
+    (user / "imagesTr" / "lung_001.nii.gz").write_bytes(b"a user's scan")
+    with pytest.raises(ConfigError, match=r"user: not empty and not a phantom dataset.*new or empty folder"):
+        write_phantom_dataset(user, cases=1, test_cases=0)
+    assert (user / "imagesTr" / "lung_001.nii.gz").read_bytes() == b"a user's scan"
+    assert sorted(p.name for p in user.iterdir()) == ["imagesTr"]
+
+
 #: The phantom's modules from the bottom up: each may import only modules before it.
 PHANTOM_LAYERS = ("grid", "anatomy", "tissues", "vessels", "tumours", "render", "dataset")
 

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lungtumor.atomic import atomic_output, write_text_atomic
+from lungtumor.atomic import atomic_output, refuse_overwriting_inputs, write_text_atomic
 from lungtumor.errors import InputError
 from lungtumor.evaluation.calibration import candidates_reliability, format_reliability
 from lungtumor.evaluation.froc import froc_counts, froc_summary
@@ -54,6 +54,7 @@ from lungtumor.evaluation.metrics import (
     volume_ml,
 )
 from lungtumor.io.nifti import list_niftis, nifti_stem, read_nifti
+from lungtumor.io.readers import check_voxels
 from lungtumor.io.volume import Volume, require_same_grid
 from lungtumor.lesions.components import CONNECTIVITY, require_binary
 from lungtumor.lesions.export import json_safe
@@ -214,8 +215,10 @@ def evaluate_case(name: str, pred: Volume, label: Volume, tolerance_mm: float = 
         A row with the keys of :data:`CSV_COLUMNS`.
 
     Raises:
-        GeometryError: the grids differ. InputError: a mask is not binary.
+        GeometryError: the grids differ. InputError: a mask is not binary, or has no voxels.
     """
+    check_voxels(label, "label")  # a zero-sized pair would score as an empty case: a row of nothing
+    check_voxels(pred, "prediction")
     require_same_grid(pred, label, "prediction", "label", fix=EVALUATION_GRID_FIX)
     p, r = require_binary(pred, "prediction"), require_binary(label, "label")
     spacing = label.spacing_mm
@@ -355,6 +358,12 @@ def evaluate_folder(
                 f"expected NAME{PROB_SUFFIX}.nii.gz or NAME.nii.gz for each, or leave out the probability folder"
             )
         prob_files = {name: path for name, path in found.items() if path is not None}
+    if out_dir is not None:
+        refuse_overwriting_inputs(
+            [Path(out_dir) / name for name in (METRICS_CSV, SUMMARY_JSON, FROC_PNG)],
+            [path for _, pred, label in pairs for path in (pred, label)] + list(prob_files.values()),
+            command="lungtumor evaluate",
+        )
 
     rows: list[dict[str, Any]] = []
     froc_cases: list[dict[str, Any]] = []
@@ -381,6 +390,30 @@ def evaluate_folder(
     if out_dir is not None:
         result.files = write_results(result, out_dir)
     return result
+
+
+def check_distinct_folders(
+    pred_dir: str | os.PathLike[str], label_dir: str | os.PathLike[str], prob_dir: str | os.PathLike[str] | None = None
+) -> None:
+    """Refuse the label folder given as the predictions or as the probability maps (``lungtumor
+    evaluate``): every label would be scored against itself (Dice 1, a perfect FROC), a table
+    that looks like a result and measures nothing.
+
+    Raises:
+        InputError: naming the folder and the fix.
+    """
+    pairs = [(pred_dir, "the prediction folder", "every label would be scored against itself (Dice 1)")]
+    if prob_dir is not None:
+        pairs.append((prob_dir, "--prob-dir", "every label would be scored as its own probability map"))
+    b = Path(label_dir)
+    for folder, role, why in pairs:
+        a = Path(folder)
+        try:
+            same = a.resolve() == b.resolve() or (a.is_dir() and b.is_dir() and os.path.samefile(a, b))
+        except OSError:
+            same = False
+        if same:
+            raise InputError(f"{folder}: {role} is the label folder {label_dir}; {why}: pass the folder predict wrote")
 
 
 def _prob_terms(path: Path, label: Volume, pred: Volume) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:

@@ -24,3 +24,35 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
             raise ConfigError(f"{p}: --series-uid chooses a series in a DICOM folder, but this input is a NIfTI file; drop --series-uid")
         return read_nifti(p)
     raise InputError(f"{p}: unknown input type; pass a .nii/.nii.gz file or a DICOM series folder")
+
+
+def check_voxels(volume: Volume, role: str = "volume") -> Volume:
+    """``volume`` itself, or an InputError naming its file when it has no voxels (a zero-sized axis)."""
+    if min(volume.shape, default=0) < 1:
+        raise InputError(
+            f"{volume.meta.get('path', role)}: the {role} has shape {volume.shape} (no voxels along an axis); pass a {role} with voxels"
+        )
+    return volume
+
+
+def check_ct(volume: Volume, role: str = "CT") -> Volume:
+    """``volume`` itself when it can be a CT: it has voxels, and they are not all 0 and 1.
+
+    A CT in HU holds air near -1000 and soft tissue near 0-100; a volume of only 0 and 1 is a
+    label or a mask given in the CT's place (the arguments swapped, or a mask passed twice), and
+    would be drawn and measured as a black image.
+
+    Raises:
+        InputError: naming the file, what it looks like and the fix.
+    """
+    import numpy as np
+
+    check_voxels(volume, role)
+    array = volume.array
+    lo, hi = array.min(), array.max()
+    if lo >= 0 and hi <= 1 and (array.dtype.kind in "biu" or bool(np.all((array == 0) | (array == 1)))):
+        raise InputError(
+            f"{volume.meta.get('path', role)}: holds only the values 0 and 1, so it looks like a label or mask, not a {role} in HU; "
+            f"pass the {role} (.nii.gz or DICOM series folder) and the mask in their own places"
+        )
+    return volume

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from lungtumor.atomic import publish_permissions, write_text_atomic
+from lungtumor.atomic import publish_permissions, refuse_overwriting_inputs, write_text_atomic
 from lungtumor.config import MAX_VOXELS_PER_CASE, SENSIBLE_SPACING_MM, PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.io.datasets import CaseFiles, find_cases, tumour_mask
@@ -346,8 +346,9 @@ def preprocess_task(
     """
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1 (processes working on cases in parallel)")
-    cases = find_cases(task_dir, layout=layout, label=label)
     store = Path(store_dir)
+    refuse_overwriting_inputs([store], [task_dir], command="lungtumor preprocess")  # the API too, not only the CLI
+    cases = find_cases(task_dir, layout=layout, label=label)
     created, was_empty = not store.exists(), store.is_dir() and not any(store.iterdir())
     store.mkdir(parents=True, exist_ok=True)
     # Left-overs of an interrupted run are never valid cases.

@@ -37,6 +37,7 @@ import numpy as np
 from lungtumor.atomic import atomic_output
 from lungtumor.config import LUNG_WINDOW_HU
 from lungtumor.errors import ConfigError, InputError
+from lungtumor.io.readers import check_ct
 from lungtumor.io.volume import Volume, reorient, require_same_grid
 from lungtumor.lesions.components import require_binary
 
@@ -138,8 +139,7 @@ def _check_inputs(ct: Volume, masks: dict[str, Volume | None], out_path: Path, m
         raise ConfigError(f"visualisation mode must be one of {MODES}, got {mode!r}")
     if every < 1 or fps < 1:
         raise ConfigError(f"every and fps must be positive integers, got every={every}, fps={fps}")
-    if min(ct.shape) < 1:
-        raise InputError(f"{ct.meta.get('path', 'CT')}: the volume has shape {ct.shape} (no voxels along an axis); pass a CT with slices")
+    check_ct(ct)  # voxels, and not a 0/1 label in the CT's place
     for role, mask in masks.items():
         if mask is not None:
             require_binary(mask, role, fix="threshold a probability map first (predict writes the mask)")

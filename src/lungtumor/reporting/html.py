@@ -39,6 +39,9 @@ from lungtumor.lesions.export import write_lesion_outputs
 from lungtumor.lesions.frame import WORLD_FRAME_TEXT
 from lungtumor.lesions.recist import (
     DIAMETER_CONVENTION,
+    INSTANCES_NIFTI,
+    LESIONS_CSV,
+    LESIONS_JSON,
     RECIST_MIN_DIAMETER_MM,
     RECIST_THICK_SLICE_MM,
     RECIST_THICKNESS_FACTOR,
@@ -445,6 +448,12 @@ def write_report(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder; pass a folder for report.html")
     return write_text_atomic(out / REPORT_HTML, text)
+
+
+def lesions_folder_files(out_dir: str | os.PathLike[str], *, html_report: bool = False) -> list[Path]:
+    """The files :func:`write_lesions_folder` writes into ``out_dir`` (for the input-as-output guard)."""
+    names = [LESIONS_CSV, LESIONS_JSON, INSTANCES_NIFTI] + ([REPORT_HTML] if html_report else [])
+    return [Path(out_dir) / name for name in names]
 
 
 def write_lesions_folder(

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from lungtumor.atomic import atomic_output, write_text_atomic
+from lungtumor.config import parse_list
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.model.device import bf16_native
 from lungtumor.model.unet import ModelConfig
@@ -54,7 +55,7 @@ def _devices(value: str | int) -> Any:
     if v.isdigit():
         return int(v)
     if v.startswith("[") or "," in v:
-        return [int(x) for x in v.strip("[]").split(",") if x.strip()]
+        return parse_list(v.strip("[]"), "--devices", item=int, example="0,1")
     return v
 
 
