@@ -5,7 +5,7 @@ ARCHITECTURE.md holds the order as a table under the heading "Layers"; this test
 import of every module with ``ast``: imports inside functions count too, because a lazy import is
 still an arrow. A module's room is its sub-package (``io``, ``lesions``...) or, at the top level,
 the module itself (``cv``, ``predict``...). Rooms on one row stand side by side: neither imports the
-other.
+other. No two files import each other, directly or round a circle (`test_no_import_circle_between_files`).
 """
 
 from __future__ import annotations
@@ -101,6 +101,69 @@ def package_sources() -> dict[str, tuple[str, bool]]:
 def test_every_import_follows_the_layers():
     bad = violations(read_layers(ARCHITECTURE.read_text(encoding="utf-8")), package_sources())
     assert not bad, "imports against ARCHITECTURE.md's Layers:\n" + "\n".join(bad)
+
+
+def import_circles(sources: dict[str, tuple[str, bool]]) -> list[list[str]]:
+    """Circles between files: strongly connected groups of more than one module (or a module that
+    imports itself) in the graph of every import, lazy ones too, resolved to the package's modules."""
+    known = set(sources)
+    graph: dict[str, set[str]] = {}
+    for module, (source, is_package) in sources.items():
+        targets = set()
+        for target, _ in imported_modules(source, module, is_package):
+            while target and target not in known:  # `from lungtumor.io.volume import Volume` -> lungtumor.io.volume
+                target = target.rpartition(".")[0]
+            if target and target != "lungtumor" and not (is_package and target == module):
+                targets.add(target)
+        graph[module] = targets
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                group.append(top)
+                if top == node:
+                    break
+            if len(group) > 1 or node in graph.get(node, ()):
+                circles.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return circles
+
+
+def test_no_import_circle_between_files():
+    circles = import_circles(package_sources())
+    assert not circles, f"import circles between files: {circles}"
+
+
+def test_the_circle_finder_finds_a_circle():
+    sources = {
+        "lungtumor.a": ("from lungtumor.b import x", False),
+        "lungtumor.b": ("def f():\n    import lungtumor.c", False),
+        "lungtumor.c": ("from lungtumor.a import y", False),
+        "lungtumor.d": ("from lungtumor.a import y", False),
+    }
+    assert import_circles(sources) == [["lungtumor.a", "lungtumor.b", "lungtumor.c"]]
+    del sources["lungtumor.c"]
+    assert import_circles(sources) == []
 
 
 def test_every_module_has_a_row_in_the_module_table():

@@ -484,9 +484,9 @@ def _cmd_cv(a: argparse.Namespace) -> None:
     for key in _CV_SETS:
         options.pop(key, None)
     if a.only_folds is not None:
-        from lungtumor.config import parse_list
+        from lungtumor.cv import parse_only_folds
 
-        parse_list(a.only_folds, "--only-folds", item=int, example="0,2")  # ",": an empty list, not "every fold"
+        parse_only_folds(a.only_folds, a.folds)  # ",": an empty list, not "every fold"; 7 of 5 folds: refused before anything
     from lungtumor.atomic import refuse_overwriting_inputs
 
     refuse_overwriting_inputs([a.out], [a.store, a.config], command="lungtumor cv")

@@ -165,7 +165,8 @@ def check_cv_options(out: Path, options: dict[str, Any]) -> None:
         refuse_config_differences(out, diff, what="cross-validation folder", fix=fix)
 
 
-def _parse_only(only: str | None, folds: int) -> list[int]:
+def parse_only_folds(only: str | None, folds: int) -> list[int]:
+    """``--only-folds`` as fold numbers (every fold when not given); one-line errors for a bad list or range."""
     if not only:
         return list(range(folds))
     chosen = sorted(set(parse_list(only, "--only-folds", item=int, example="0,2")))
@@ -205,7 +206,7 @@ def cross_validate(
         raise ConfigError(f"--folds {folds}: need at least 2 folds")
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: need at least 1 seed")
-    run_now = _parse_only(only_folds, folds)
+    run_now = parse_only_folds(only_folds, folds)
     slots = _worker_slots(base, parallel)  # a bad --parallel is refused before anything is written
     out = Path(out)
     src = Path(store_or_dataset)

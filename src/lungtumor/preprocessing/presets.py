@@ -56,7 +56,7 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -65,10 +65,34 @@ from lungtumor.errors import ConfigError, InputError
 from lungtumor.io.volume import CanonicalVolume, Volume, require_same_grid
 from lungtumor.preprocessing.recipe import prepare_stack, restore_canonical
 
-if TYPE_CHECKING:  # annotations only: the grid imports this module, not the other way round
-    from lungtumor.preprocessing.grid import SliceGrid
-
 log = logging.getLogger(__name__)
+
+
+class GridRecord(Protocol):
+    """What a strategy reads of the slice-grid record: the fields and derived sizes of
+    :class:`~lungtumor.preprocessing.grid.SliceGrid` (which imports this module; this module never
+    imports it, so the two files do not form an import circle)."""
+
+    preset: str
+    canonical_shape: tuple[int, int, int]
+    slice_start: int
+    slice_stop: int
+    origin_index: tuple[float, float]
+    step: tuple[float, float]
+    out_shape: tuple[int, int]
+    box_ijk: tuple[tuple[int, int], ...]
+    hu_scale: float
+    clip_hu: tuple[float, float] | None
+    context_step_mm: float | None
+
+    @property
+    def n_slices(self) -> int: ...
+
+    @property
+    def slice_shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]: ...
 
 #: Canonical slices converted and resampled at a time (bounds the float32 working memory).
 CHUNK_SLICES = 32
@@ -124,19 +148,19 @@ class SlicePreset(Protocol):
         source grid, or None)."""
         ...
 
-    def image_to_slices(self, grid: SliceGrid, canonical: np.ndarray) -> np.ndarray:
+    def image_to_slices(self, grid: GridRecord, canonical: np.ndarray) -> np.ndarray:
         """The canonical CT's model slices: (D, H, W) float32, HU clipped and divided by ``hu_scale``."""
         ...
 
-    def mask_to_slices(self, grid: SliceGrid, canonical: np.ndarray) -> np.ndarray:
+    def mask_to_slices(self, grid: GridRecord, canonical: np.ndarray) -> np.ndarray:
         """A canonical mask's model slices: (D, H, W) uint8 {0, 1}."""
         ...
 
-    def slices_to_canonical(self, grid: SliceGrid, prob_slices: np.ndarray, threshold: float | None) -> np.ndarray:
+    def slices_to_canonical(self, grid: GridRecord, prob_slices: np.ndarray, threshold: float | None) -> np.ndarray:
         """Model-grid values (D, H, W) on the canonical grid (float32, or uint8 ``> threshold``)."""
         ...
 
-    def context_offsets(self, grid: SliceGrid, context: int) -> np.ndarray:
+    def context_offsets(self, grid: GridRecord, context: int) -> np.ndarray:
         """Offsets (in slices, float) of the ``2 * context + 1`` 2.5D channels around a slice."""
         ...
 
@@ -187,24 +211,24 @@ class SeedPreset:
         )
 
     @staticmethod
-    def _recipe_config(grid: SliceGrid) -> PreprocessConfig:
+    def _recipe_config(grid: GridRecord) -> PreprocessConfig:
         return PreprocessConfig(
             preset=SeedPreset.name, size=grid.out_shape[0], skip_inferior_slices=grid.slice_start, hu_scale=grid.hu_scale, clip_hu=grid.clip_hu
         )
 
-    def image_to_slices(self, grid: SliceGrid, canonical: np.ndarray) -> np.ndarray:
+    def image_to_slices(self, grid: GridRecord, canonical: np.ndarray) -> np.ndarray:
         """The seed's CT slices (:func:`~lungtumor.preprocessing.recipe.prepare_stack`)."""
         return prepare_stack(canonical, grid.slice_start, self._recipe_config(grid), is_mask=False)
 
-    def mask_to_slices(self, grid: SliceGrid, canonical: np.ndarray) -> np.ndarray:
+    def mask_to_slices(self, grid: GridRecord, canonical: np.ndarray) -> np.ndarray:
         """The seed's mask slices (nearest, ``floor(p * n / size)``)."""
         return prepare_stack(canonical, grid.slice_start, self._recipe_config(grid), is_mask=True)
 
-    def slices_to_canonical(self, grid: SliceGrid, prob_slices: np.ndarray, threshold: float | None) -> np.ndarray:
+    def slices_to_canonical(self, grid: GridRecord, prob_slices: np.ndarray, threshold: float | None) -> np.ndarray:
         """The seed's inverse (:func:`~lungtumor.preprocessing.recipe.restore_canonical`)."""
         return restore_canonical(prob_slices, grid.canonical_shape, grid.slice_start, threshold)
 
-    def context_offsets(self, grid: SliceGrid, context: int) -> np.ndarray:
+    def context_offsets(self, grid: GridRecord, context: int) -> np.ndarray:
         """The adjacent slices ``-context .. context``."""
         return _adjacent(context)
 
@@ -259,7 +283,7 @@ class LungPreset:
             context_step_mm=cfg.context_step_mm,
         )
 
-    def image_to_slices(self, grid: SliceGrid, canonical: np.ndarray) -> np.ndarray:
+    def image_to_slices(self, grid: GridRecord, canonical: np.ndarray) -> np.ndarray:
         """Bilinear sampling at the model pixel centres; pixels beyond the scan read air (HU_AIR)."""
         import torch
         import torch.nn.functional as F
@@ -285,7 +309,7 @@ class LungPreset:
             out[s0 - grid.slice_start : s1 - grid.slice_start] = ((res[:, 0] + pad_hu) / grid.hu_scale).numpy()
         return out
 
-    def mask_to_slices(self, grid: SliceGrid, canonical: np.ndarray) -> np.ndarray:
+    def mask_to_slices(self, grid: GridRecord, canonical: np.ndarray) -> np.ndarray:
         """A model pixel takes the value of the voxel whose cell contains the pixel centre; pixels
         beyond the scan are 0."""
         out = np.zeros(grid.slice_shape, dtype=np.uint8)
@@ -298,7 +322,7 @@ class LungPreset:
         out[:, h_idx[0] : h_idx[-1] + 1, w_idx[0] : w_idx[-1] + 1] = np.moveaxis(sub, 2, 0)
         return out
 
-    def slices_to_canonical(self, grid: SliceGrid, prob_slices: np.ndarray, threshold: float | None) -> np.ndarray:
+    def slices_to_canonical(self, grid: GridRecord, prob_slices: np.ndarray, threshold: float | None) -> np.ndarray:
         """Values sampled bilinearly at every canonical voxel centre of the cropped box and kept
         slices; everything else is 0 (thresholded chunk by chunk, no full-size float copy)."""
         import torch
@@ -322,7 +346,7 @@ class LungPreset:
             canon[i0:i1, j0:j1, grid.slice_start + s0 : grid.slice_start + s1] = np.moveaxis(chunk, 0, 2)
         return canon
 
-    def context_offsets(self, grid: SliceGrid, context: int) -> np.ndarray:
+    def context_offsets(self, grid: GridRecord, context: int) -> np.ndarray:
         """With ``context_step_mm`` the channels lie ``n * context_step_mm`` mm apart whatever the
         slice thickness (fractional offsets are linearly interpolated by
         :func:`~lungtumor.preprocessing.grid.context_stack`); without it the adjacent slices."""
@@ -354,7 +378,7 @@ if tuple(sorted(PRESETS)) != tuple(sorted(PRESET_NAMES)):  # pragma: no cover - 
     raise RuntimeError(f"presets {sorted(PRESETS)} differ from config.PRESET_NAMES {sorted(PRESET_NAMES)}")
 
 
-def preset_for(cfg_or_name: PreprocessConfig | SliceGrid | str) -> SlicePreset:
+def preset_for(cfg_or_name: PreprocessConfig | GridRecord | str) -> SlicePreset:
     """The preset of a config, a slice grid or a recorded preset name.
 
     Raises:
@@ -371,7 +395,7 @@ def preset_for(cfg_or_name: PreprocessConfig | SliceGrid | str) -> SlicePreset:
 # Lung-grid helpers (one centre convention)
 
 
-def _centres(grid: SliceGrid, axis: int) -> np.ndarray:
+def _centres(grid: GridRecord, axis: int) -> np.ndarray:
     """Canonical continuous index of every model pixel centre along in-plane ``axis`` (float64)."""
     return grid.origin_index[axis] + np.arange(grid.out_shape[axis], dtype=np.float64) * grid.step[axis]
 

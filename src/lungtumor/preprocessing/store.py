@@ -346,9 +346,9 @@ def preprocess_task(
     """
     if not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"--workers {workers}: must be at least 1 (processes working on cases in parallel)")
+    cases = find_cases(task_dir, layout=layout, label=label)
     store = Path(store_dir)
     refuse_overwriting_inputs([store], [task_dir], command="lungtumor preprocess")  # the API too, not only the CLI
-    cases = find_cases(task_dir, layout=layout, label=label)
     created, was_empty = not store.exists(), store.is_dir() and not any(store.iterdir())
     store.mkdir(parents=True, exist_ok=True)
     # Left-overs of an interrupted run are never valid cases.

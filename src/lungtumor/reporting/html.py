@@ -35,13 +35,10 @@ from lungtumor.config import LUNG_WINDOW_HU
 from lungtumor.errors import InputError
 from lungtumor.io.volume import Volume, orientation_transform, require_same_grid
 from lungtumor.lesions.components import CONNECTIVITY
-from lungtumor.lesions.export import write_lesion_outputs
+from lungtumor.lesions.export import INSTANCES_NIFTI, LESIONS_CSV, LESIONS_JSON, write_lesion_outputs
 from lungtumor.lesions.frame import WORLD_FRAME_TEXT
 from lungtumor.lesions.recist import (
     DIAMETER_CONVENTION,
-    INSTANCES_NIFTI,
-    LESIONS_CSV,
-    LESIONS_JSON,
     RECIST_MIN_DIAMETER_MM,
     RECIST_THICK_SLICE_MM,
     RECIST_THICKNESS_FACTOR,
