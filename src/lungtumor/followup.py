@@ -37,6 +37,7 @@ import numpy as np
 from lungtumor.atomic import atomic_output, refuse_overwriting_inputs, write_text_atomic
 from lungtumor.errors import ConfigError
 from lungtumor.io.volume import Volume
+from lungtumor.lesions.export import csv_cell
 
 log = logging.getLogger(__name__)
 
@@ -258,25 +259,13 @@ def _tracking(groups: list[Any]) -> tuple[dict[int, tuple[str, str]], dict[int, 
     return base, follow, derived
 
 
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return "" if math.isnan(value) else repr(value)
-    if isinstance(value, (list, tuple)):
-        return ";".join(str(v) for v in value)
-    return str(value)
-
-
 def followup_csv_text(pairs: list[dict[str, Any]]) -> str:
     """followup.csv: one row per pair or group (matched, merged, split, gone, new), :data:`CSV_COLUMNS`."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in pairs:
-        writer.writerow([_csv_cell(row.get(c)) for c in CSV_COLUMNS])
+        writer.writerow([csv_cell(row.get(c)) for c in CSV_COLUMNS])
     return buffer.getvalue()
 
 

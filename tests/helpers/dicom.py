@@ -212,3 +212,20 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = DicomSequence(observations)
     _save(ds, Path(path))
     return Path(path)
+
+
+def series_affine_ras(row_lps, col_lps, step_lps, origin_lps, spacing=(0.75, 0.5)) -> np.ndarray:
+    """A series' RAS+ affine from its DICOM directions (LPS): row and column cosines, slice step, origin."""
+    lps = np.eye(4)
+    lps[:3, 0] = np.asarray(row_lps, float) * spacing[0]
+    lps[:3, 1] = np.asarray(col_lps, float) * spacing[1]
+    lps[:3, 2] = step_lps
+    lps[:3, 3] = origin_lps
+    return LPS_TO_RAS @ lps
+
+
+def rotation(z_deg: float, x_deg: float) -> np.ndarray:
+    """A rotation about z, then about x (degrees)."""
+    cz, sz = np.cos(np.radians(z_deg)), np.sin(np.radians(z_deg))
+    cx, sx = np.cos(np.radians(x_deg)), np.sin(np.radians(x_deg))
+    return np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])

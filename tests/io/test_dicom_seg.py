@@ -18,7 +18,7 @@ import torch
 from pydicom.sr.codedict import codes
 
 from helpers import REAL_DATA
-from helpers.dicom import write_ct_series
+from helpers.dicom import rotation, series_affine_ras, write_ct_series
 from lungtumor import __version__
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.dicom import read_dicom_series
@@ -38,19 +38,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SHAPE = (8, 6, 5)  # (I, J, K) = (columns, rows, slices)
 
 
-def _affine_ras(row_lps, col_lps, step_lps, origin_lps, spacing=(0.75, 0.5)) -> np.ndarray:
-    lps = np.eye(4)
-    lps[:3, 0] = np.asarray(row_lps, float) * spacing[0]
-    lps[:3, 1] = np.asarray(col_lps, float) * spacing[1]
-    lps[:3, 2] = step_lps
-    lps[:3, 3] = origin_lps
-    return LPS_TO_RAS @ lps
-
-
-def _rotation(z_deg: float, x_deg: float) -> np.ndarray:
-    cz, sz = np.cos(np.radians(z_deg)), np.sin(np.radians(z_deg))
-    cx, sx = np.cos(np.radians(x_deg)), np.sin(np.radians(x_deg))
-    return np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+_affine_ras, _rotation = series_affine_ras, rotation
 
 
 _R = _rotation(30.0, 20.0)

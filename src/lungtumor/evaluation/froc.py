@@ -68,6 +68,15 @@ def froc_counts(prob: np.ndarray, ref: np.ndarray, thresholds: Sequence[float] =
     return {"lesions_ref": ref_inst.count, "found": found, "false_positives": false_pos}
 
 
+def sensitivity_at_fp_rates(sensitivity: np.ndarray, fp_per_scan: np.ndarray, n_ref: int) -> list[float]:
+    """The sensitivity at each of :data:`FROC_FP_RATES`: the highest among the operating points whose
+    false positives per scan do not exceed the rate (0 where none does; NaN without reference lesions).
+    Shared by the voxel-threshold FROC and the lesion-score FROC (``lesion_froc.py``)."""
+    if not n_ref:
+        return [float("nan")] * len(FROC_FP_RATES)
+    return [float(sensitivity[fp_per_scan <= rate].max()) if np.any(fp_per_scan <= rate) else 0.0 for rate in FROC_FP_RATES]
+
+
 def froc_summary(per_case: Sequence[dict[str, Any]], thresholds: Sequence[float] = FROC_THRESHOLDS) -> dict[str, Any]:
     """Pool :func:`froc_counts` over cases: the curve, the sensitivity at :data:`FROC_FP_RATES`, the CPM.
 
@@ -80,13 +89,7 @@ def froc_summary(per_case: Sequence[dict[str, Any]], thresholds: Sequence[float]
     false_pos = np.sum([c["false_positives"] for c in per_case], axis=0) if per_case else np.zeros(n_t)
     sensitivity = found / n_ref if n_ref else np.full(n_t, np.nan)
     fp_per_scan = false_pos / n_cases if n_cases else np.full(n_t, np.nan)
-    at_rates = []
-    for rate in FROC_FP_RATES:
-        ok = fp_per_scan <= rate
-        if not n_ref:
-            at_rates.append(float("nan"))
-        else:
-            at_rates.append(float(sensitivity[ok].max()) if ok.any() else 0.0)
+    at_rates = sensitivity_at_fp_rates(sensitivity, fp_per_scan, n_ref)
     return {
         "method": FROC_METHOD,
         "cases": n_cases,

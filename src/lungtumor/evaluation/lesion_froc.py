@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lungtumor.evaluation.froc import FROC_FP_RATES
+from lungtumor.evaluation.froc import FROC_FP_RATES, sensitivity_at_fp_rates
 from lungtumor.evaluation.matching import match_overlaps, overlaps
 from lungtumor.lesions.components import label_cropped, labels_in_box
 from lungtumor.lesions.score import LESION_SCORE, LESION_SCORE_TEXT, instance_scores
@@ -106,13 +106,7 @@ def lesion_froc_summary(per_case: Sequence[dict[str, Any]]) -> dict[str, Any]:
     thresholds, found, false_pos = score_curve(per_case)
     sensitivity = found / n_ref if n_ref else np.full(thresholds.size, np.nan)
     fp_per_scan = false_pos / n_cases if n_cases else np.full(thresholds.size, np.nan)
-    at_rates = []
-    for rate in FROC_FP_RATES:
-        ok = fp_per_scan <= rate
-        if not n_ref:
-            at_rates.append(float("nan"))
-        else:
-            at_rates.append(float(sensitivity[ok].max()) if ok.any() else 0.0)
+    at_rates = sensitivity_at_fp_rates(sensitivity, fp_per_scan, n_ref)
     return {
         "method": LESION_FROC_METHOD,
         "score": LESION_SCORE_TEXT,

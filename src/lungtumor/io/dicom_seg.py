@@ -115,9 +115,13 @@ def check_dicom_seg_source(source: Volume) -> None:
 
 
 def _source_images(source: Volume) -> list[pydicom.Dataset]:
-    """The source headers (k order); the first, from which highdicom copies the patient and study
-    attributes, is a copy with absent Type 2 attributes added empty."""
-    headers = list(source.meta["dicom_headers"])
+    """The source headers (k order), ready for highdicom (see :func:`with_type2_attributes`)."""
+    return with_type2_attributes(list(source.meta["dicom_headers"]))
+
+
+def with_type2_attributes(headers: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """``headers`` with the first, from which highdicom copies the patient and study attributes,
+    replaced by a copy with absent Type 2 attributes added empty (the SEG and the SR writer alike)."""
     first = pydicom.Dataset()
     first.update(headers[0])  # a new element dict: the reader's headers are never modified
     for keyword in TYPE2_SOURCE_KEYWORDS:

@@ -59,7 +59,6 @@ import pydicom
 from lungtumor.atomic import atomic_output
 from lungtumor.errors import ConfigError, GeometryError, InputError
 from lungtumor.io.dicom import read_series_headers
-from lungtumor.io.dicom_seg import TYPE2_SOURCE_KEYWORDS
 
 #: File suffix of a written SR.
 DICOM_SR_SUFFIX = ".dcm"
@@ -236,14 +235,10 @@ def _polyline(
 
 
 def _evidence(headers: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """The series headers (k order); the first, from which highdicom copies patient and study
-    attributes, is a copy with absent Type 2 attributes added empty (as the SEG writer does)."""
-    first = pydicom.Dataset()
-    first.update(headers[0])  # a new element dict: the reader's headers are never modified
-    for keyword in TYPE2_SOURCE_KEYWORDS:
-        if keyword not in first:
-            setattr(first, keyword, None)
-    return [first, *headers[1:]]
+    """The series headers (k order), the first with absent Type 2 attributes added empty (as the SEG writer does)."""
+    from lungtumor.io.dicom_seg import with_type2_attributes
+
+    return with_type2_attributes(list(headers))
 
 
 def _private_code(key: str) -> Any:

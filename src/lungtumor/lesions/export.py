@@ -108,13 +108,17 @@ def _csv_row(lesion: MeasuredLesion, frame: SliceFrame) -> dict[str, Any]:
     return row
 
 
-def _csv_cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One CSV cell: None and NaN empty, booleans ``true``/``false``, floats in their shortest
+    round-trip form (the CSV equals the JSON), lists joined by ``;``."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return repr(value)  # shortest round-trip form: the CSV equals the JSON
+        return "" if math.isnan(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return ";".join(str(v) for v in value)
     return str(value)
 
 
@@ -125,7 +129,7 @@ def lesions_csv_text(report: LesionReport) -> str:
     writer.writerow(CSV_COLUMNS)
     for lesion in report.lesions:
         row = _csv_row(lesion, report.frame)
-        writer.writerow([_csv_cell(row[c]) for c in CSV_COLUMNS])
+        writer.writerow([csv_cell(row[c]) for c in CSV_COLUMNS])
     return buffer.getvalue()
 
 
