@@ -17,7 +17,9 @@ that with ``--tta flip``: 45-90 s of arithmetic alone on two AVX2 cores. Tumour 
    :class:`~lungtumor.preprocessing.grid.SliceGrid`, not a new one), each crop with ``HALO_PX`` pixels
    more image around it that the network sees and whose output is discarded (so the crop edge,
    where the network's zero padding differs from the full slice, lies outside the kept box), TTA
-   only there. Outside the boxes the probability is 0.
+   only there. Outside the boxes the probability is 0. Where the crops would cover more than
+   ``FULL_FALLBACK_FRACTION`` of the full path's pixels (a small scan, many candidates) the fine pass
+   is the full path itself.
 3. **Back**: the fine probabilities go back through the same ``SliceGrid.slices_to_volume`` as the
    full path, so the output geometry is the full path's, exactly (shape, affine, zero outside the
    crop and the kept slices).
@@ -63,6 +65,9 @@ CANDIDATE_MARGIN_MM = 10.0
 #: effects). In pixels, not mm: the network's receptive field is. Measured on the demo's model
 #: (BENCHMARKS.md, "Fast CPU path"): 5 px changed 141 of 420 mask voxels inside the boxes, 16 px 8.
 HALO_PX = 16
+#: When the planned crops would cover more than this share of the full path's model pixels, the fine
+#: pass runs the full path instead (no gain left, and no crop edges): small scans, many candidates.
+FULL_FALLBACK_FRACTION = 0.5
 
 #: A box on the model grid: ``(d0, d1, h0, h1, w0, w1)``, half-open model slice and pixel indices.
 Box = tuple[int, int, int, int, int, int]
@@ -220,6 +225,7 @@ class FastStats:
     full_pixels: int = 0
     coarse_seconds: float = 0.0
     fine_seconds: float = 0.0
+    fell_back: bool = False
 
     @property
     def fine_fraction(self) -> float:
@@ -271,6 +277,12 @@ def fast_probabilities(
     stats.coarse_seconds = t1 - t0
     halo = (int(halo_px), int(halo_px))
     crops = plan_crops(boxes, fine.slice_shape, halo, multiple)
+    planned = sum(_volume(run) for _, run in crops)
+    if planned > FULL_FALLBACK_FRACTION * stats.full_pixels:
+        stats.fell_back, stats.boxes, stats.fine_slices, stats.fine_pixels = True, len(crops), fine.n_slices, stats.full_pixels
+        probs = predict(fine_slices, np.arange(fine.n_slices), tta)
+        stats.fine_seconds = time.perf_counter() - t1
+        return probs, stats
     count = np.zeros(fine.slice_shape, dtype=np.uint8) if len(crops) > 1 else None
     for (d0, d1, h0, h1, w0, w1), (_, _, r0, r1, c0, c1) in crops:
         # The crop keeps every slice (a view): the 2.5D context of slices d0..d1 is read as in the full path.

@@ -228,8 +228,9 @@ def segment(
         multiple = max(getattr(getattr(m.net, "config", None), "multiple", 1) for m in models)
         probs, stats = fast_probabilities(grid, slices, coarse, coarse.image_to_slices(canonical), predict, tta=tta == "flip", multiple=multiple)
         log.info(
-            "fast mode: coarse pass %d slices of %dx%d (%.1f s), %d candidate box(es), fine pass %.1f %% of the full path's pixels (%.1f s)",
+            "fast mode: coarse pass %d slices of %dx%d (%.1f s), %d candidate box(es), fine pass %.1f %% of the full path's pixels (%.1f s)%s",
             stats.coarse_slices, *stats.coarse_shape, stats.coarse_seconds, stats.boxes, 100 * stats.fine_fraction, stats.fine_seconds,
+            " (the full path: the crops would have covered most of the scan)" if stats.fell_back else "",
         )
     else:
         probs = predict(slices, None, tta == "flip")
