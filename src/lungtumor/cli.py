@@ -214,6 +214,12 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true", help="also write a float32 probability map (NAME_prob.nii.gz)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the checkpoint's, 0.5)")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
+    p.add_argument(
+        "--mode", choices=["auto", "fast", "full"], default="full",
+        help="full (default): every slice at full resolution; fast: candidates on a 2x coarser grid, then only their "
+        "neighbourhood at full resolution (TTA only there; about 7x less arithmetic, quality margin not yet measured on "
+        "real CT, see BENCHMARKS.md); auto: fast on a CPU, full on CUDA",
+    )
     p.add_argument("--batch-size", type=int, default=None, help="slices per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--series-uid", default=None, help="DICOM series to use where the folder holds several")
@@ -251,6 +257,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         probabilities=a.probabilities,
         threshold=a.threshold,
         tta=a.tta,
+        mode=a.mode,
         batch_size=a.batch_size,
         device=a.device,
         series_uid=a.series_uid,

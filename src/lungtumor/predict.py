@@ -57,6 +57,7 @@ def predict_path(
     device: str | None = None,
     series_uid: str | None = None,
     progress: bool = True,
+    mode: str = "full",
     output_format: str = "nifti",
     postprocess: bool = True,
     min_lesion_ml: float | None = None,
@@ -71,7 +72,7 @@ def predict_path(
     names (probabilities in ``OUTPUT/probabilities/``). ``output_format`` ``dicom-seg`` or
     ``nifti,dicom-seg`` (DICOM input only) also writes a DICOM-SEG beside OUTPUT as ``NAME.dcm``
     (see :func:`lungtumor.io.dicom_seg.prediction_seg_path`); ``dicom-seg`` alone skips the NIfTI.
-    ``postprocess`` and ``min_lesion_ml``: see :func:`~lungtumor.inference.predictor.segment`. ``checkpoint`` may be several
+    ``postprocess``, ``min_lesion_ml`` and ``mode`` (fast/full/auto): see :func:`~lungtumor.inference.predictor.segment`. ``checkpoint`` may be several
     checkpoints (or a ``lungtumor cv`` folder): an ensemble; a cv folder brings the minimum lesion
     volume its cross-validation chose, unless ``min_lesion_ml`` is given (0 keeps every lesion), and
     likewise the minimum lesion score (``min_lesion_score``, in [0, 1]: lesions scoring below it are
@@ -146,7 +147,7 @@ def predict_path(
         if device is None and torch.cuda.is_available():
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
     options = dict(
-        threshold=threshold, tta=tta, batch_size=batch_size, device=device, series_uid=series_uid,
+        threshold=threshold, tta=tta, mode=mode, batch_size=batch_size, device=device, series_uid=series_uid,
         postprocess=postprocess, min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score, report=report,
     )
     results = []
@@ -223,6 +224,7 @@ def _predict_one(
     *,
     threshold: float | None,
     tta: str,
+    mode: str,
     batch_size: int | None,
     device: str | None,
     series_uid: str | None,
@@ -241,7 +243,7 @@ def _predict_one(
     if OUTPUT_NIFTI in formats:  # ... or a gantry tilt NIfTI cannot hold
         check_nifti_affine(ct, mask_path)
     res = segment(
-        ct, models, threshold=threshold, tta=tta, batch_size=batch_size, device=device, return_probabilities=prob_path is not None or report,
+        ct, models, threshold=threshold, tta=tta, mode=mode, batch_size=batch_size, device=device, return_probabilities=prob_path is not None or report,
         postprocess=postprocess, min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score,
     )
     mask, prob = res if isinstance(res, tuple) else (res, None)

@@ -29,6 +29,7 @@ import torch
 
 from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, check_batch_size, check_threshold
 from lungtumor.errors import ConfigError, InputError
+from lungtumor.inference.fast import check_mode, coarse_config, fast_probabilities, fast_supported, resolve_mode
 from lungtumor.io.volume import Volume, to_canonical
 from lungtumor.lesions.components import postprocess_mask
 from lungtumor.lesions.score import check_min_lesion_score, remove_low_score_lesions
@@ -65,6 +66,10 @@ def context_batch(slices: np.ndarray, start: int, stop: int, context: int, offse
     return context_stack(slices, np.arange(start, stop), offsets)
 
 
+def _offsets(context: int, offsets: np.ndarray | None) -> np.ndarray:
+    return np.arange(-context, context + 1, dtype=np.float64) if offsets is None else np.asarray(offsets, dtype=np.float64)
+
+
 @torch.no_grad()
 def predict_slices(
     model: LoadedModel,
@@ -75,6 +80,7 @@ def predict_slices(
     tta: str = "none",
     precision: str = "auto",
     offsets: np.ndarray | None = None,
+    centres: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sigmoid probabilities (D, H, W) float32 for preprocessed slices (D, H, W).
 
@@ -86,6 +92,10 @@ def predict_slices(
         tta: ``none`` or ``flip`` (average with the prediction of the patient's left-right mirror image).
         precision: ``auto`` (bf16 where supported), ``bf16`` or ``fp32``.
         offsets: 2.5D channel offsets in slices (:meth:`SliceGrid.context_offsets`); None = adjacent slices.
+        centres: predict only these slice indices (their context still read from all of ``slices``,
+            edges repeated as for the whole stack); the result is then ``(len(centres), H, W)``.
+            None = every slice. The fast path (:mod:`lungtumor.inference.fast`) predicts every
+            k-th slice of a coarse grid and crops of the fine one this way.
 
     The model's network is moved to ``device`` and to the channels-last memory format in place
     (``nn.Module.to`` does that), so that repeated calls do not copy the weights again.
@@ -97,12 +107,17 @@ def predict_slices(
     net = model.net.to(dev).to(memory_format=torch.channels_last).eval()
     bf16 = use_bf16(dev) if precision == "auto" else precision == "bf16"
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    depth = slices.shape[0]
-    out = np.empty(slices.shape, dtype=np.float32)
+    idx = np.arange(slices.shape[0]) if centres is None else np.asarray(centres, dtype=np.int64)
+    out = np.empty((idx.size, *slices.shape[1:]), dtype=np.float32)
+    contiguous = idx.size == 0 or bool(np.all(np.diff(idx) == 1))
     with autocast:
-        for start in range(0, depth, bs):
-            stop = min(depth, start + bs)
-            x = torch.from_numpy(np.ascontiguousarray(context_batch(slices, start, stop, model.context, offsets), dtype=np.float32))
+        for start in range(0, idx.size, bs):
+            stop = min(idx.size, start + bs)
+            if contiguous:
+                batch = context_batch(slices, int(idx[start]), int(idx[start]) + stop - start, model.context, offsets)
+            else:
+                batch = context_stack(slices, idx[start:stop], _offsets(model.context, offsets))
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
             x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             prob = torch.sigmoid(net(x).float())
             if tta == "flip":
@@ -126,6 +141,7 @@ def segment(
     min_lesion_ml: float | None = None,
     min_lesion_score: float | None = None,
     region: Volume | None = None,
+    mode: str = "full",
 ) -> Volume | tuple[Volume, Volume]:
     """Segment tumours in a CT Volume (HU).
 
@@ -146,6 +162,11 @@ def segment(
             a number in [0, 1] (None or 0 = keep all).
         region: the lung region mask on ``volume``'s grid (e.g. ``find_lung_region(ct).mask``, as
             ``lungtumor lungs`` writes it); None = found here for the lung preset.
+        mode: ``fast`` (coarse-to-fine: candidates on a 2x coarser grid, then only their
+            neighbourhood at the model's resolution, TTA only there; :mod:`lungtumor.inference.fast`),
+            ``full`` (every slice at the model's resolution), or ``auto`` (default: fast on a CPU,
+            full on CUDA). A checkpoint whose preprocessing has no coarser grid (the seed preset)
+            runs the full path, with a logged note.
 
     Returns:
         uint8 {0, 1} mask Volume with exactly ``volume``'s shape and affine (and its meta), zero
@@ -154,6 +175,9 @@ def segment(
     """
     if batch_size is not None:
         check_batch_size(batch_size)
+    if tta not in TTA_MODES:
+        raise ConfigError(f"--tta {tta!r}: expected one of {TTA_MODES}")
+    check_mode(mode)
     models = load_ensemble(model)
     loaded = models[0]
     thr = check_threshold(threshold if threshold is not None else loaded.info.get("threshold", 0.5))
@@ -177,15 +201,39 @@ def segment(
         region = found.mask if found.found else None
     grid: SliceGrid = fit_grid(canonical, region, cfg)
     slices = grid.image_to_slices(canonical)
-    probs = predict_slices(
-        loaded, slices, batch_size=batch_size, device=device, tta=tta, precision=precision, offsets=grid.context_offsets(loaded.context)
-    )
-    for member in models[1:]:  # an ensemble: the mean of the members' probabilities
-        probs += predict_slices(
-            member, slices, batch_size=batch_size, device=device, tta=tta, precision=precision, offsets=grid.context_offsets(member.context)
+
+    def predict(stack: np.ndarray, centres: np.ndarray | None, flip: bool) -> np.ndarray:
+        """The models' mean probability (an ensemble) on ``stack``'s slices ``centres`` (None = all)."""
+        runs = (
+            predict_slices(
+                member, stack, batch_size=batch_size, device=device, tta="flip" if flip else "none", precision=precision,
+                offsets=grid.context_offsets(member.context), centres=centres,
+            )
+            for member in models
         )
-    if len(models) > 1:
-        probs /= len(models)
+        out = next(runs)
+        for p in runs:
+            out += p
+        if len(models) > 1:
+            out /= len(models)
+        return out
+
+    run_mode = resolve_mode(mode, resolve_device(device).type)
+    why_not = fast_supported(cfg) if run_mode == "fast" else None
+    if why_not:
+        log.info("fast mode: %s; running the full path", why_not)
+        run_mode = "full"
+    if run_mode == "fast":
+        coarse = fit_grid(canonical, region, coarse_config(cfg))  # the same box and slices, 2x larger pixels
+        multiple = max(getattr(getattr(m.net, "config", None), "multiple", 1) for m in models)
+        probs, stats = fast_probabilities(grid, slices, coarse, coarse.image_to_slices(canonical), predict, tta=tta == "flip", multiple=multiple)
+        log.info(
+            "fast mode: coarse pass %d slices of %dx%d (%.1f s), %d candidate box(es), fine pass %.1f %% of the full path's pixels (%.1f s)%s",
+            stats.coarse_slices, *stats.coarse_shape, stats.coarse_seconds, stats.boxes, 100 * stats.fine_fraction, stats.fine_seconds,
+            " (the full path: the crops would have covered most of the scan)" if stats.fell_back else "",
+        )
+    else:
+        probs = predict(slices, None, tta == "flip")
     meta = dict(volume.meta)
     by_score = bool(postprocess and min_lesion_score)
     if not (return_probabilities or by_score):

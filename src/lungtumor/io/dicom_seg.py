@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 
 from lungtumor.atomic import atomic_output
 from lungtumor.errors import ConfigError, GeometryError, InputError
@@ -114,14 +113,16 @@ def check_dicom_seg_source(source: Volume) -> None:
         )
 
 
-def _source_images(source: Volume) -> list[pydicom.Dataset]:
+def _source_images(source: Volume) -> list[Any]:
     """The source headers (k order), ready for highdicom (see :func:`with_type2_attributes`)."""
     return with_type2_attributes(list(source.meta["dicom_headers"]))
 
 
-def with_type2_attributes(headers: list[pydicom.Dataset]) -> list[pydicom.Dataset]:
+def with_type2_attributes(headers: list[Any]) -> list[Any]:
     """``headers`` with the first, from which highdicom copies the patient and study attributes,
     replaced by a copy with absent Type 2 attributes added empty (the SEG and the SR writer alike)."""
+    import pydicom  # not at the top: a NIfTI predict imports this module for its output-format checks
+
     first = pydicom.Dataset()
     first.update(headers[0])  # a new element dict: the reader's headers are never modified
     for keyword in TYPE2_SOURCE_KEYWORDS:
