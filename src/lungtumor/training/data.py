@@ -188,6 +188,9 @@ class DataConfig:
         samples_per_epoch: None = as many draws as training slices (the seed's).
         seed: sampler seed.
         splits: ``{"train": [...], "val": [...]}`` case ids chosen by the run; None = the store's.
+        crop_items: items of every training batch that are lesion crops (added on the device,
+            :mod:`lungtumor.training.crops`): the loader draws ``batch_size - crop_items`` slices per
+            batch and proportionally fewer slices per epoch, so the steps per epoch stay the same.
     """
 
     context: int = 0
@@ -197,6 +200,12 @@ class DataConfig:
     samples_per_epoch: int | None = None
     seed: int = 0
     splits: dict[str, list[str]] | None = None
+    crop_items: int = 0
+
+    @property
+    def slice_batch_size(self) -> int:
+        """Slices the loader puts in a training batch."""
+        return self.batch_size - self.crop_items
 
 
 def _worker_init(_: int) -> None:
@@ -226,17 +235,22 @@ class SliceDataModule(L.LightningDataModule):
         self.val_set = SliceDataset(self.store, self.splits["val"], cfg.context)
         if len(self.train_set) == 0:
             raise InputError(f"{store_dir}: the training split has no slices; preprocess more cases")
+        if not 0 <= cfg.crop_items < cfg.batch_size:
+            raise ConfigError(f"crop items per batch ({cfg.crop_items}) must leave at least one slice of the batch size {cfg.batch_size}")
+        draws = cfg.samples_per_epoch or len(self.train_set)
+        if cfg.crop_items:  # the same number of steps: fewer slices per batch, the rest are crops
+            draws = math.ceil(draws / cfg.batch_size) * cfg.slice_batch_size
         self.sampler = TumourOversampler(
             oversampling_weights(self.train_set.tumour_voxels(), cfg.tumour_fraction),
-            num_samples=cfg.samples_per_epoch or len(self.train_set),
+            num_samples=draws,
             seed=cfg.seed,
         )
 
-    def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int | None = None, **kw: Any) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
+            batch_size=batch_size or self.cfg.batch_size,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
@@ -246,7 +260,7 @@ class SliceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, sampler=self.sampler, drop_last=False)
+        return self._loader(self.train_set, self.cfg.slice_batch_size, sampler=self.sampler, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, sampler=ValidationShard(len(self.val_set)))
