@@ -9,9 +9,11 @@ about 30 mm across). The patient of a crop is the part of its id before ``_R_<n>
 **On the store's grid.** Every crop is brought once (at fit start, into memory: 990 crops are
 about 7,000 model slices, a few MB) to the store's conventions: reoriented to the canonical
 ('L','A','S') slice layout, HU clipped as the store clips and divided by its ``hu_scale``,
-resampled in-plane to the store's pixel size (the lung preset's ``spacing_mm``; bilinear for the
+resampled in-plane to the store's pixel size (the lung preset's ``spacing_mm``; for the seed preset
+the training cases' mean pixel, :func:`store_pixel_mm`; bilinear for the
 CT, the centre-of-pixel nearest voxel for the label, as the store's own slices), and given the
-store's 2.5D context: channels ``context_step_mm`` apart along the crop's slice axis (linearly
+store's 2.5D context: channels ``context_step_mm`` apart along the crop's slice axis (adjacent slices
+for the seed preset; linearly
 interpolated, edge slices repeated: :func:`~lungtumor.preprocessing.grid.context_stack`, the
 scan slices' own rule). The centre slices a sample can have are the crop's slices with lesion.
 
@@ -54,7 +56,6 @@ crops are what shows it ground glass at all.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -374,22 +375,27 @@ def masked_loss(name: str, logits: torch.Tensor, label: torch.Tensor) -> torch.T
     return total
 
 
-def crop_pixel_mm(preprocess: Any) -> float:
-    """The store's model pixel size (mm) for crops; only physical-grid (lung preset) stores have one.
+def store_pixel_mm(store: Any, cases: Sequence[str], train_scale: float = 1.0) -> float:
+    """The model pixel size (mm) crops are resampled to: the lung preset's ``spacing_mm`` (every case's
+    pixel), or for the seed preset (a whole slice resized to N px, so a pixel size per case) the training
+    cases' mean; times ``train_scale`` (store pixels per training pixel, a seed-preset ``--size``)."""
+    from lungtumor.training.copy_paste import case_geometry
 
-    Raises:
-        ConfigError: a fixed-size (seed preset) store, whose pixel size differs per case.
-    """
-    spacing = getattr(preprocess, "spacing_mm", None)
-    if spacing is None or not math.isfinite(float(spacing)):
-        raise ConfigError(
-            f"--crop-rate: crop samples need a store with a fixed pixel size (the lung preset); this store uses the {preprocess.preset} "
-            "preset, whose pixel size differs per case; re-run preprocess --preset lung, or use --copy-paste-rate"
-        )
-    return float(spacing)
+    sizes = [v for c in cases for v in case_geometry(store, c)[1:]]
+    if not sizes:
+        raise ConfigError("crop samples need training cases to take the pixel size from; the split has none")
+    return float(np.mean(sizes)) * float(train_scale)
 
 
 __all__ = [
-    "IGNORE_LABEL", "CropBank", "CropMixer", "CropSample", "check_crop_geometry", "crop_items_per_batch", "crop_patient",
-    "crop_pixel_mm", "crop_to_store_grid", "masked_loss",
+    "IGNORE_LABEL",
+    "CropBank",
+    "CropMixer",
+    "CropSample",
+    "check_crop_geometry",
+    "crop_items_per_batch",
+    "crop_patient",
+    "crop_to_store_grid",
+    "masked_loss",
+    "store_pixel_mm",
 ]

@@ -21,7 +21,7 @@ from lungtumor.model.unet import ModelConfig
 from lungtumor.preprocessing.presets import preset_for
 from lungtumor.training.augment import AugmentConfig, combined_clip
 from lungtumor.training.copy_paste import config_from_train_options
-from lungtumor.training.crops import CropBank, crop_items_per_batch, crop_pixel_mm
+from lungtumor.training.crops import CropBank, crop_items_per_batch, store_pixel_mm
 from lungtumor.training.data import DataConfig, make_datamodule
 from lungtumor.training.module import SegmentationModule
 from lungtumor.training.options import LR_SCHEDULES, TrainConfig, load_config_file  # noqa: F401 (re-exported)
@@ -283,7 +283,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     crop_bank, crops = None, None
     if crop_items:  # read and checked here, before anything is written
         crop_bank = CropBank.build(
-            cfg.lesion_dir, pixel_mm=crop_pixel_mm(store_pre), hu_scale=store_pre.hu_scale, clip_hu=pre.clip_hu,
+            cfg.lesion_dir, pixel_mm=store_pixel_mm(dm.store, dm.splits["train"], store_pre.size / size if preset.fixed_size else 1.0), hu_scale=store_pre.hu_scale, clip_hu=pre.clip_hu,
             context=cfg.context, context_step_mm=store_pre.context_step_mm, store_cases=dm.splits,
             exclude=[e.strip() for e in (cfg.crop_exclude or "").split(",") if e.strip()], overlap=cfg.crop_overlap,
         )
