@@ -242,3 +242,59 @@ def test_training_with_crops_records_them_and_warns_without_a_folder(tmp_path: P
         off = train(TrainConfig(**{**base, "lesion_dir": None}, out=str(tmp_path / "off")))
     assert "leaves out real lesion crops" in caplog.text
     assert "crops" not in read_checkpoint(off["last_checkpoint"])["lungtumor"]
+
+
+def _recipe_intensity(all_on: bool):
+    from helpers import REPO
+    from lungtumor.training.augment import AugmentConfig
+    from lungtumor.training.options import load_config_file
+
+    opts = {**load_config_file(REPO / "configs" / "real_ct.yaml")["augment_options"], "hu_scale": 3071.0}
+    if all_on:
+        opts.update({k: 1.0 for k in ("noise_p", "blur_p", "thick_slice_p", "contrast_p", "gamma_p")})
+    return AugmentConfig.from_dict(opts)
+
+
+def test_ground_glass_stays_between_lung_and_solid_under_the_intensity_augmentation() -> None:
+    from lungtumor.training.augment import intensity_batch
+    from lungtumor.training.crops import CropSample
+
+    # A 24 x 24 px crop: lung at -850 HU, a ground-glass nodule at -550 HU, a vessel at +40 HU.
+    hu = np.full((1, 3, 24, 24), -850.0, np.float32)
+    yy, xx = np.mgrid[0:24, 0:24]
+    ggo = (yy - 12) ** 2 + (xx - 9) ** 2 <= 25
+    vessel = (yy - 12) ** 2 + (xx - 19) ** 2 <= 4
+    hu[..., ggo] = -550.0
+    hu[..., vessel] = 40.0
+    sample = CropSample("g_R_1", "g", hu / 3071.0, ggo[None].astype(np.uint8), -850.0 / 3071.0)
+    mixer = CropMixer(CropBank([sample], ["g"]), items=128)
+    ct, lab = mixer.canvases(64, 48, 3, torch.Generator().manual_seed(0))
+    for all_on in (False, True):
+        out = intensity_batch(ct, _recipe_intensity(all_on), torch.Generator().manual_seed(1)) * 3071.0
+        for i in range(out.shape[0]):
+            counted = lab[i, 0] != IGNORE_LABEL
+            tumour = out[i, 1][lab[i, 0] == 1].median()
+            around = out[i, 1][counted & (lab[i, 0] == 0) & (ct[i, 1] * 3071.0 < -800)].median()
+            solid = out[i, 1][counted & (ct[i, 1] * 3071.0 > 0)].median()
+            assert around < tumour < solid  # the order survives every draw
+            assert -850.0 - 60 < tumour < -300.0  # ground glass never becomes solid nor parenchyma
+
+
+def test_real_ground_glass_crops_under_the_recipe(real_data: Path) -> None:
+    import csv
+
+    from lungtumor.training.augment import intensity_batch
+
+    folder = real_data / "lidc_nodule_crops"
+    hu_in = {r["case"]: float(r["hu_in"]) for r in csv.DictReader((folder / "manifest.tsv").open(), delimiter="\t")}
+    ggo = sorted(c for c, h in hu_in.items() if h < -300)[:60]
+    bank = CropBank.build(folder, pixel_mm=1.5, hu_scale=3071.0, clip_hu=(-1024.0, 3071.0), context=1, context_step_mm=2.5,
+                          store_cases={}, exclude=[c for c in hu_in if c not in ggo])
+    mixer = CropMixer(bank, items=256)
+    ct, lab = mixer.canvases(160, 112, 3, torch.Generator().manual_seed(0))
+    out = intensity_batch(ct, _recipe_intensity(False), torch.Generator().manual_seed(1))
+    tumour = lab[:, 0] == 1
+    before, after = ct[:, 1][tumour] * 3071.0, out[:, 1][tumour] * 3071.0
+    assert float((after > -100).float().mean()) <= float((before > -100).float().mean()) + 0.02  # not made solid
+    assert float((after < -850).float().mean()) <= float((before < -850).float().mean()) + 0.02  # not erased into lung
+    assert abs(float(after.median() - before.median())) < 60.0
