@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import affine_for
+from helpers.crops import write_crop
 from helpers.store import make_store
 from lungtumor.errors import ConfigError, InputError
-from lungtumor.io.nifti import write_nifti
-from lungtumor.io.volume import Volume
 from lungtumor.training.crops import (
     IGNORE_LABEL,
     CropBank,
@@ -25,21 +23,6 @@ from lungtumor.training.crops import (
     masked_loss,
 )
 from lungtumor.training.losses import make_loss
-
-SPACING = (0.75, 0.75, 1.25)  # x, y, z mm: the crops' kind
-
-
-def write_crop(folder: Path, crop_id: str, *, label_value: int = 1, affine: np.ndarray | None = None, lesion_hu: int = 20) -> None:
-    """A 40 x 40 x 8 crop in lung (-850 HU) with a 12 x 12 x 4 voxel lesion in the middle."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    ct = rng.normal(-850, 20, (40, 40, 8)).astype(np.int16)
-    m = np.zeros(ct.shape, np.uint8)
-    m[14:26, 14:26, 2:6] = label_value
-    ct[m > 0] = lesion_hu
-    aff = affine if affine is not None else affine_for("LPS", spacing=SPACING)
-    write_nifti(Volume(ct, aff), folder / f"{crop_id}_ct.nii.gz")
-    write_nifti(Volume(m, aff), folder / f"{crop_id}_label.nii.gz")
 
 
 def build(folder: Path, **kw) -> CropBank:
