@@ -30,6 +30,8 @@ UPSAMPLES = ("bilinear", "transpose")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 #: ``--crop-overlap``: what a crop of a training or validation patient does (``training/crops.py``).
 CROP_OVERLAPS = ("refuse", "exclude")
+#: ``--negative-weighting``: how tumour-free slices are drawn (``training/data.py``).
+NEGATIVE_WEIGHTINGS = ("uniform", "lung")
 #: Fields that are positional arguments or folders of the command, not ``--flags``.
 POSITIONAL_FIELDS = ("store", "out")
 #: Fields only a config file can set (structured values).
@@ -94,6 +96,11 @@ class TrainConfig:
         "fraction of every training batch that are real lesion crops from --lesion-dir, with their true surroundings "
         "(default 0 = off; sampled by patient; without --lesion-dir the rate is ignored, with one log line)",
         type_=float,
+    )
+    negative_weighting: str = _opt(
+        "uniform",
+        "tumour-free slices: uniform (default, the seed's) or lung (weighted by their lung-density pixels: more mid-lung and hilar "
+        "slices, fewer apex and base slices; the tumour fraction unchanged)",
     )
     crop_exclude: str | None = _opt(None, "crop samples: patient or crop ids to leave out, comma-separated (e.g. held-out test patients)")
     crop_overlap: str = _opt("refuse", "a crop whose patient is a training or validation case of the store: refuse (default) or exclude")
@@ -187,6 +194,7 @@ class TrainConfig:
         if not (isinstance(self.crop_rate, (int, float)) and not isinstance(self.crop_rate, bool) and 0.0 <= self.crop_rate < 1.0):
             raise ConfigError(f"--crop-rate {self.crop_rate}: must be a fraction of the batch in [0, 1)")
         choice("crop_overlap", CROP_OVERLAPS)
+        choice("negative_weighting", NEGATIVE_WEIGHTINGS)
         if self.lesion_dir and not self.copy_paste_rate and not self.crop_rate:
             raise ConfigError(
                 f"--lesion-dir {self.lesion_dir}: copy-paste and crop samples are off (--copy-paste-rate 0, --crop-rate 0), so the crops would "

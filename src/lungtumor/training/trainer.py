@@ -259,6 +259,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             seed=cfg.seed,
             splits=splits,
             crop_items=crop_items,
+            negative_weighting=cfg.negative_weighting,
         ),
     )
     if not dm.val_set.cases:
