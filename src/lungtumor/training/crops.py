@@ -6,20 +6,21 @@ boxes around one lesion each, e.g. the 990 LIDC-IDRI nodule crops (median 44 x 4
 about 30 mm across). The patient of a crop is the part of its id before ``_R_<n>``
 (``LIDC-IDRI-0001_R_2`` -> ``LIDC-IDRI-0001``), else the whole id.
 
-**On the store's grid.** Every crop is brought once (at fit start, into memory: 990 crops are
-about 7,000 model slices, a few MB) to the store's conventions: reoriented to the canonical
-('L','A','S') slice layout, HU clipped as the store clips and divided by its ``hu_scale``,
-resampled in-plane to the store's pixel size (the lung preset's ``spacing_mm``; for the seed preset
-the training cases' mean pixel, :func:`store_pixel_mm`; bilinear for the
-CT, the centre-of-pixel nearest voxel for the label, as the store's own slices), and given the
-store's 2.5D context: channels ``context_step_mm`` apart along the crop's slice axis (adjacent slices
-for the seed preset; linearly
-interpolated, edge slices repeated: :func:`~lungtumor.preprocessing.grid.context_stack`, the
-scan slices' own rule). The centre slices a sample can have are the crop's slices with lesion.
+**On the store's grid.** Every crop is read and checked once, before the run folder is written,
+and kept in memory (the 990 LIDC crops: 7,567 lesion slices, about 40 MB at 1.5 mm with 3 context
+channels; 51 s to read and resample on 2 cores at load 14). Each is brought to the store's
+conventions: reoriented to the canonical ('L','A','S') slice layout, HU clipped as the store clips
+and divided by its ``hu_scale``, resampled in-plane to the store's pixel size (the lung preset's
+``spacing_mm``; for the seed preset the training cases' mean pixel, :func:`store_pixel_mm`;
+bilinear for the CT, the voxel holding the pixel centre for the label, as the store's own slices),
+and given the store's 2.5D context: channels ``context_step_mm`` apart along the crop's slice axis
+(adjacent slices for the seed preset), linearly interpolated with the edge slices repeated
+(:func:`~lungtumor.preprocessing.grid.context_stack`, the scan slices' own rule). A sample's centre
+slice is one of the crop's slices with lesion.
 
 **In the batch.** A crop patch is a few dozen pixels across, a training slice a whole lung field
 (about 160 x 112 px at 2 mm). ``--crop-rate r`` makes ``k = round(r * batch_size)`` of the
-``batch_size`` items of every training batch crops (the loader then draws ``batch_size - k``
+``batch_size`` items of every training batch crops (at least 1 when r > 0; the loader then draws ``batch_size - k``
 slices, so a step costs what it did and the schedule keeps its step count). Each crop is placed
 at a random position on a canvas of the batch's slice size whose CT is the crop's own surrounding
 lung (the median HU of the crop's border pixels below :data:`~lungtumor.config.AIR_TISSUE_HU`,
@@ -29,7 +30,8 @@ Why one batch and not a separate crop batch: the recipe uses batch norm, and a s
 pass on a few crop patches would normalise them with their own statistics (and pull the running
 statistics towards them); in one batch the crops share the slices' statistics. The price: a crop
 item costs a whole slice of compute for a few hundred labelled pixels. The canvases go through
-the same on-device augmentation as the slices (copy-paste is not applied to them).
+the same on-device augmentation as the slices (copy-paste is not applied to them); as for a slice,
+a rotation or shift brings air labelled background in at the canvas border, never the crop's edge.
 
 **Sampled by patient**: each crop item draws a patient uniformly, then one of that patient's
 crops, then one of its lesion slices (the folder's 990 crops come from 549 patients; a patient
