@@ -31,7 +31,7 @@ pass on a few crop patches would normalise them with their own statistics (and p
 statistics towards them); in one batch the crops share the slices' statistics. The price: a crop
 item costs a whole slice of compute for a few hundred labelled pixels. The canvases go through
 the same on-device augmentation as the slices (copy-paste is not applied to them); as for a slice,
-a rotation or shift brings air labelled background in at the canvas border, never the crop's edge.
+a rotation or shift brings air labelled background in at the canvas border (air is never tumour).
 
 **Sampled by patient**: each crop item draws a patient uniformly, then one of that patient's
 crops, then one of its lesion slices (the folder's 990 crops come from 549 patients; a patient
