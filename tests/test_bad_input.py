@@ -121,6 +121,16 @@ def world(tmp_path_factory) -> dict[str, Path]:
     w["ev"] = root / "ev"
     write_nifti(Volume(mask, affine_for("LAS")), w["ev"] / "p" / "a.nii.gz")
     write_nifti(Volume(mask, affine_for("LAS")), w["ev"] / "l" / "a.nii.gz")
+    # Lesion crop folders (--lesion-dir with --crop-rate): unpaired, a 0/255 label, no spacing, a validation patient's.
+    from helpers.crops import write_crop
+
+    write_crop(root / "crops_unpaired", "A_R_1")
+    (root / "crops_unpaired" / "A_R_1_label.nii.gz").unlink()
+    write_crop(root / "crops_255", "A_R_1", label_value=255)
+    write_crop(root / "crops_nospacing", "A_R_1", affine=np.eye(4))
+    write_crop(root / "crops_leak", "lung_003_R_1")  # lung_003 is the store's validation case
+    for name in ("crops_unpaired", "crops_255", "crops_nospacing", "crops_leak"):
+        w[name] = root / name
     return w
 
 
@@ -180,6 +190,11 @@ ROWS = [
     ("train-epochs-0", "train {store} --out {root}/r4 --epochs 0", ["--epochs"], ["r4"]),
     ("train-lr-neg", "train {store} --out {root}/r5 --lr -1", ["--lr"], ["r5"]),
     ("train-lesion-dir-without-copy-paste", "train {store} --out {root}/r5b --lesion-dir {root}", ["--copy-paste-rate"], ["r5b"]),
+    ("train-crop-rate-1", "train {store} --out {root}/r5c --crop-rate 1 --lesion-dir {crops_255}", ["--crop-rate 1.0", "[0, 1)"], ["r5c"]),
+    ("train-crops-unpaired", "train {store} --out {root}/r5d --crop-rate 0.25 --lesion-dir {crops_unpaired}", ["A_R_1_ct.nii.gz", "has no mask"], ["r5d"]),
+    ("train-crops-label-255", "train {store} --out {root}/r5e --crop-rate 0.25 --lesion-dir {crops_255}", ["A_R_1_label.nii.gz", "0/1"], ["r5e"]),
+    ("train-crops-no-spacing", "train {store} --out {root}/r5f --crop-rate 0.25 --lesion-dir {crops_nospacing}", ["A_R_1_ct.nii.gz", "no spacing"], ["r5f"]),
+    ("train-crops-validation-patient", "train {store} --out {root}/r5g --crop-rate 0.25 --lesion-dir {crops_leak}", ["lung_003_R_1_ct.nii.gz", "leakage", "--crop-overlap exclude"], ["r5g"]),
     ("train-workers-neg", "train {store} --out {root}/r6 --num-workers -1", ["--num-workers"], ["r6"]),
     ("train-val-every-0", "train {store} --out {root}/r7 --val-every-n-epochs 0", ["--val-every-n-epochs"], ["r7"]),
     ("train-limit-neg", "train {store} --out {root}/r8 --limit-train-batches -1", ["--limit-train-batches"], ["r8"]),

@@ -9,7 +9,14 @@ import torch
 from helpers.store import make_store
 from lungtumor.errors import ConfigError
 from lungtumor.preprocessing.store import SliceStore
-from lungtumor.training.data import DataConfig, SliceDataset, TumourOversampler, make_datamodule, oversampling_weights
+from lungtumor.training.data import (
+    DataConfig,
+    SliceDataModule,
+    SliceDataset,
+    TumourOversampler,
+    make_datamodule,
+    oversampling_weights,
+)
 
 
 def test_dataset_items_and_context_at_case_edges(tmp_path) -> None:
@@ -68,3 +75,29 @@ def test_datamodule_batches(tmp_path) -> None:
     ct, mask, idx = next(iter(dm.train_dataloader()))
     assert ct.shape == (4, 1, 32, 32) and mask.shape == (4, 1, 32, 32) and idx.shape == (4,)
     assert len(dm.val_set) == 10
+
+
+def test_lung_weighting_draws_tumour_free_slices_by_their_lung(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from lungtumor.training.data import MIN_NEGATIVE_WEIGHT, lung_negative_weights
+
+    # Four slices: all lung, half lung, pure air (outside the body), lung with tumour.
+    hu = np.full((4, 8, 8), -850.0)
+    hu[1, :, 4:] = 40.0
+    hu[2] = -1000.0
+    hu[3, 2:4, 2:4] = 40.0
+    store = SimpleNamespace(preprocess=SimpleNamespace(hu_scale=3071.0), arrays=lambda case: (hu / 3071.0, None))
+    fake = SimpleNamespace(store=store, cases=["a"], tumour_voxels=lambda: np.array([0, 0, 0, 4]))
+    w = lung_negative_weights(fake)
+    assert w[:3] == pytest.approx([64 / 32, 32 / 32, MIN_NEGATIVE_WEIGHT])  # mean lung of the tumour-free slices: 32 px
+
+    store_dir = make_store(tmp_path, n=3, size=32)
+    uniform = SliceDataModule(store_dir, DataConfig(num_workers=0))
+    lung = SliceDataModule(store_dir, DataConfig(num_workers=0, negative_weighting="lung"))
+    negative = uniform.train_set.tumour_voxels() == 0
+    u, v = uniform.sampler.weights.numpy(), lung.sampler.weights.numpy()
+    assert np.array_equal(v[~negative], u[~negative])  # tumour slices as before
+    assert np.allclose(v[negative], u[negative] * lung_negative_weights(uniform.train_set)[negative])
+    with pytest.raises(ConfigError, match="--negative-weighting 'hila'"):
+        SliceDataModule(store_dir, DataConfig(num_workers=0, negative_weighting="hila"))

@@ -198,7 +198,7 @@ def crop_pairs(lesion_dir: str | os.PathLike[str]) -> list[tuple[str, Path, Path
     """The ``(id, ct, label)`` crop pairs of a lesion folder, sorted by id.
 
     Raises:
-        InputError: no such folder, no crops in it, or a crop without its mask.
+        InputError: no such folder, no crops in it, a crop without its mask or a mask without its crop.
     """
     root = Path(lesion_dir)
     if not root.is_dir():
@@ -212,6 +212,12 @@ def crop_pairs(lesion_dir: str | os.PathLike[str]) -> list[tuple[str, Path, Path
         if not label.is_file():
             raise InputError(f"{ct}: lesion crop has no mask {label.name}; add the mask or remove the crop from {root}")
         pairs.append((lesion_id, ct, label))
+    orphans = sorted(
+        lab for lab in root.glob("*" + CROP_LABEL_SUFFIX) if not lab.name.startswith(".") and not (root / (lab.name[: -len(CROP_LABEL_SUFFIX)] + CROP_CT_SUFFIX)).is_file()
+    )
+    if orphans:
+        more = f" (and {len(orphans) - 1} more)" if len(orphans) > 1 else ""
+        raise InputError(f"{orphans[0]}: lesion mask has no crop {orphans[0].name[: -len(CROP_LABEL_SUFFIX)]}{CROP_CT_SUFFIX}{more}; add the crop or remove the mask from {root}")
     if not pairs:
         raise InputError(f"{root}: no lesion crops (<id>{CROP_CT_SUFFIX} with <id>{CROP_LABEL_SUFFIX}); pass another --lesion-dir")
     return pairs

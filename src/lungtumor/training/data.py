@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from lungtumor.config import AIR_TISSUE_HU
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.preprocessing.grid import air_value, context_stack
 from lungtumor.preprocessing.store import SliceStore
+from lungtumor.training.options import NEGATIVE_WEIGHTINGS
 
 
 class SliceDataset(Dataset):
@@ -117,6 +119,35 @@ def oversampling_weights(tumour_voxels: np.ndarray, target_fraction: float | Non
     return weights
 
 
+#: Lung-density HU range of :func:`lung_negative_weights` (below it: outside air, trachea, bowel gas; above: tissue).
+LUNG_DENSITY_HU = (-950.0, AIR_TISSUE_HU)
+#: Smallest weight of a tumour-free slice under ``lung`` weighting (relative to the mean: none becomes impossible).
+MIN_NEGATIVE_WEIGHT = 0.1
+
+
+def lung_negative_weights(dataset: SliceDataset) -> np.ndarray:
+    """Per item: its lung-density pixels (``LUNG_DENSITY_HU``) over their mean on the tumour-free items.
+
+    Tumour-free slices of a scan differ: apex and base slices hold little lung, mid-lung slices the
+    vessels, fissures and hila that a model mistakes for nodules. Multiplied into the tumour-free
+    weights (mean 1 over them, floored at ``MIN_NEGATIVE_WEIGHT``), it draws those slices more often
+    and leaves the tumour fraction as it was. Reads every training slice once (the store is memory-mapped).
+    """
+    scale = float(dataset.store.preprocess.hu_scale)
+    lo, hi = LUNG_DENSITY_HU[0] / scale, LUNG_DENSITY_HU[1] / scale
+    counts = []
+    for case in dataset.cases:
+        image, _ = dataset.store.arrays(case)
+        img = np.asarray(image, dtype=np.float32)
+        counts.append(((img > lo) & (img < hi)).reshape(img.shape[0], -1).sum(1))
+    area = np.concatenate(counts).astype(np.float64) if counts else np.zeros(0)
+    negative = dataset.tumour_voxels() == 0
+    mean = float(area[negative].mean()) if negative.any() else 0.0
+    if mean <= 0:
+        return np.ones_like(area)
+    return np.maximum(area / mean, MIN_NEGATIVE_WEIGHT)
+
+
 class TumourOversampler(Sampler[int]):
     """``WeightedRandomSampler`` semantics, reproducible per epoch, and sharded across ranks.
 
@@ -188,6 +219,11 @@ class DataConfig:
         samples_per_epoch: None = as many draws as training slices (the seed's).
         seed: sampler seed.
         splits: ``{"train": [...], "val": [...]}`` case ids chosen by the run; None = the store's.
+        negative_weighting: ``uniform`` (the seed's) or ``lung``: tumour-free slices weighted by
+            their lung-density pixels (:func:`lung_negative_weights`).
+        crop_items: items of every training batch that are lesion crops (added on the device,
+            :mod:`lungtumor.training.crops`): the loader draws ``batch_size - crop_items`` slices per
+            batch and proportionally fewer slices per epoch, so the steps per epoch stay the same.
     """
 
     context: int = 0
@@ -197,6 +233,13 @@ class DataConfig:
     samples_per_epoch: int | None = None
     seed: int = 0
     splits: dict[str, list[str]] | None = None
+    crop_items: int = 0
+    negative_weighting: str = "uniform"
+
+    @property
+    def slice_batch_size(self) -> int:
+        """Slices the loader puts in a training batch."""
+        return self.batch_size - self.crop_items
 
 
 def _worker_init(_: int) -> None:
@@ -226,17 +269,28 @@ class SliceDataModule(L.LightningDataModule):
         self.val_set = SliceDataset(self.store, self.splits["val"], cfg.context)
         if len(self.train_set) == 0:
             raise InputError(f"{store_dir}: the training split has no slices; preprocess more cases")
+        if not 0 <= cfg.crop_items < cfg.batch_size:
+            raise ConfigError(f"crop items per batch ({cfg.crop_items}) must leave at least one slice of the batch size {cfg.batch_size}")
+        draws = cfg.samples_per_epoch or len(self.train_set)
+        if cfg.crop_items:  # the same number of steps: fewer slices per batch, the rest are crops
+            draws = math.ceil(draws / cfg.batch_size) * cfg.slice_batch_size
+        if cfg.negative_weighting not in NEGATIVE_WEIGHTINGS:
+            raise ConfigError(f"--negative-weighting {cfg.negative_weighting!r}: expected one of {', '.join(NEGATIVE_WEIGHTINGS)}")
+        weights = oversampling_weights(self.train_set.tumour_voxels(), cfg.tumour_fraction)
+        if cfg.negative_weighting == "lung":
+            negative = self.train_set.tumour_voxels() == 0
+            weights[negative] *= lung_negative_weights(self.train_set)[negative]
         self.sampler = TumourOversampler(
-            oversampling_weights(self.train_set.tumour_voxels(), cfg.tumour_fraction),
-            num_samples=cfg.samples_per_epoch or len(self.train_set),
+            weights,
+            num_samples=draws,
             seed=cfg.seed,
         )
 
-    def _loader(self, dataset: Dataset, **kw: Any) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_size: int | None = None, **kw: Any) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
+            batch_size=batch_size or self.cfg.batch_size,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
@@ -246,7 +300,7 @@ class SliceDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, sampler=self.sampler, drop_last=False)
+        return self._loader(self.train_set, self.cfg.slice_batch_size, sampler=self.sampler, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, sampler=ValidationShard(len(self.val_set)))

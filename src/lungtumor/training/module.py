@@ -50,6 +50,9 @@ class SegmentationModule(L.LightningModule):
         copy_paste: :class:`~lungtumor.training.copy_paste.CopyPasteConfig` as a dict, or None (off);
             its lesion bank is built from the training set when fitting starts.
         head_bias: initial bias of the output logit (None = PyTorch's initialisation).
+        crops: lesion-crop samples (:mod:`lungtumor.training.crops`): ``{"rate", "items", "lesion_dir",
+            ...}`` as recorded in the checkpoint, or None (off); the crops themselves are set as
+            :attr:`crop_bank` by the trainer before fitting (read and checked before the run folder is written).
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class SegmentationModule(L.LightningModule):
         split: dict[str, Any] | None = None,
         copy_paste: dict[str, Any] | None = None,
         head_bias: float | None = None,
+        crops: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -87,6 +91,8 @@ class SegmentationModule(L.LightningModule):
         self._val_case_index: torch.Tensor | None = None
         self._val_slices = 0
         self._copy_paster: Any = None
+        self.crop_bank: Any = None  # a CropBank, set by the trainer when ``crops`` is on
+        self._crop_mixer: Any = None
 
     def on_fit_start(self) -> None:
         cp = self.hparams.get("copy_paste")
@@ -98,6 +104,14 @@ class SegmentationModule(L.LightningModule):
                 dm.train_set, CopyPasteConfig.from_dict(cp), exclude_cases=dm.splits["val"], seed=int(self.hparams.seed), device=self.device
             )
 
+        crops = self.hparams.get("crops")
+        if crops and self._crop_mixer is None:
+            from lungtumor.training.crops import CropMixer
+
+            if self.crop_bank is None:
+                raise ConfigError("crop samples are on but no crops were loaded; train through lungtumor.training.trainer.train (it reads --lesion-dir)")
+            self._crop_mixer = CropMixer(self.crop_bank, int(crops["items"]), device=self.device)
+
     # -- data on the device ------------------------------------------------------------------
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         ct, mask, index = batch
@@ -106,14 +120,19 @@ class SegmentationModule(L.LightningModule):
         if size is not None and ct.shape[-1] != size:
             ct = F.interpolate(ct, size=(size, size), mode="bilinear", align_corners=False)
             mask = F.interpolate(mask, size=(size, size), mode="nearest")
-        paster = self._copy_paster
-        if self.trainer is not None and self.trainer.training and (self.augment_cfg.enabled or paster is not None):
+        paster, mixer = self._copy_paster, self._crop_mixer
+        if self.trainer is not None and self.trainer.training and (self.augment_cfg.enabled or paster is not None or mixer is not None):
             # Different randomness per step, rank and epoch; reproducible for a seed.
             s = (int(self.hparams.seed) * 1_000_003 + self.global_step * 7919 + self.global_rank * 104_729) % (2**63)
             gen = torch.Generator(device=ct.device).manual_seed(s)
             if paster is not None:  # before the spatial augmentation: the lesion deforms with its slice
                 scale = (stored_hw[0] / ct.shape[-2], stored_hw[1] / ct.shape[-1])
                 ct, mask = paster(ct, mask, index, generator=gen, pixel_scale=scale)
+            if mixer is not None:
+                # Crop items join the slices after the paste (which needs the slices' cases) and before the
+                # augmentation (which treats them as any item); their own random stream leaves the others' as they were.
+                crop_gen = torch.Generator(device=ct.device).manual_seed((s + 1) % (2**63))
+                ct, mask, index = mixer.mix(ct, mask, index, crop_gen)
             if self.augment_cfg.enabled:
                 ct, mask = augment_batch(ct, mask, self.augment_cfg, generator=gen)
         ct = apply_window(ct, self.augment_cfg)  # every stage: the checkpoint's preprocessing clips the same way
@@ -126,7 +145,12 @@ class SegmentationModule(L.LightningModule):
     def _step(self, batch: Any, stage: str) -> tuple[torch.Tensor, torch.Tensor]:
         ct, mask, _ = batch
         logits = self(ct)
-        loss = self.loss_fn(logits, mask)
+        if stage == "train" and self._crop_mixer is not None:  # crop canvases: only the crops' own pixels count
+            from lungtumor.training.crops import masked_loss
+
+            loss = masked_loss(self.hparams.loss, logits, mask)
+        else:
+            loss = self.loss_fn(logits, mask)
         self.log(f"{stage}/loss", loss, prog_bar=True, on_step=stage == "train", on_epoch=True, batch_size=ct.shape[0], sync_dist=stage != "train")
         return loss, logits
 
@@ -220,6 +244,7 @@ class SegmentationModule(L.LightningModule):
             loss=self.hparams.loss,
             threshold=float(self.hparams.threshold),
             split=self.hparams.get("split"),
+            **({"crops": self.hparams["crops"]} if self.hparams.get("crops") else {}),
         )
 
     # -- pictures ---------------------------------------------------------------------------

@@ -28,6 +28,10 @@ LOSSES = ("bce", "dice", "bce+dice")
 NORMS = ("none", "batch", "instance")
 UPSAMPLES = ("bilinear", "transpose")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+#: ``--crop-overlap``: what a crop of a training or validation patient does (``training/crops.py``).
+CROP_OVERLAPS = ("refuse", "exclude")
+#: ``--negative-weighting``: how tumour-free slices are drawn (``training/data.py``).
+NEGATIVE_WEIGHTINGS = ("uniform", "lung")
 #: Fields that are positional arguments or folders of the command, not ``--flags``.
 POSITIONAL_FIELDS = ("store", "out")
 #: Fields only a config file can set (structured values).
@@ -87,6 +91,19 @@ class TrainConfig:
     copy_paste_rate: float = _opt(0.0, "tumour copy-paste: probability that a training slice gets a pasted real lesion (default 0 = off)", type_=float)
     lesion_dir: str | None = _opt(None, "copy-paste: folder of lesion crops (<id>_ct.nii.gz + <id>_label.nii.gz) besides the training cases' own tumours")
     copy_paste_options: dict[str, Any] = _opt({}, "CopyPasteConfig overrides (config files only)")  # noqa: RUF009
+    crop_rate: float = _opt(
+        0.0,
+        "fraction of every training batch that are real lesion crops from --lesion-dir, with their true surroundings "
+        "(default 0 = off; sampled by patient; without --lesion-dir the rate is ignored, with one log line)",
+        type_=float,
+    )
+    negative_weighting: str = _opt(
+        "uniform",
+        "tumour-free slices: uniform (default, the seed's) or lung (weighted by their lung-density pixels: more mid-lung and hilar "
+        "slices, fewer apex and base slices; the tumour fraction unchanged)",
+    )
+    crop_exclude: str | None = _opt(None, "crop samples: patient or crop ids to leave out, comma-separated (e.g. held-out test patients)")
+    crop_overlap: str = _opt("refuse", "a crop whose patient is a training or validation case of the store: refuse (default) or exclude")
     tumour_fraction: float | None = _opt(None, "target fraction of tumour slices per batch (default: the seed's n_neg/n_pos weights)", type_=float)
     samples_per_epoch: int | None = _opt(None, "draws per epoch (default: number of training slices)", type_=int)
     num_workers: int = _opt(2, "DataLoader workers (default 2)", type_=int)
@@ -174,10 +191,14 @@ class TrainConfig:
             raise ConfigError(f"copy_paste_options: expected a mapping of CopyPasteConfig fields, found {type(self.copy_paste_options).__name__}")
         if not (isinstance(self.copy_paste_rate, (int, float)) and 0.0 <= self.copy_paste_rate <= 1.0):
             raise ConfigError(f"--copy-paste-rate {self.copy_paste_rate}: must be a probability in [0, 1]")
-        if self.lesion_dir and not self.copy_paste_rate:
+        if not (isinstance(self.crop_rate, (int, float)) and not isinstance(self.crop_rate, bool) and 0.0 <= self.crop_rate < 1.0):
+            raise ConfigError(f"--crop-rate {self.crop_rate}: must be a fraction of the batch in [0, 1)")
+        choice("crop_overlap", CROP_OVERLAPS)
+        choice("negative_weighting", NEGATIVE_WEIGHTINGS)
+        if self.lesion_dir and not self.copy_paste_rate and not self.crop_rate:
             raise ConfigError(
-                f"--lesion-dir {self.lesion_dir}: copy-paste is off (--copy-paste-rate 0), so the crops would not be used; "
-                "add --copy-paste-rate, e.g. 0.5, or drop --lesion-dir"
+                f"--lesion-dir {self.lesion_dir}: copy-paste and crop samples are off (--copy-paste-rate 0, --crop-rate 0), so the crops would "
+                "not be used; add --crop-rate (e.g. 0.25) or --copy-paste-rate, or drop --lesion-dir"
             )
 
     @classmethod

@@ -22,6 +22,7 @@ from lungtumor.model.unet import ModelConfig
 from lungtumor.preprocessing.presets import preset_for
 from lungtumor.training.augment import AugmentConfig, combined_clip
 from lungtumor.training.copy_paste import config_from_train_options
+from lungtumor.training.crops import CropBank, crop_items_per_batch, store_pixel_mm
 from lungtumor.training.data import DataConfig, make_datamodule
 from lungtumor.training.module import SegmentationModule
 from lungtumor.training.options import LR_SCHEDULES, TrainConfig, load_config_file  # noqa: F401 (re-exported)
@@ -245,6 +246,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, split_record = run_split(cfg)
+    crop_items = crop_items_per_batch(cfg.crop_rate, cfg.batch_size) if cfg.lesion_dir else 0
+    if cfg.crop_rate and not cfg.lesion_dir:
+        log.warning("crop samples off: --crop-rate %g without --lesion-dir leaves out real lesion crops (train on the store's slices alone)", cfg.crop_rate)
     dm = make_datamodule(
         cfg.store,
         DataConfig(
@@ -255,6 +259,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             samples_per_epoch=cfg.samples_per_epoch,
             seed=cfg.seed,
             splits=splits,
+            crop_items=crop_items,
+            negative_weighting=cfg.negative_weighting,
         ),
     )
     if not dm.val_set.cases:
@@ -276,6 +282,16 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     copy_paste = config_from_train_options(cfg.copy_paste_rate if cfg.augment else 0.0, cfg.lesion_dir, cfg.copy_paste_options)
     # A training HU window is part of the preprocessing that inference must repeat.
     pre = dataclasses.replace(store_pre, size=size, clip_hu=combined_clip(store_pre.clip_hu, augment_cfg.clip_hu))
+    crop_bank, crops = None, None
+    if crop_items:  # read and checked here, before anything is written
+        crop_bank = CropBank.build(
+            cfg.lesion_dir, pixel_mm=store_pixel_mm(dm.store, dm.splits["train"], store_pre.size / size if preset.fixed_size else 1.0), hu_scale=store_pre.hu_scale, clip_hu=pre.clip_hu,
+            context=cfg.context, context_step_mm=store_pre.context_step_mm, store_cases=dm.splits,
+            exclude=[e.strip() for e in (cfg.crop_exclude or "").split(",") if e.strip()], overlap=cfg.crop_overlap,
+        )
+        crops = {"rate": cfg.crop_rate, "items": crop_items, "lesion_dir": str(cfg.lesion_dir), **crop_bank.summary()}
+        log.info("crop samples: %d of every %d batch items from %d crops of %d patients (%d lesion slices)",
+                 crop_items, cfg.batch_size, len(crop_bank), len(crop_bank.patients), crop_bank.n_slices)
     model_cfg = ModelConfig(in_channels=2 * cfg.context + 1, width=cfg.width, depth=cfg.depth, norm=cfg.norm, upsample=cfg.upsample)
     if preset.fixed_size and size % (2**cfg.depth):
         raise ConfigError(f"--size {size} is not divisible by 2**depth = {2**cfg.depth}; use --size {size - size % 2**cfg.depth + 2**cfg.depth}")
@@ -295,7 +311,9 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         channels_last=cfg.channels_last,
         threshold=cfg.threshold,
         split={**split_record, "train": dm.splits["train"], "val": dm.splits["val"]},
+        crops=crops,
     )
+    module.crop_bank = crop_bank
     if resume_from is not None:
         from lungtumor.runstate import check_recorded_config
 
