@@ -409,3 +409,27 @@ def test_dicom_inputs_get_one_measurement_report_per_visit_linked_by_tracking_ui
     assert matched
     for p in matched:
         assert p["tracking_uid"] in reports["baseline"] and p["tracking_uid"] in reports["followup"]
+
+
+def test_checkpoint_predicts_both_masks_as_segment_does(pair, alignment, tmp_path):
+    """Without masks, --checkpoint predicts each visit's mask through `segment` (predict's code path),
+    on each CT's own grid, and writes them beside the report."""
+    import torch
+
+    from lungtumor.config import PreprocessConfig
+    from lungtumor.inference.predictor import segment
+    from lungtumor.io.nifti import read_nifti
+    from lungtumor.model.checkpoint import LoadedModel
+
+    class Bright(torch.nn.Module):  # 'tumour' wherever the centre channel is above 0 HU
+        def forward(self, x):
+            return 1000.0 * x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]  # slices are HU / scale: > 0 above 0 HU
+
+    model = LoadedModel(net=Bright(), preprocess=PreprocessConfig(preset="seed", size=64), context=0, info={"threshold": 0.5})
+    ct_f = pair.painted_ct(pair.followup_mask(scales={1: 0.8}))
+    doc = followup(pair.ct_b, ct_f, tmp_path / "out", checkpoint=model, alignment=alignment)
+    for name, ct in (("baseline_mask.nii.gz", pair.ct_b), ("followup_mask.nii.gz", ct_f)):
+        written = read_nifti(tmp_path / "out" / name)
+        assert written.shape == ct.shape and np.allclose(written.affine, ct.affine)
+        assert np.array_equal(written.array, segment(ct, model).array)
+    assert doc["inputs"]["model"] is not None
