@@ -497,7 +497,8 @@ def run_loso(
     """Leave-one-scan-out with the recipe file; each fold cached in ``WORK/loso/HELD_OUT/result.json``.
 
     Args:
-        deadline: ``time.monotonic()`` after which no further fold is started (the folds run so far are reported).
+        deadline: ``time.monotonic()`` by which the folds must be done: a fold is not started when the time left
+            is shorter than the last fold took (the folds run so far are reported).
         on_fold: called with the partial report after every fold (e.g. to save it).
     """
     from lungtumor.config import PreprocessConfig, SplitConfig
@@ -526,8 +527,10 @@ def run_loso(
         if res_path.exists():
             folds.append(json.loads(res_path.read_text()))
             continue
-        if deadline is not None and time.monotonic() > deadline:
-            report["stopped"] = f"deadline reached before {held_out}"
+        # Not started when it would not finish: the time left is shorter than the last fold took.
+        last_s = folds[-1]["train_s"] + folds[-1]["predict_s"] if folds else 0.0
+        if deadline is not None and time.monotonic() + last_s > deadline:
+            report["stopped"] = f"time ran out before {held_out} (the last fold took {last_s:.0f} s)"
             break
         if run.exists():
             shutil.rmtree(run)
