@@ -365,8 +365,9 @@ def crop_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_crops(work: Path, crops_dir: Path, recipe: Path, overrides: dict[str, Any], *, folds: int, run_folds: Sequence[int], steps: int,
-              batch: int, seed: int, limit: int | None = None) -> dict[str, Any]:
-    """k-fold by patient over the crops; each fold cached in ``WORK/crops/fold-K.json``."""
+              batch: int, seed: int, limit: int | None = None, tag: str = "") -> dict[str, Any]:
+    """k-fold by patient over the crops; each fold cached in ``WORK/crops/fold-K-...json`` (named by its budget; ``tag``
+    names runs with recipe overrides)."""
     from lungtumor.config import LUNG_SPACING_MM
 
     opts = recipe_options(recipe, overrides)
@@ -378,7 +379,8 @@ def run_crops(work: Path, crops_dir: Path, recipe: Path, overrides: dict[str, An
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for k in run_folds:
-        path = out_dir / f"fold-{k}.json"
+        # The file names the fold's budget, so a re-run with another budget never reuses it.
+        path = out_dir / f"fold-{k}-of-{folds}-steps{steps}-batch{batch}-seed{seed}{'-tag' + tag if tag else ''}.json"
         if path.exists():
             results.append(json.loads(path.read_text()))
             continue
@@ -525,7 +527,10 @@ def run_loso(
         run = work / "loso" / held_out
         res_path = run / "result.json"
         if res_path.exists():
-            folds.append(json.loads(res_path.read_text()))
+            cached = json.loads(res_path.read_text())
+            if (cached.get("recipe"), cached.get("overrides")) != (str(recipe), overrides):
+                raise SystemExit(f"{run} holds a fold of another recipe or --set ({cached.get('recipe')}, {cached.get('overrides')}); use another --work")
+            folds.append(cached)
             continue
         # Not started when it would not finish: the time left is shorter than the last fold took.
         last_s = folds[-1]["train_s"] + folds[-1]["predict_s"] if folds else 0.0
@@ -556,7 +561,7 @@ def run_loso(
         (run / "labels").mkdir(exist_ok=True)
         (run / "labels" / name).symlink_to((pairs / f"{held_out}_label.nii.gz").resolve())
         row = evaluate_folder(run / "pred", run / "labels", None, progress=False, prob_dir=run / "pred").rows[0]
-        rec = {"held_out": held_out, "dice": row["dice"], "lesions_found": row["lesions_found"], "lesions_ref": row["lesions_ref"],
+        rec = {"held_out": held_out, "recipe": str(recipe), "overrides": overrides, "dice": row["dice"], "lesions_found": row["lesions_found"], "lesions_ref": row["lesions_ref"],
                "false_positive_lesions": row["false_positive_lesions"], "volume_pred_ml": row["volume_pred_ml"], "volume_ref_ml": row["volume_ref_ml"],
                "steps": summary["global_step"], "batch": cfg.batch_size, "slices_seen": summary["global_step"] * cfg.batch_size, "width": cfg.width,
                "train_s": train_s, "predict_s": predict_s, "crops_excluded": [held_out] if crops_dir is not None else None,
@@ -677,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--tag", default="", help="crops: names the cached folds of runs with --set (required with --set)")
     ap.add_argument("--tiny", action="store_true", help="synthetic crops and SMALL phantoms, width 4, a few steps (seconds)")
     a = ap.parse_args(argv)
     import torch
@@ -701,8 +707,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if "crops" in parts:
         run_folds = [int(x) for x in a.run_folds.split(",")] if a.run_folds else list(range(a.folds))
+        if a.set and not a.tag and not a.tiny:
+            raise SystemExit("--set with --part crops needs --tag (its folds are cached under their own names)")
         report["crops"] = run_crops(work, crops_dir, Path(a.recipe), overrides, folds=a.folds, run_folds=run_folds, steps=steps, batch=batch,
-                                    seed=a.seed, limit=limit)
+                                    seed=a.seed, limit=limit, tag=a.tag)
         print(crop_table(report["crops"]), flush=True)
     if "loso" in parts:
         held = a.held_out.split(",") if a.held_out else None
