@@ -528,7 +528,7 @@ def run_loso(
         res_path = run / "result.json"
         if res_path.exists():
             cached = json.loads(res_path.read_text())
-            if (cached.get("recipe"), cached.get("overrides")) != (str(recipe), overrides):
+            if "recipe" in cached and (cached["recipe"], cached.get("overrides")) != (str(recipe), overrides):
                 raise SystemExit(f"{run} holds a fold of another recipe or --set ({cached.get('recipe')}, {cached.get('overrides')}); use another --work")
             folds.append(cached)
             continue
