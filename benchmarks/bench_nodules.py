@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_real import fold_store  # a store view without the held-out scan; its last case (a phantom here) validates
 from common import machine, parse_set
 
 REPO = Path(__file__).resolve().parents[1]
@@ -467,28 +468,6 @@ def build_pairs(work: Path, real: Path | None, pairs_dir: Path | None, n_phantom
 def real_cases(pairs: Path) -> list[str]:
     """The real scans of a pairs folder (every case but the phantoms)."""
     return sorted(p.name[: -len("_ct.nii.gz")] for p in pairs.glob("*_ct.nii.gz") if not p.name.startswith("zz_"))
-
-
-def fold_store(store: Path, held_out: str, out: Path) -> Path:
-    """A store view without ``held_out``: case folders linked, the last case (a phantom) validates."""
-    from lungtumor.config import PreprocessConfig, SplitConfig
-    from lungtumor.preprocessing.store import write_manifest
-
-    if (out / "store.json").exists():
-        return out
-    (out / "cases").mkdir(parents=True, exist_ok=True)
-    metas = {}
-    for case_dir in sorted((store / "cases").iterdir()):
-        if case_dir.name == held_out or case_dir.name.startswith("."):
-            continue
-        link = out / "cases" / case_dir.name
-        if not link.exists():
-            link.symlink_to(case_dir.resolve())
-        metas[case_dir.name] = json.loads((case_dir / "meta.json").read_text())
-    shutil.copy(store / "config.json", out / "config.json")
-    cfg = PreprocessConfig.from_dict(json.loads((store / "config.json").read_text())["preprocess"])
-    write_manifest(out, cfg, SplitConfig(val_cases=1), metas, {})
-    return out
 
 
 def run_loso(

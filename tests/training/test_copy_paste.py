@@ -408,7 +408,7 @@ def test_training_with_copy_paste_and_a_window(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
-def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str], recipe: str) -> None:
+def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, recipe: str) -> None:
     import json
 
     from lungtumor.cli import main
@@ -434,6 +434,15 @@ def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.Captu
     assert main(["predict", summary["last_checkpoint"], str(ct), str(tmp_path / "pred.nii.gz")]) == 0
     assert (tmp_path / "pred.nii.gz").is_file()
     capsys.readouterr()
+    if recipe == "real_ct_cpu.yaml":  # without the crops folder the recipe runs, and says what it leaves out
+        import logging
+
+        with caplog.at_level(logging.WARNING, logger="lungtumor.training.trainer"):
+            args = argv("run3", crops)
+            k = args.index("--lesion-dir")
+            assert main(args[:k] + args[k + 2 :]) == 0
+        assert "without --lesion-dir" in caplog.text and "left out" in caplog.text
+        capsys.readouterr()
     assert main(argv("run2", tmp_path / "none")) == 2  # a one-line error before any training
     assert "lesion folder not found" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()
