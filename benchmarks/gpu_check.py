@@ -26,6 +26,15 @@ everything measured so far):
 
 Peak GPU memory (``torch.cuda.max_memory_allocated``) is recorded per stage.
 
+Optional, with ``--real-ct DIR`` (``DIR`` from ``benchmarks/make_gpu_data.py``: ``pairs/`` with the real
+scans cut to their lungs + 12 mm, ``crops/`` with nodule crops): ``real_ct``, the leave-one-scan-out
+benchmark of ``benchmarks/bench_nodules.py`` with ``configs/real_ct.yaml`` at its GPU budget (64,000
+slices at width 64 per fold) and the crops in training, under ``REAL_CT_BUDGET_S``; its results (per
+held-out scan, per-case Dice mean / median / 10th percentile, pooled Dice, size-band sensitivity, FP
+per scan, lesion FROC / CPM) go into the same JSON under ``stages.real_ct``. A fold is not started
+when the time left is shorter than the last fold took. ``--tiny --real-ct synthetic`` runs the stage on
+tiny synthetic scans and crops (the test suite).
+
 ``--tiny`` is a CPU mode (width 4, 32x32, a couple of steps, SMALL phantoms, seconds) that the
 test suite runs so that this script cannot rot; GPU-only numbers are then None with a reason.
 
@@ -69,6 +78,10 @@ GIGA = 1e9
 STAGES = ("environment", "peak", "store", "train", "data_path", "predict", "ddp")
 #: Seconds each stage may take at most (GPU mode); the whole run is also held to ``--deadline-s``.
 STAGE_BUDGET_S = {"environment": 30, "peak": 45, "store": 60, "train": 100, "data_path": 50, "predict": 90, "ddp": 150}
+#: The optional real-CT stage (``--real-ct DIR``): runs after the others, with its own budget added to the deadline.
+OPTIONAL_STAGES = ("real_ct",)
+REAL_CT_BUDGET_S = 290
+STAGE_BUDGET_S["real_ct"] = REAL_CT_BUDGET_S
 #: Seconds kept back from the deadline when a stage's budget is cut to what is left.
 DEADLINE_RESERVE_S = 3.0
 #: Default driver deadline in GPU mode (the shell wrapper passes what its hard cap leaves).
@@ -835,6 +848,65 @@ def stage_ddp(ctx: Context, rec: dict[str, Any]) -> None:
         raise RuntimeError(f"lungtumor train exited with {proc.returncode}: {tail[:300]}")
 
 
+# ------------------------------------------------------------------------------------------------
+# Optional stage: the real-CT recipe measured leave-one-scan-out (--real-ct DIR)
+
+#: ``--real-ct`` value that makes tiny synthetic scans and crops instead of reading a folder.
+REAL_CT_SYNTHETIC = "synthetic"
+#: Seconds of the stage kept for the evaluation of all folds after the last one.
+REAL_CT_RESERVE_S = 15.0
+
+
+def real_ct_inputs(ctx: Context, source: str) -> tuple[Path, Path | None]:
+    """(pairs folder, crops folder or None) of ``--real-ct``: a ``make_gpu_data.py`` folder, or tiny synthetic data."""
+    import bench_nodules
+
+    if source == REAL_CT_SYNTHETIC:
+        if not ctx.tiny:
+            raise Skip("--real-ct synthetic is for the tiny CPU mode; give make_gpu_data.py's folder on a GPU")
+        data = ctx.work / "real_ct_data"
+        return bench_nodules.write_tiny_scans(data / "pairs"), bench_nodules.write_tiny_crops(data / "crops", n=4)
+    root = Path(source)
+    pairs = root / "pairs"
+    if not pairs.is_dir() or not any(pairs.glob("*_ct.nii.gz")):
+        raise Skip(f"{root}: no pairs/<case>_ct.nii.gz; make it with `python benchmarks/make_gpu_data.py --out {root}`")
+    crops = root / "crops"
+    return pairs, crops if crops.is_dir() and any(crops.glob("*_ct.nii.gz")) else None
+
+
+def stage_real_ct(ctx: Context, rec: dict[str, Any]) -> None:
+    """Leave-one-scan-out with ``configs/real_ct.yaml`` at its GPU budget (tiny: width 4, a few steps, one fold)."""
+    import bench_nodules
+
+    source = getattr(ctx, "real_ct", None)
+    if not source:
+        raise Skip("no --real-ct DIR given")
+    pairs, crops = real_ct_inputs(ctx, source)
+    rec["recipe"] = str(bench_nodules.GPU_RECIPE.relative_to(ROOT))
+    rec["lesion_dir"] = str(crops) if crops is not None else None
+    if crops is None:
+        rec["lesion_dir_note"] = "no crops/ in the folder: trained without --lesion-dir"
+    overrides: dict[str, Any] = {"accelerator": "cpu"} if not ctx.cuda else {}
+    held_outs = None
+    if ctx.tiny:
+        overrides.update(bench_nodules.TINY_OVERRIDES)
+        held_outs = bench_nodules.real_cases(pairs)[:1]
+    opts = bench_nodules.recipe_options(bench_nodules.GPU_RECIPE, overrides)
+    rec["budget"] = {"width": opts.get("width"), "batch": opts.get("batch_size"),
+                     "slices_per_fold": int(opts.get("epochs", 0)) * int(opts.get("samples_per_epoch") or 0)}
+
+    def save(partial: dict[str, Any]) -> None:
+        rec["folds"] = list(partial["folds"])
+
+    report = bench_nodules.run_loso(
+        ctx.work / "real_ct", bench_nodules.GPU_RECIPE, overrides, pairs_dir=pairs, crops_dir=crops, held_outs=held_outs,
+        phantom_size="SMALL" if ctx.tiny else "FULL", deadline=ctx.stage_end - REAL_CT_RESERVE_S, on_fold=save,
+    )
+    rec.update({k: v for k, v in report.items() if k not in ("recipe", "overrides")})
+    if not rec.get("folds"):
+        raise Skip(report.get("stopped", "no fold finished"))
+
+
 STAGE_FUNCTIONS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "environment": stage_environment,
     "peak": stage_peak,
@@ -843,6 +915,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "data_path": stage_data_path,
     "predict": stage_predict,
     "ddp": stage_ddp,
+    "real_ct": stage_real_ct,
 }
 
 
@@ -914,6 +987,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--only", default=None, help=f"comma-separated stages to run (of {','.join(STAGES)}; store is added where needed)")
     ap.add_argument("--deadline-s", type=float, default=None, help=f"seconds the whole run may take (default {DEFAULT_DEADLINE_S:.0f}; tiny: none)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work folder (store, checkpoint, DDP run)")
+    ap.add_argument("--real-ct", default=None, metavar="DIR",
+                    help=f"also run the real-CT stage on make_gpu_data.py's folder (adds {REAL_CT_BUDGET_S} s; tiny mode: '{REAL_CT_SYNTHETIC}')")
     return ap.parse_args(argv)
 
 
@@ -921,17 +996,22 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     sizes = TINY_SIZES if a.tiny else GPU_SIZES
     stages = list(STAGES)
+    if a.real_ct:
+        stages.append("real_ct")
     if a.only:
         wanted = {x.strip() for x in a.only.split(",") if x.strip()}
-        unknown = sorted(wanted - set(STAGES))
+        unknown = sorted(wanted - set(STAGES) - set(OPTIONAL_STAGES))
         if unknown:
-            print(f"gpu_check: unknown stages {unknown}; choose from {', '.join(STAGES)}", file=sys.stderr)
+            print(f"gpu_check: unknown stages {unknown}; choose from {', '.join(STAGES + OPTIONAL_STAGES)}", file=sys.stderr)
+            return 2
+        if "real_ct" in wanted and not a.real_ct:
+            print("gpu_check: the real_ct stage needs --real-ct DIR (benchmarks/make_gpu_data.py's folder)", file=sys.stderr)
             return 2
         if wanted & {"train", "data_path", "ddp"}:
             wanted.add("store")
         wanted.add("environment")
-        stages = [st for st in STAGES if st in wanted]
-    deadline_s = a.deadline_s if a.deadline_s is not None else (3600.0 if a.tiny else DEFAULT_DEADLINE_S)
+        stages = [st for st in stages if st in wanted]
+    deadline_s = a.deadline_s if a.deadline_s is not None else (3600.0 if a.tiny else DEFAULT_DEADLINE_S + (REAL_CT_BUDGET_S if a.real_ct else 0))
     deadline = time.monotonic() + deadline_s
     out = a.out if a.out is not None else default_out()
     report = Report(out, "tiny" if a.tiny else "gpu", sizes, sys.argv[:1] + (argv if argv is not None else sys.argv[1:]))
@@ -950,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     rc = 0
     try:
         ctx = Context(sizes, a.tiny, work, deadline)
+        ctx.real_ct = a.real_ct  # type: ignore[attr-defined]  # the optional stage's input
         if not a.tiny and not ctx.cuda:
             report.data["no_gpu"] = "no CUDA device is visible; run with --tiny for the CPU mode"
         for name in stages:

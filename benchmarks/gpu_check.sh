@@ -8,12 +8,14 @@
 #   bash benchmarks/gpu_check.sh --tiny          # the CPU mode the test suite runs (seconds)
 #   bash benchmarks/gpu_check.sh --plan          # print the set-up it would do and stop (changes nothing)
 #   bash benchmarks/gpu_check.sh --fetch-wheels  # on a machine WITH network: wheels the offline GPU machine lacks -> .whl/
+#   bash benchmarks/gpu_check.sh --real-ct .gpu_data   # also the real-CT stage: configs/real_ct.yaml leave-one-scan-out
+#                                                      # at its GPU budget (+300 s; data: python benchmarks/make_gpu_data.py)
 #   any other arguments go to gpu_check.py (e.g. --only peak,train)
 #
 # Environment:
 #   OUT              results folder (default benchmarks/results): gpu_check.json, gpu_check.txt, gpu_check.log
 #   PYTHON           interpreter (default: .venv/bin/python if present, else python3)
-#   GPU_CHECK_CAP_S  hard cap of the whole run in seconds (default 480; --tiny: 300)
+#   GPU_CHECK_CAP_S  hard cap of the whole run in seconds (default 480; --tiny: 300; +300 with --real-ct)
 #   GPU_CHECK_VENV   venv made (with the system's packages visible) when PYTHON is not in a venv
 #                    (default /tmp/lungtumor-gpu-check-venv)
 #
@@ -44,6 +46,8 @@ while [ "$#" -gt 0 ]; do
 done
 
 if [ "$TINY" = 1 ]; then DEFAULT_CAP_S=300; else DEFAULT_CAP_S=480; fi
+#: the optional real-CT stage (--real-ct DIR, made by benchmarks/make_gpu_data.py) adds its own 300 s
+case " ${DRIVER_ARGS[*]-} " in *" --real-ct "*|*" --real-ct="*) DEFAULT_CAP_S=$((DEFAULT_CAP_S + 300)) ;; esac
 CAP_S=${GPU_CHECK_CAP_S:-$DEFAULT_CAP_S}
 #: seconds of the cap kept for the driver to write its results after the outer timeout's TERM
 KILL_GRACE_S=15

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -153,3 +154,22 @@ def test_an_ensemble_of_a_cv_folder_takes_only_finished_folds(tmp_path, caplog) 
     run = tmp_path / "run"  # a train run folder or a checkpoint file pass through unchanged
     run.mkdir()
     assert not is_cv_folder(run) and ensemble_checkpoints(run) == run and ensemble_checkpoints("a.ckpt") == "a.ckpt"
+
+
+def test_report_gives_the_per_case_spread_and_pooled_dice(tmp_path: Path) -> None:
+    import numpy as np
+
+    from lungtumor.cv import format_report, write_report
+
+    dices = [0.9, 0.8, 0.5, 0.1]
+    records = [
+        {"seed": 0, "fold": k, "dice_mean": d, "rows": [{"case": f"c{k}", "dice": d, "pred_volume_ml": 10.0, "ref_volume_ml": 10.0,
+                                                          "overlap_volume_ml": 10.0 * d}]}
+        for k, d in enumerate(dices)
+    ]
+    summary = write_report(tmp_path, records, [], folds=4, seeds=1)
+    spread = summary["dice_per_case"]
+    assert spread["median"] == pytest.approx(np.median(dices)) and spread["q10"] == pytest.approx(np.percentile(dices, 10))
+    assert summary["dice_pooled"] == pytest.approx(2 * sum(10 * d for d in dices) / 80)
+    text = format_report(summary)
+    assert "10th percentile" in text and "Dice pooled:" in text

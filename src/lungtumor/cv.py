@@ -65,7 +65,9 @@ RUNTIME_OPTIONS = ("store", "out", "progress", "num_workers", "accelerator", "de
 #: Training options that ``cv`` sets per fold itself (not the user's to record).
 PER_FOLD_OPTIONS = ("fold", "folds", "split_seed", "val_cases", "seed")
 #: Per-case columns of the cross-validation table (a subset of the evaluation's).
-CASE_COLUMNS = ("seed", "fold", "case", "dice", "surface_dice", "hd95_mm", "pred_volume_ml", "ref_volume_ml")
+CASE_COLUMNS = ("seed", "fold", "case", "dice", "surface_dice", "hd95_mm", "pred_volume_ml", "ref_volume_ml", "overlap_volume_ml")
+#: cv_cases.csv column -> the key of an evaluation row it is read from (where the names differ).
+_EVALUATION_KEYS = {"pred_volume_ml": "volume_pred_ml", "ref_volume_ml": "volume_ref_ml", "overlap_volume_ml": "volume_overlap_ml"}
 
 
 def _mean_sd(values: list[float]) -> dict[str, float | int | None]:
@@ -123,7 +125,7 @@ def run_fold(base: Any, store: Path, fold_dir: Path, fold: int, folds: int, seed
     pred_dir = fold_dir / "predictions"
     predict_path(ckpt, inputs, pred_dir, probabilities=True, tta=tta, progress=False)
     result = evaluate_folder(pred_dir, refs, out_dir=fold_dir / "evaluation", prob_dir=pred_dir / "probabilities", progress=False)
-    rows = [{"seed": seed, "fold": fold, **{k: r.get(k) for k in CASE_COLUMNS if k not in ("seed", "fold")}} for r in result.rows]
+    rows = [{"seed": seed, "fold": fold, **{k: r.get(_EVALUATION_KEYS.get(k, k)) for k in CASE_COLUMNS if k not in ("seed", "fold")}} for r in result.rows]
     record = {
         "seed": seed,
         "fold": fold,
@@ -378,6 +380,8 @@ def write_report(
     out: Path, records: list[dict[str, Any]], failures: list[dict[str, Any]], *, folds: int, seeds: int, postprocessing: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Aggregate fold records into ``cv_summary.json`` and ``cv_cases.csv``."""
+    from lungtumor.evaluation.evaluate import POOLED_DICE_LABEL, dice_spread
+
     per_seed: dict[str, Any] = {}
     for seed in sorted({r["seed"] for r in records}):
         fold_means = [r["dice_mean"] for r in records if r["seed"] == seed]
@@ -391,6 +395,11 @@ def write_report(
         "per_seed": per_seed,
         "dice_over_seeds": _mean_sd([m for m in seed_means if m is not None]),
         "dice_over_all_cases": _mean_sd([row["dice"] for r in records for row in r["rows"]]),
+        # The per-case spread as nnU-Net reports Task06 (median 0.784, 10th percentile 0.551), and
+        # the pooled Dice on its own, labelled.
+        "dice_per_case": dice_spread(row["dice"] for r in records for row in r["rows"] if row["dice"] is not None),
+        "dice_pooled": _pooled(records),
+        "dice_pooled_label": POOLED_DICE_LABEL,
         "failed": failures,
         "complete": not failures and len(records) == folds * seeds,
         "postprocessing": postprocessing,
@@ -407,6 +416,18 @@ def write_report(
     return summary
 
 
+def _pooled(records: list[dict[str, Any]]) -> float | None:
+    """Pooled hard Dice over every case of every fold and seed (None where a row lacks its volumes)."""
+    from lungtumor.evaluation.evaluate import pooled_dice
+
+    rows = [row for r in records for row in r["rows"]]
+    if not rows or any(row.get(k) is None for row in rows for k in _EVALUATION_KEYS):  # records of an older version
+        return None
+    value = pooled_dice({"volume_overlap_ml": row["overlap_volume_ml"], "volume_pred_ml": row["pred_volume_ml"],
+                         "volume_ref_ml": row["ref_volume_ml"]} for row in rows)
+    return None if math.isnan(value) else value
+
+
 def format_report(summary: dict[str, Any]) -> str:
     """A short human-readable table of the report."""
     def f(x: Any) -> str:
@@ -420,6 +441,15 @@ def format_report(summary: dict[str, Any]) -> str:
         lines.append(f"seed {seed}: mean +- SD over {d['n']} folds  {f(d['mean'])} +- {f(d['sd'])}")
     d = summary["dice_over_seeds"]
     lines.append(f"over {d['n']} seeds: {f(d['mean'])} +- {f(d['sd'])}")
+    spread = summary.get("dice_per_case")
+    if spread:
+        def g(x: Any) -> str:
+            return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+        lines.append(f"Dice per case over all {spread['n']} cases: mean {g(spread['mean'])}, median {g(spread['median'])}, "
+                     f"10th percentile {g(spread['q10'])}")
+    if "dice_pooled" in summary:
+        lines.append(f"Dice pooled: {f(summary['dice_pooled'])} ({summary['dice_pooled_label']})")
     post = summary.get("postprocessing") or {}
     if "dice_by_min_lesion_ml" in post:
         chosen = post["min_lesion_ml"] or 0.0

@@ -229,3 +229,40 @@ def test_measure_counts_every_timed_call() -> None:
     ctx.sizes = gpu_check.dataclasses.replace(sizes, warmup_s=0.03)  # warm-up by time too (GPU clocks)
     iters, _ = gpu_check.measure(ctx, calls.append, max_iters=3)
     assert iters == 3 and len(calls) > 5 and calls == list(range(len(calls)))
+
+
+@pytest.mark.slow  # about 20 s on an idle 2-core machine: one tiny leave-one-scan-out fold (Lightning, SMALL phantoms)
+def test_tiny_real_ct_stage_writes_its_results_into_the_same_json(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--only", "real_ct", "--real-ct", gpu_check.REAL_CT_SYNTHETIC, "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=_env_without_out(),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / gpu_check.JSON_NAME).read_text())
+    assert list(data["stages"]) == ["environment", "real_ct"] and data["status"] == "complete"
+    rec = data["stages"]["real_ct"]
+    assert rec["status"] == "ok", (rec.get("reason"), rec.get("traceback"))
+    assert rec["recipe"] == "configs/real_ct.yaml" and rec["lesion_dir"]
+    assert rec["budget"] == {"width": 4, "batch": 4, "slices_per_fold": 16}  # the tiny overrides of the GPU recipe
+    (fold,) = rec["folds"]
+    assert fold["crops_excluded"] == [fold["held_out"]] and fold["slices_seen"] > 0
+    s = rec["summary"]
+    assert s["cases"] == 1
+    for key in ("dice_mean", "dice_median", "dice_q10", "dice_pooled", "lesion_sensitivity", "false_positive_lesions_per_scan"):
+        assert isinstance(s[key], (int, float)), key
+    assert s["dice_median"] == pytest.approx(fold["dice"]) and "pooled" in s["dice_pooled_label"]
+    assert [b["band"] for b in s["lesion_size_bands"]] == ["<10 mm", "10-20 mm", "20-30 mm", ">30 mm"]
+    assert s["lesion_froc"] is not None and 0.0 <= s["lesion_froc"]["cpm"] <= 1.0
+
+
+def test_real_ct_stage_needs_its_folder(tmp_path: Path) -> None:
+    assert gpu_check.main(["--tiny", "--only", "real_ct", "--out", str(tmp_path)]) == 2  # no --real-ct DIR
+    ctx = SimpleNamespace(tiny=False, work=tmp_path)
+    with pytest.raises(gpu_check.Skip, match="make_gpu_data.py"):
+        gpu_check.real_ct_inputs(ctx, str(tmp_path / "missing"))  # type: ignore[arg-type]
+    with pytest.raises(gpu_check.Skip, match="tiny"):
+        gpu_check.real_ct_inputs(ctx, gpu_check.REAL_CT_SYNTHETIC)  # type: ignore[arg-type]
+    (tmp_path / "d" / "pairs").mkdir(parents=True)
+    (tmp_path / "d" / "pairs" / "A_ct.nii.gz").touch()
+    assert gpu_check.real_ct_inputs(ctx, str(tmp_path / "d")) == (tmp_path / "d" / "pairs", None)  # type: ignore[arg-type]

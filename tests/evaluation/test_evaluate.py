@@ -14,11 +14,14 @@ from lungtumor.errors import GeometryError, InputError
 from lungtumor.evaluation.evaluate import (
     CSV_COLUMNS,
     METRICS_CSV,
+    POOLED_DICE_LABEL,
     POOLED_SOFT_DICE_LABEL,
     SUMMARY_JSON,
+    dice_spread,
     evaluate_folder,
     format_table,
     match_cases,
+    pooled_dice,
 )
 from lungtumor.io.nifti import write_nifti
 from lungtumor.io.volume import Volume
@@ -94,6 +97,8 @@ def test_values_by_hand(folders: tuple[Path, Path], tmp_path: Path) -> None:
     dices = [2 * 16 / 65, 1.0, 0.0]
     assert s["dice_mean"] == pytest.approx(np.mean(dices))  # case_d excluded
     assert s["dice_median"] == pytest.approx(np.median(dices))
+    assert s["dice_q10"] == pytest.approx(np.percentile(dices, 10))
+    assert s["dice_pooled_label"] == POOLED_DICE_LABEL and "pooled" in POOLED_DICE_LABEL
     lo, hi = s["dice_ci95"]
     assert 0.0 <= lo <= s["dice_mean"] <= hi <= 1.0
     assert s["hd95_median_mm"] == pytest.approx(1.0)  # median of [1, 0, inf]
@@ -344,3 +349,38 @@ def test_froc_from_probabilities(band_folders: tuple[Path, Path, Path], tmp_path
         image.verify()
     assert json.loads((tmp_path / "out" / SUMMARY_JSON).read_text())["froc"]["cpm"] == pytest.approx(40 / 49)
     assert "CPM 0.816" in format_table(result)
+
+
+def test_dice_spread_on_hand_made_values() -> None:
+    # Ten cases and one both-empty (NaN, left out): numpy's percentile is the reference.
+    dices = [0.91, 0.85, 0.80, 0.78, 0.77, 0.70, 0.62, 0.55, 0.30, 0.0]
+    spread = dice_spread([*dices, float("nan")])
+    assert spread["n"] == 10
+    assert spread["mean"] == pytest.approx(np.mean(dices))
+    assert spread["median"] == pytest.approx(np.median(dices)) == pytest.approx(0.735)
+    assert spread["q10"] == pytest.approx(np.percentile(dices, 10)) == pytest.approx(0.27)  # 0.0 + 0.9 x (0.30 - 0.0)
+    empty = dice_spread([float("nan")])
+    assert empty["n"] == 0 and all(math.isnan(empty[k]) for k in ("mean", "median", "q10"))
+
+
+def test_pooled_dice_weighs_cases_by_volume() -> None:
+    rows = [
+        {"volume_overlap_ml": 90.0, "volume_pred_ml": 100.0, "volume_ref_ml": 100.0},  # Dice 0.9, large
+        {"volume_overlap_ml": 0.0, "volume_pred_ml": 0.0, "volume_ref_ml": 1.0},  # Dice 0.0, small
+    ]
+    assert pooled_dice(rows) == pytest.approx(2 * 90 / 201)  # not the per-case mean 0.45
+    assert math.isnan(pooled_dice([{"volume_overlap_ml": 0.0, "volume_pred_ml": 0.0, "volume_ref_ml": 0.0}]))
+
+
+def test_summary_prints_the_spread_and_pooled_on_its_own_line(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    pred, label = folders
+    result = evaluate_folder(pred, label, tmp_path / "eval", progress=False)
+    s = result.summary
+    assert s["dice_pooled"] == pytest.approx(pooled_dice(result.rows))
+    on_disk = json.loads((tmp_path / "eval" / SUMMARY_JSON).read_text())
+    assert {"dice_mean", "dice_median", "dice_q10", "dice_pooled"} <= set(on_disk)
+    lines = format_table(result).splitlines()
+    per_case = next(line for line in lines if line.startswith("Dice per case"))
+    assert "median" in per_case and "10th percentile" in per_case and "pooled" not in per_case
+    pooled = next(line for line in lines if line.startswith("Dice pooled"))
+    assert f"{s['dice_pooled']:.3f}" in pooled

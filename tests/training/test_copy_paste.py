@@ -320,16 +320,27 @@ def test_store_lesions_and_geometry(tmp_path: Path) -> None:
     assert case_geometry(store, cases[0]) == pytest.approx((2.5, 0.8, 0.9))
 
 
-def test_real_ct_recipe_loads_and_validates() -> None:
+#: The two real-CT recipes: file -> (width, training slices) each states as its budget.
+RECIPES = {"real_ct.yaml": (64, 64_000), "real_ct_cpu.yaml": (16, 12_000)}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_real_ct_recipes_load_validate_and_state_their_budget(name: str) -> None:
     from lungtumor.training.augment import AugmentConfig
     from lungtumor.training.options import TrainConfig, load_config_file
 
-    cfg = TrainConfig.from_dict(load_config_file(REPO / "configs" / "real_ct.yaml"))
+    path = REPO / "configs" / name
+    cfg = TrainConfig.from_dict(load_config_file(path))
     aug = AugmentConfig.from_dict(cfg.augment_options)
-    # Measured (BENCHMARKS.md, bench_real): copy-paste off; its options still validate when switched on.
-    assert not config_from_train_options(cfg.copy_paste_rate, cfg.lesion_dir, cfg.copy_paste_options).enabled
-    cp = config_from_train_options(0.5, cfg.lesion_dir, cfg.copy_paste_options)
-    assert cp.enabled and aug.uses_intensity and cfg.loss == "bce+dice" and cfg.norm == "batch"
+    # Crop samples on, so that `--lesion-dir CROPS` is the one extra argument; copy-paste off, as measured
+    # (BENCHMARKS.md: 25 false-positive lesions per scan with it, 7 without).
+    assert cfg.crop_rate > 0 and not config_from_train_options(cfg.copy_paste_rate, cfg.lesion_dir, cfg.copy_paste_options).enabled
+    assert aug.uses_intensity and cfg.loss == "bce+dice" and cfg.norm == "batch"
+    # A fixed schedule, never a time cap; the header states the budget the schedule is.
+    width, slices = RECIPES[name]
+    assert cfg.max_minutes is None and cfg.width == width and cfg.epochs * cfg.samples_per_epoch == slices
+    header = path.read_text().split("\nwidth:")[0]
+    assert f"{slices:,}" in header and f"width {width}" in header and "--lesion-dir CROPS" in header
 
 
 def test_real_lidc_crop_matches_its_manifest(real_data: Path) -> None:
@@ -397,7 +408,8 @@ def test_training_with_copy_paste_and_a_window(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, recipe: str) -> None:
     import json
 
     from lungtumor.cli import main
@@ -410,12 +422,28 @@ def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.Captu
     crops.mkdir()
     _write_crop(crops, "X_R_1")
     def argv(run: str, lesions: Path) -> list[str]:
-        return ["train", str(tmp_path / "store"), "--out", str(tmp_path / run), "--config", str(REPO / "configs" / "real_ct.yaml"),
-                "--copy-paste-rate", "0.5", "--lesion-dir", str(lesions), "--fast-dev-run", "--width", "4", "--num-workers", "0", "--no-progress"]
+        # The crops folder is the only extra argument of the recipe (the rest: a tiny, one-batch run).
+        return ["train", str(tmp_path / "store"), "--out", str(tmp_path / run), "--config", str(REPO / "configs" / recipe),
+                "--lesion-dir", str(lesions), "--epochs", "1", "--samples-per-epoch", "2", "--limit-val-batches", "1", "--width", "4", "--batch-size", "2",
+                "--num-workers", "0", "--no-progress"]
 
     assert main(argv("run", crops)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["global_step"] == 1
+    # predict with the checkpoint needs no recipe-specific flags.
+    ct = task / "imagesTr" / "lung_000.nii.gz"
+    assert main(["predict", summary["last_checkpoint"], str(ct), str(tmp_path / "pred.nii.gz")]) == 0
+    assert (tmp_path / "pred.nii.gz").is_file()
+    capsys.readouterr()
+    if recipe == "real_ct_cpu.yaml":  # without the crops folder the recipe runs, and says what it leaves out
+        import logging
+
+        with caplog.at_level(logging.WARNING, logger="lungtumor.training.trainer"):
+            args = argv("run3", crops)
+            k = args.index("--lesion-dir")
+            assert main(args[:k] + args[k + 2 :]) == 0
+        assert "without --lesion-dir" in caplog.text and "left out" in caplog.text
+        capsys.readouterr()
     assert main(argv("run2", tmp_path / "none")) == 2  # a one-line error before any training
     assert "lesion folder not found" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()

@@ -223,7 +223,7 @@ def test_training_with_crops_records_them_and_warns_without_a_folder(tmp_path: P
     assert "crop_rate: 0.25" in (tmp_path / "run" / "config.yaml").read_text()
     with caplog.at_level(logging.WARNING):
         off = train(TrainConfig(**{**base, "lesion_dir": None}, out=str(tmp_path / "off")))
-    assert "leaves out real lesion crops" in caplog.text
+    assert "real lesion crops are left out" in caplog.text
     assert "crops" not in read_checkpoint(off["last_checkpoint"])["lungtumor"]
 
 

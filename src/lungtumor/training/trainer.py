@@ -248,7 +248,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     splits, split_record = run_split(cfg)
     crop_items = crop_items_per_batch(cfg.crop_rate, cfg.batch_size) if cfg.lesion_dir else 0
     if cfg.crop_rate and not cfg.lesion_dir:
-        log.warning("crop samples off: --crop-rate %g without --lesion-dir leaves out real lesion crops (train on the store's slices alone)", cfg.crop_rate)
+        log.warning("crop samples off: --crop-rate %g without --lesion-dir, so real lesion crops are left out (training on the store's slices alone)", cfg.crop_rate)
     dm = make_datamodule(
         cfg.store,
         DataConfig(
@@ -280,6 +280,10 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     augment_cfg = AugmentConfig.from_dict({**cfg.augment_options, "hu_scale": store_pre.hu_scale, "enabled": cfg.augment})
     # --no-augment turns every augmentation off, copy-paste included.
     copy_paste = config_from_train_options(cfg.copy_paste_rate if cfg.augment else 0.0, cfg.lesion_dir, cfg.copy_paste_options)
+    if copy_paste.enabled and copy_paste.lesion_dir is None:
+        # The real-CT recipes paste lesion crops too; without --lesion-dir they run, and say what they leave out.
+        log.warning("copy-paste without --lesion-dir: only the training cases' own tumours are pasted; lesion crops "
+                    "(e.g. the LIDC nodule crops) are left out")
     # A training HU window is part of the preprocessing that inference must repeat.
     pre = dataclasses.replace(store_pre, size=size, clip_hu=combined_clip(store_pre.clip_hu, augment_cfg.clip_hu))
     crop_bank, crops = None, None
