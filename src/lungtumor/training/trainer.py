@@ -282,7 +282,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         model=model_cfg.to_dict(),
         preprocess=pre.to_dict(),
         loss=cfg.loss,
-        lr=cfg.lr,
+        lr=cfg.effective_lr,
         lr_schedule=cfg.lr_schedule,
         augment=augment_cfg.to_dict(),
         copy_paste=copy_paste.to_dict() if copy_paste.enabled else None,
@@ -294,6 +294,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         channels_last=cfg.channels_last,
         threshold=cfg.threshold,
         split={**split_record, "train": dm.splits["train"], "val": dm.splits["val"]},
+        compile=cfg.compile,
+        fused_adam=cfg.fused_adam,
     )
     if resume_from is not None:
         from lungtumor.runstate import check_recorded_config
