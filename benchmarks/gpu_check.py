@@ -21,6 +21,15 @@ everything measured so far):
    freshly initialised seed U-Net loaded through the checkpoint path
    (``lungtumor.model.checkpoint.load_model``), ``lungtumor.inference.predictor.segment``, cold and
    warm, and the forward pass alone.
+4b. ``train_levers`` (issue 17 section 2): the training step of stage 4 with each speed lever of
+   ``lungtumor train`` side by side, on the same batches: baseline (bilinear, eager, Adam, batch
+   B), transposed upsampling, ``torch.compile`` (``--compile on``), fused Adam, batch 4B with the
+   learning rate scaled linearly (``--lr-scale-batch B``), and all of them combined; slices/s,
+   TFLOP/s and the fraction of the measured bf16 matmul peak each, and the speed-up over the
+   baseline. The compiled variants run last (their first steps compile) and only on CUDA.
+6b. ``cohort`` (issue 17 section 3): ``predict_path`` on a folder of FULL phantom scans with a
+   lung-preset U-Net (the default width), with 0 and N ``--workers``, against reading the same
+   files alone (``benchmarks/bench_cohort.py``): scans per minute and each scan's time split.
 7. ``ddp``: a few steps of ``lungtumor train --strategy ddp --devices 2`` where two GPUs are
    visible, else recorded as skipped.
 
@@ -66,9 +75,11 @@ GIB = 2**30
 TERA = 1e12
 GIGA = 1e9
 #: Stages in the order they run.
-STAGES = ("environment", "peak", "store", "train", "data_path", "predict", "ddp")
+STAGES = ("environment", "peak", "store", "train", "train_levers", "data_path", "predict", "cohort", "ddp")
 #: Seconds each stage may take at most (GPU mode); the whole run is also held to ``--deadline-s``.
 STAGE_BUDGET_S = {"environment": 30, "peak": 45, "store": 60, "train": 100, "data_path": 50, "predict": 90, "ddp": 150}
+#: Issue 17's stages (levers: two compiles of the seed U-Net; cohort: FULL phantoms, two folder runs).
+STAGE_BUDGET_S.update({"train_levers": 200, "cohort": 120})
 #: Seconds kept back from the deadline when a stage's budget is cut to what is left.
 DEADLINE_RESERVE_S = 3.0
 #: Default driver deadline in GPU mode (the shell wrapper passes what its hard cap leaves).
@@ -116,6 +127,27 @@ SUMMARY_FIELDS: dict[str, str] = {
     "ddp_global_step": "optimizer steps the DDP run made",
     "ddp_wall_s": "wall seconds of the DDP run (process start to exit)",
 }
+
+
+#: Issue 17's summary fields (stages train_levers and cohort).
+LEVER_NAMES = ("baseline", "transpose", "compile", "fused_adam", "batch_lr_scaled", "combined")
+#: Lever variants that torch.compile the U-Net: CUDA only (on a CPU one compile of the tiny U-Net took 262 s under load).
+COMPILED_LEVERS = ("compile", "combined")
+#: The large batch of the levers, as a multiple of the training batch (32 -> 128 on a GPU).
+LEVER_BATCH_FACTOR = 4
+SUMMARY_FIELDS.update({f"levers_{name}_slices_per_s": f"training step, lever {name} (slices/s; stage train_levers)" for name in LEVER_NAMES})
+SUMMARY_FIELDS.update({
+    "levers_baseline_tflops": "training step, baseline, achieved TFLOP/s",
+    "levers_combined_tflops": "training step, all levers combined, achieved TFLOP/s",
+    "levers_baseline_fraction_of_matmul_peak": "baseline TFLOP/s / bf16 matmul peak",
+    "levers_combined_fraction_of_matmul_peak": "all levers combined TFLOP/s / bf16 matmul peak (target >= 0.45)",
+    "cohort_scans": "scans in the cohort folder",
+    "cohort_read_alone_scans_per_min": "reading the folder's files alone (scans/min)",
+    "cohort_workers_0_scans_per_min": "predict on the folder, --workers 0 (scans/min)",
+    "cohort_workers_n_scans_per_min": "predict on the folder, --workers N (scans/min)",
+    "cohort_pipelined_vs_read_alone": "wall of predict --workers N / reading alone (target <= 2)",
+    "cohort_same_outputs": "outputs with and without workers identical",
+})
 
 
 @dataclass(frozen=True)
@@ -258,11 +290,24 @@ DIRECT_FIELDS: dict[str, tuple[str, str]] = {
     "ddp_global_step": ("ddp", "global_step"),
     "ddp_wall_s": ("ddp", "wall_s"),
 }
+DIRECT_FIELDS.update({f"levers_{name}_slices_per_s": ("train_levers", f"{name}_slices_per_s") for name in LEVER_NAMES})
+DIRECT_FIELDS.update({
+    "levers_baseline_tflops": ("train_levers", "baseline_tflops"),
+    "levers_combined_tflops": ("train_levers", "combined_tflops"),
+    "cohort_scans": ("cohort", "scans"),
+    "cohort_read_alone_scans_per_min": ("cohort", "read_alone_scans_per_min"),
+    "cohort_workers_0_scans_per_min": ("cohort", "workers_0_scans_per_min"),
+    "cohort_workers_n_scans_per_min": ("cohort", "workers_n_scans_per_min"),
+    "cohort_pipelined_vs_read_alone": ("cohort", "pipelined_vs_read_alone"),
+    "cohort_same_outputs": ("cohort", "same_outputs"),
+})
 #: Summary fields computed from two others: field -> (numerator field, denominator field).
 RATIO_FIELDS: dict[str, tuple[str, str]] = {
     "train_fraction_of_matmul_peak": ("train_tflops", "peak_matmul_tflops"),
     "train_fraction_of_conv_peak": ("train_tflops", "peak_conv3x3_tflops"),
     "data_path_headroom": ("data_path_slices_per_s", "train_slices_per_s"),
+    "levers_baseline_fraction_of_matmul_peak": ("levers_baseline_tflops", "peak_matmul_tflops"),
+    "levers_combined_fraction_of_matmul_peak": ("levers_combined_tflops", "peak_matmul_tflops"),
 }
 
 
@@ -366,6 +411,8 @@ class Context:
         #: The training batch that fitted (stage train); later stages use it.
         self.batch: int | None = None
         self.stage_end = deadline
+        #: The measured bf16 matmul peak (stage peak), for the fractions of the lever stage.
+        self.peak_matmul_tflops: float | None = None
 
     @property
     def device(self) -> Any:
@@ -499,7 +546,7 @@ def stage_peak(ctx: Context, rec: dict[str, Any]) -> None:
     b = torch.randn(n, n, device=dev, dtype=dtype)
     iters, secs = measure(ctx, lambda _, a=a, b=b: a @ b, seconds=ctx.sizes.measure_s / 3, share=0.3)
     rec["matmul_n"] = n
-    rec["matmul_tflops"] = 2 * n**3 * iters / secs / TERA
+    rec["matmul_tflops"] = ctx.peak_matmul_tflops = 2 * n**3 * iters / secs / TERA
     del a, b
     # cuDNN's default heuristic and, where there is cuDNN, its autotuner (benchmark=True): the peak
     # is the best of them, the default is what `lungtumor train` gets (it leaves benchmark off).
@@ -691,6 +738,114 @@ def stage_train(ctx: Context, rec: dict[str, Any]) -> None:
     rec["loader_fed_workers"] = s.workers[0]
 
 
+class LeverTrainer(Trainer):
+    """Stage 4's training step with ``lungtumor train``'s speed levers: the U-Net's upsampling, its
+    compile (:func:`lungtumor.training.module.compile_net`) and the optimiser
+    (:func:`lungtumor.training.module.make_optimizer`), as the LightningModule applies them."""
+
+    def __init__(self, ctx: Context, width: int, *, upsample: str, compile_net: bool, fused: bool, lr: float) -> None:
+        import torch
+
+        from lungtumor.model.unet import ModelConfig, UNet
+        from lungtumor.training import module
+        from lungtumor.training.augment import AugmentConfig
+        from lungtumor.training.losses import make_loss
+
+        torch.manual_seed(0)
+        self.ctx = ctx
+        self.net = UNet(ModelConfig(width=width, upsample=upsample)).to(ctx.device).to(memory_format=torch.channels_last)
+        if compile_net:
+            module.compile_net(self.net)
+        self.opt = module.make_optimizer(self.net.parameters(), lr, fused=fused)
+        self.loss_fn = make_loss("bce")
+        self.augment_cfg = AugmentConfig()
+        self.gen = torch.Generator(device=ctx.device).manual_seed(0)
+
+
+def lever_variants(batch: int) -> list[dict[str, Any]]:
+    """The lever variants of stage train_levers, eager ones first (a compile may run out the budget)."""
+    large = LEVER_BATCH_FACTOR * batch
+    base = {"upsample": "bilinear", "compile": False, "fused": False, "batch": batch, "lr": 1e-4}
+    variants = {
+        "baseline": base,
+        "transpose": {**base, "upsample": "transpose"},
+        "fused_adam": {**base, "fused": True},
+        # --batch-size 4B --lr-scale-batch B: the learning rate grows with the batch (linear rule).
+        "batch_lr_scaled": {**base, "batch": large, "lr": 1e-4 * large / batch},
+        "compile": {**base, "compile": True},
+        "combined": {"upsample": "transpose", "compile": True, "fused": True, "batch": large, "lr": 1e-4 * large / batch},
+    }
+    return [{"name": name, **variants[name]} for name in ("baseline", "transpose", "fused_adam", "batch_lr_scaled", "compile", "combined")]
+
+
+def stage_train_levers(ctx: Context, rec: dict[str, Any]) -> None:
+    import torch
+
+    from lungtumor.model.unet import ModelConfig, flops_per_slice
+
+    s = ctx.sizes
+    batch = ctx.batch or s.batch
+    variants = lever_variants(batch)
+    rec["variants"] = variants
+    rec["train_command_of_combined"] = (
+        f"lungtumor train STORE --out RUN --upsample transpose --compile on --fused-adam on "
+        f"--batch-size {LEVER_BATCH_FACTOR * batch} --lr-scale-batch {batch} --lr 1e-4"
+    )
+    pool_ct, pool_mask, source = _device_pool(ctx, 2 * LEVER_BATCH_FACTOR * batch)
+    rec["input"] = source
+    peak = ctx.peak_matmul_tflops
+    for k, v in enumerate(variants):
+        name = v["name"]
+        if v["compile"] and not ctx.cuda:
+            why = "torch.compile is measured on CUDA only (a CPU compile of even the tiny U-Net takes minutes)"
+            rec.update({f"{name}_slices_per_s": None, f"{name}_slices_per_s_reason": why, f"{name}_tflops_reason": why})
+            continue
+        try:
+            trainer = LeverTrainer(ctx, s.width, upsample=v["upsample"], compile_net=v["compile"], fused=v["fused"], lr=v["lr"])
+            run = _pool_steps(trainer, pool_ct, pool_mask, v["batch"])
+            t0 = time.perf_counter()
+            run(0)  # the first step (a compile's cost)
+            ctx.sync()
+            rec[f"{name}_first_step_s"] = time.perf_counter() - t0
+            iters, secs = measure(ctx, run, share=1.0 / (len(variants) - k + 1))
+        except torch.cuda.OutOfMemoryError as exc:
+            why = f"out of memory at batch {v['batch']}: {str(exc).splitlines()[0][:200]}"
+            rec.update({f"{name}_slices_per_s": None, f"{name}_slices_per_s_reason": why, f"{name}_tflops_reason": why})
+            trainer = run = None
+            torch.cuda.empty_cache()
+            continue
+        gflop = flops_per_slice(ModelConfig(width=s.width, upsample=v["upsample"]), s.size, s.size) / GIGA
+        rec[f"{name}_slices_per_s"] = iters * v["batch"] / secs
+        rec[f"{name}_tflops"] = rec[f"{name}_slices_per_s"] * 3 * gflop * GIGA / TERA
+        rec[f"{name}_fraction_of_matmul_peak"] = rec[f"{name}_tflops"] / peak if peak else None
+        base = rec.get("baseline_slices_per_s")
+        rec[f"{name}_speedup"] = rec[f"{name}_slices_per_s"] / base if base else None
+        trainer = run = None
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+
+
+def stage_cohort(ctx: Context, rec: dict[str, Any]) -> None:
+    sys.path.insert(0, str(HERE))
+    import bench_cohort
+
+    s = ctx.sizes
+    n_scans, workers = (2, 1) if ctx.tiny else (4, max(1, min(4, (os.cpu_count() or 2) // 2)))
+    size = "SMALL" if ctx.tiny else "FULL"
+    t0 = time.perf_counter()
+    paths = bench_cohort.write_scans(ctx.work / "cohort" / "in", n_scans, size)
+    rec["phantom_s"] = time.perf_counter() - t0
+    ckpt = bench_cohort.stub_lung_checkpoint(ctx.work / "cohort" / "lung.ckpt", s.width, empty=True)
+    rec.update(phantom_size=size, width=s.width, preset="lung", note="random weights, empty masks: the report has no lesions")
+    rows = bench_cohort.measure(ckpt, paths, ctx.work / "cohort", workers, report=True, device=ctx.device_type)
+    rec.update(
+        scans=rows["scans"], workers=workers, read_alone_s=rows["read_alone_s"], read_alone_scans_per_min=rows["read_alone_scans_per_min"],
+        workers_0_scans_per_min=rows["workers_0"]["scans_per_min"], workers_n_scans_per_min=rows[f"workers_{workers}"]["scans_per_min"],
+        pipelined_vs_read_alone=rows["pipelined_vs_read_alone"], same_outputs=rows["same_outputs"],
+        per_scan_workers_0=rows["workers_0"]["per_scan"], per_scan_workers_n=rows[f"workers_{workers}"]["per_scan"],
+    )
+
+
 def stage_data_path(ctx: Context, rec: dict[str, Any]) -> None:
     import torch
 
@@ -840,8 +995,10 @@ STAGE_FUNCTIONS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "peak": stage_peak,
     "store": stage_store,
     "train": stage_train,
+    "train_levers": stage_train_levers,
     "data_path": stage_data_path,
     "predict": stage_predict,
+    "cohort": stage_cohort,
     "ddp": stage_ddp,
 }
 
