@@ -27,6 +27,10 @@ everything measured so far):
    learning rate scaled linearly (``--lr-scale-batch B``), and all of them combined; slices/s,
    TFLOP/s and the fraction of the measured bf16 matmul peak each, and the speed-up over the
    baseline. The compiled variants run last (their first steps compile) and only on CUDA.
+4c. ``train_lightning`` (issue 17's target: >= 45 % of the bf16 peak with the project's own
+   loop): ``SegmentationModule`` + the store's DataModule + a Lightning Trainer (bf16-mixed,
+   augmentation on the device) with all levers combined, then with none; slices/s between the
+   first timed batch and the last (a callback), TFLOP/s and the fraction of the peak.
 6b. ``cohort`` (issue 17 section 3): ``predict_path`` on a folder of FULL phantom scans with a
    lung-preset U-Net (the default width), with 0 and N ``--workers``, against reading the same
    files alone (``benchmarks/bench_cohort.py``): scans per minute and each scan's time split.
@@ -75,11 +79,11 @@ GIB = 2**30
 TERA = 1e12
 GIGA = 1e9
 #: Stages in the order they run.
-STAGES = ("environment", "peak", "store", "train", "train_levers", "data_path", "predict", "cohort", "ddp")
+STAGES = ("environment", "peak", "store", "train", "train_levers", "train_lightning", "data_path", "predict", "cohort", "ddp")
 #: Seconds each stage may take at most (GPU mode); the whole run is also held to ``--deadline-s``.
 STAGE_BUDGET_S = {"environment": 30, "peak": 45, "store": 60, "train": 100, "data_path": 50, "predict": 90, "ddp": 150}
 #: Issue 17's stages (levers: two compiles of the seed U-Net; cohort: FULL phantoms, two folder runs).
-STAGE_BUDGET_S.update({"train_levers": 200, "cohort": 120})
+STAGE_BUDGET_S.update({"train_levers": 200, "train_lightning": 150, "cohort": 120})
 #: Seconds kept back from the deadline when a stage's budget is cut to what is left.
 DEADLINE_RESERVE_S = 3.0
 #: Default driver deadline in GPU mode (the shell wrapper passes what its hard cap leaves).
@@ -141,6 +145,10 @@ SUMMARY_FIELDS.update({
     "levers_combined_tflops": "training step, all levers combined, achieved TFLOP/s",
     "levers_baseline_fraction_of_matmul_peak": "baseline TFLOP/s / bf16 matmul peak",
     "levers_combined_fraction_of_matmul_peak": "all levers combined TFLOP/s / bf16 matmul peak (target >= 0.45)",
+    "lightning_combined_slices_per_s": "the project's Lightning loop, all levers combined (slices/s)",
+    "lightning_combined_tflops": "the project's Lightning loop, all levers combined, TFLOP/s",
+    "lightning_combined_fraction_of_matmul_peak": "the Lightning loop, all levers, TFLOP/s / bf16 matmul peak (issue 17 target >= 0.45)",
+    "lightning_baseline_slices_per_s": "the project's Lightning loop, no lever (slices/s)",
     "cohort_scans": "scans in the cohort folder",
     "cohort_read_alone_scans_per_min": "reading the folder's files alone (scans/min)",
     "cohort_workers_0_scans_per_min": "predict on the folder, --workers 0 (scans/min)",
@@ -294,6 +302,9 @@ DIRECT_FIELDS.update({f"levers_{name}_slices_per_s": ("train_levers", f"{name}_s
 DIRECT_FIELDS.update({
     "levers_baseline_tflops": ("train_levers", "baseline_tflops"),
     "levers_combined_tflops": ("train_levers", "combined_tflops"),
+    "lightning_combined_slices_per_s": ("train_lightning", "combined_slices_per_s"),
+    "lightning_combined_tflops": ("train_lightning", "combined_tflops"),
+    "lightning_baseline_slices_per_s": ("train_lightning", "baseline_slices_per_s"),
     "cohort_scans": ("cohort", "scans"),
     "cohort_read_alone_scans_per_min": ("cohort", "read_alone_scans_per_min"),
     "cohort_workers_0_scans_per_min": ("cohort", "workers_0_scans_per_min"),
@@ -308,6 +319,7 @@ RATIO_FIELDS: dict[str, tuple[str, str]] = {
     "data_path_headroom": ("data_path_slices_per_s", "train_slices_per_s"),
     "levers_baseline_fraction_of_matmul_peak": ("levers_baseline_tflops", "peak_matmul_tflops"),
     "levers_combined_fraction_of_matmul_peak": ("levers_combined_tflops", "peak_matmul_tflops"),
+    "lightning_combined_fraction_of_matmul_peak": ("lightning_combined_tflops", "peak_matmul_tflops"),
 }
 
 
@@ -825,6 +837,94 @@ def stage_train_levers(ctx: Context, rec: dict[str, Any]) -> None:
             torch.cuda.empty_cache()
 
 
+def lightning_throughput(ctx: Context, lever: dict[str, Any], workers: int, seconds: float) -> tuple[int, float, float]:
+    """Train with the project's loop (``SegmentationModule``, the store's DataModule, a Lightning
+    Trainer, augmentation on the device) under ``lever``; returns (timed batches, seconds, first
+    batches' seconds). Timing starts at the batch after warm-up and ends at the end of training."""
+    import lightning as L
+
+    from lungtumor.model.unet import ModelConfig
+    from lungtumor.training.data import DataConfig, make_datamodule
+    from lungtumor.training.module import SegmentationModule
+
+    if ctx.store is None:
+        raise Skip("no slice store (stage store did not finish)")
+    s = ctx.sizes
+    warmup = s.warmup + 1
+    max_batches = warmup + (s.max_steps or 10**6)
+
+    class Throughput(L.Callback):
+        def __init__(self) -> None:
+            self.t_start = time.perf_counter()
+            self.t0: float | None = None
+            self.t1: float | None = None
+            self.batches = 0
+            self.warm_s = 0.0
+
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == warmup:
+                ctx.sync()
+                self.t0 = time.perf_counter()
+                self.warm_s = self.t0 - self.t_start
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if self.t0 is None:
+                return
+            self.batches = batch_idx - warmup + 1
+            if time.perf_counter() - self.t0 >= seconds or ctx.seconds_left() < 2 * DEADLINE_RESERVE_S + 5:
+                trainer.should_stop = True
+
+        def on_train_end(self, trainer: Any, module: Any) -> None:
+            ctx.sync()
+            self.t1 = time.perf_counter()
+
+    batch = lever["batch"]
+    dm = make_datamodule(ctx.store, DataConfig(batch_size=batch, num_workers=workers, samples_per_epoch=batch * max(max_batches, 10_000)))
+    module = SegmentationModule(
+        model=ModelConfig(width=s.width, upsample=lever["upsample"]).to_dict(), preprocess=dm.store.preprocess.to_dict(), lr=lever["lr"],
+        image_every_n_steps=0, compile="on" if lever["compile"] else "off", fused_adam="on" if lever["fused"] else "off",
+    )
+    cb = Throughput()
+    trainer = L.Trainer(
+        accelerator="gpu" if ctx.cuda else "cpu", devices=1, precision="bf16-mixed" if ctx.bf16 else "32-true", max_epochs=1,
+        limit_train_batches=max_batches, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[cb], use_distributed_sampler=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    if cb.t0 is None or cb.t1 is None or not cb.batches:
+        raise RuntimeError("no batch was timed (training ended during the warm-up)")
+    return cb.batches, cb.t1 - cb.t0, cb.warm_s
+
+
+def stage_train_lightning(ctx: Context, rec: dict[str, Any]) -> None:
+    import warnings
+
+    from lungtumor.model.unet import ModelConfig, flops_per_slice
+
+    s = ctx.sizes
+    batch = ctx.batch or s.batch
+    variants = {v["name"]: v for v in lever_variants(batch)}
+    workers = s.workers[1]  # the many-worker loader: at 1,000+ slices/s the default 2 workers would be what the model waits for
+    rec.update(loop="SegmentationModule + make_datamodule + lightning.Trainer (bf16-mixed where native), augmentation on the device",
+               loader_workers=workers)
+    peak = ctx.peak_matmul_tflops
+    for name in ("combined", "baseline"):
+        lever = dict(variants[name])
+        if lever["compile"] and not ctx.cuda:
+            lever["compile"] = False  # the tiny CPU mode: every lever but the compile
+            rec[f"{name}_note"] = "without torch.compile (CUDA only)"
+        rec[f"{name}_lever"] = lever
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's advice on workers and logging, not results
+            batches, secs, warm_s = lightning_throughput(ctx, lever, workers, s.measure_s)
+        gflop = flops_per_slice(ModelConfig(width=s.width, upsample=lever["upsample"]), s.size, s.size) / GIGA
+        rec[f"{name}_batches_timed"] = batches
+        rec[f"{name}_warmup_s"] = warm_s
+        rec[f"{name}_slices_per_s"] = batches * lever["batch"] / secs
+        rec[f"{name}_tflops"] = rec[f"{name}_slices_per_s"] * 3 * gflop * GIGA / TERA
+        rec[f"{name}_fraction_of_matmul_peak"] = rec[f"{name}_tflops"] / peak if peak else None
+
+
 def stage_cohort(ctx: Context, rec: dict[str, Any]) -> None:
     sys.path.insert(0, str(HERE))
     import bench_cohort
@@ -996,6 +1096,7 @@ STAGE_FUNCTIONS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "store": stage_store,
     "train": stage_train,
     "train_levers": stage_train_levers,
+    "train_lightning": stage_train_lightning,
     "data_path": stage_data_path,
     "predict": stage_predict,
     "cohort": stage_cohort,
@@ -1084,7 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"gpu_check: unknown stages {unknown}; choose from {', '.join(STAGES)}", file=sys.stderr)
             return 2
-        if wanted & {"train", "data_path", "ddp"}:
+        if wanted & {"train", "data_path", "ddp", "train_lightning"}:
             wanted.add("store")
         wanted.add("environment")
         stages = [st for st in STAGES if st in wanted]
