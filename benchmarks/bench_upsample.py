@@ -48,23 +48,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--samples-per-epoch", type=int, default=400)
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    ap.add_argument("--val-every", type=int, default=None, help="validate every N epochs (default: at the last epoch only)")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args(argv)
     demo = DemoConfig()
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench_upsample_"))
     print(f"machine: {machine()}")
-    task = write_phantom_dataset(work / "data", cases=a.cases, test_cases=0, size="SMALL", seed=0)
-    pre = PreprocessConfig.from_preset("lung", spacing_mm=demo.spacing_mm)
-    preprocess_task(task, work / "store", pre, SplitConfig(val_cases=a.val_cases), workers=1, progress=False)
+    if not (work / "store" / "manifest.json").exists():  # a --workdir keeps its store between runs
+        task = write_phantom_dataset(work / "data", cases=a.cases, test_cases=0, size="SMALL", seed=0)
+        pre = PreprocessConfig.from_preset("lung", spacing_mm=demo.spacing_mm)
+        preprocess_task(task, work / "store", pre, SplitConfig(val_cases=a.val_cases), workers=1, progress=False)
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
         for upsample in ("bilinear", "transpose"):
             run = work / f"run-{upsample}-{seed}"
+            if run.exists():
+                import shutil
+
+                shutil.rmtree(run)
             cfg = TrainConfig(
                 store=str(work / "store"), out=str(run), epochs=a.epochs, width=demo.width, context=demo.context, norm=demo.norm,
                 loss=demo.loss, batch_size=demo.batch_size, lr=demo.lr, lr_schedule=demo.lr_schedule, augment_options=dict(DEMO_AUGMENT),
                 samples_per_epoch=a.samples_per_epoch, num_workers=1, seed=seed, image_every_n_steps=0,
-                val_every_n_epochs=demo.val_every_n_epochs, log_every_n_steps=5, progress=False, upsample=upsample,
+                val_every_n_epochs=a.val_every or a.epochs, log_every_n_steps=5, progress=False, upsample=upsample,
             )
             t0 = time.perf_counter()
             summary = train(cfg)
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         b, t = (next(r for r in rows if r["seed"] == seed and r["upsample"] == u) for u in ("bilinear", "transpose"))
         print(f"seed {seed}: last val Dice transpose/bilinear = {t['last_val_dice_case']:.3f}/{b['last_val_dice_case']:.3f} "
               f"= {t['last_val_dice_case'] / b['last_val_dice_case']:.3f}; train s {t['train_s']:.0f}/{b['train_s']:.0f}")
-    print(f"budget: {a.cases} SMALL phantom cases ({a.val_cases} validation), {a.epochs} epochs x {a.samples_per_epoch} slices, batch {demo.batch_size}")
+    print(f"budget: {a.cases} SMALL phantom cases ({a.val_cases} validation), {a.epochs} epochs x {a.samples_per_epoch} slices, "
+          f"batch {demo.batch_size} ({a.epochs * a.samples_per_epoch // demo.batch_size} steps)")
     return 0
 
 

@@ -330,3 +330,37 @@ def test_workers_must_be_a_whole_number_from_0(tmp_path) -> None:
     ckpt = _checkpoint(tmp_path / "a.ckpt", 1)
     with pytest.raises(ConfigError, match="--workers -1"):
         predict_path(ckpt, _ct(tmp_path), tmp_path / "o.nii.gz", workers=-1)
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_only_whole_outputs_and_a_rerun_completes(cohort, tmp_path) -> None:
+    """SIGKILL of `lungtumor predict --workers 2` (its whole process group: main, workers, fork server)
+    as soon as its first output appears: every output under its final name reads back whole, and
+    `--skip-existing` completes the folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt, inputs, names = cohort
+    out = tmp_path / "pred"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lungtumor.cli", "predict", str(ckpt), str(inputs), str(out), "--workers", "2", "--probabilities"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not (out / names[0]).exists():
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    visible = [p for p in out.rglob("*.nii.gz") if not p.name.startswith(".")]
+    for p in visible:  # whole files only under the final names
+        assert read_nifti(p).shape == SHAPE
+    assert main(["predict", str(ckpt), str(inputs), str(out), "--probabilities", "--skip-existing", "--workers", "2"]) == 0
+    reference = tmp_path / "reference"
+    assert main(["predict", str(ckpt), str(inputs), str(reference), "--probabilities"]) == 0
+    for name in names:
+        for sub in ("", "probabilities/"):
+            np.testing.assert_array_equal(read_nifti(out / sub / name).array, read_nifti(reference / sub / name).array)
