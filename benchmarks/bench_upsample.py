@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=18)
     ap.add_argument("--samples-per-epoch", type=int, default=400)
     ap.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    ap.add_argument("--width", type=int, default=None, help="U-Net width (default the demo's, 16)")
+    ap.add_argument("--tumour-fraction", type=float, default=None, help="tumour slices per batch (default the demo's: the seed's weights)")
     ap.add_argument("--val-every", type=int, default=None, help="validate every N epochs (default: at the last epoch only)")
     ap.add_argument("--workdir", type=Path, default=None)
     a = ap.parse_args(argv)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 shutil.rmtree(run)
             cfg = TrainConfig(
-                store=str(work / "store"), out=str(run), epochs=a.epochs, width=demo.width, context=demo.context, norm=demo.norm,
+                store=str(work / "store"), out=str(run), epochs=a.epochs, width=a.width or demo.width, tumour_fraction=a.tumour_fraction, context=demo.context, norm=demo.norm,
                 loss=demo.loss, batch_size=demo.batch_size, lr=demo.lr, lr_schedule=demo.lr_schedule, augment_options=dict(DEMO_AUGMENT),
                 samples_per_epoch=a.samples_per_epoch, num_workers=1, seed=seed, image_every_n_steps=0,
                 val_every_n_epochs=a.val_every or a.epochs, log_every_n_steps=5, progress=False, upsample=upsample,

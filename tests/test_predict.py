@@ -276,8 +276,9 @@ def test_skip_existing_skips_exactly_the_finished_inputs(cohort, tmp_path) -> No
     assert all(r.get("skipped") for r in again)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_run_stopped_by_a_failing_writer_leaves_whole_outputs_and_a_rerun_completes(cohort, tmp_path, monkeypatch, workers) -> None:
+def test_a_run_stopped_by_a_failing_writer_leaves_whole_outputs_and_a_rerun_completes(cohort, tmp_path, monkeypatch) -> None:
+    """The disk fills up at the second output (in this process: with --workers the writers run in
+    worker processes, see the SIGKILL test below); the rerun with --skip-existing uses workers."""
     import lungtumor.predict as predict_mod
 
     ckpt, inputs, names = cohort
@@ -292,12 +293,12 @@ def test_a_run_stopped_by_a_failing_writer_leaves_whole_outputs_and_a_rerun_comp
 
     monkeypatch.setattr(predict_mod, "write_nifti", write_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        predict_mod.predict_path(ckpt, inputs, out, progress=False, workers=workers)
+        predict_mod.predict_path(ckpt, inputs, out, progress=False)
     monkeypatch.setattr(predict_mod, "write_nifti", real_write)
     left = sorted(p.name for p in out.iterdir())
     assert left == [names[0]]  # the first output, whole; nothing else (no temporary files)
     assert read_nifti(out / names[0]).shape == read_nifti(inputs / names[0]).shape
-    results = predict_mod.predict_path(ckpt, inputs, out, progress=False, workers=workers, skip_existing=True)
+    results = predict_mod.predict_path(ckpt, inputs, out, progress=False, workers=2, skip_existing=True)
     assert [bool(r.get("skipped")) for r in results] == [True, False, False]
     complete = predict_mod.predict_path(ckpt, inputs, tmp_path / "complete", progress=False)
     for name in names:
@@ -364,3 +365,15 @@ def test_a_killed_run_leaves_only_whole_outputs_and_a_rerun_completes(cohort, tm
     for name in names:
         for sub in ("", "probabilities/"):
             np.testing.assert_array_equal(read_nifti(out / sub / name).array, read_nifti(reference / sub / name).array)
+
+
+def test_a_workers_warnings_are_logged_by_the_main_process(cohort, tmp_path, caplog) -> None:
+    ckpt, inputs, names = cohort
+    folder = tmp_path / "in"
+    write_nifti(Volume(np.full(SHAPE, 40, np.int16), affine_for("LAS")), folder / "no_air.nii.gz")
+    (folder / names[0]).symlink_to(inputs / names[0])
+    with caplog.at_level("WARNING", logger="lungtumor"):
+        from lungtumor.predict import predict_path
+
+        predict_path(ckpt, folder, tmp_path / "out", progress=False, workers=2)
+    assert any("no_air.nii.gz" in r.getMessage() and "no voxel below" in r.getMessage() for r in caplog.records)

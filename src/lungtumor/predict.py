@@ -13,6 +13,7 @@ itself stays below ``evaluation/`` and ``reporting/``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -86,8 +87,8 @@ def predict_path(
 
     ``workers`` (a folder of scans): that many worker processes read and prepare the next scans
     (reading and decompression, the lung finder, the slice grid: :func:`~lungtumor.inference.predictor.prepare`)
-    while this process runs the model on the current one, and a writer thread maps each result
-    back onto its grid and writes it (and its report); the outputs are the same as with
+    while this process runs the model on the current one, and map each result back onto its grid
+    and write it (and its report) while the model runs the next; the outputs are the same as with
     ``workers=0`` (everything in this process, one scan after the other, today's behaviour).
     ``skip_existing``: an input whose outputs all exist already is not predicted again (every
     writer is atomic, so an existing output is a whole one): a run that was killed is completed by
@@ -270,26 +271,128 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-#: Scans the writer may hold beyond the one it writes (each holds its probabilities, and the CT when
-#: a report is written): bounds the memory of a fast device ahead of a slow disk.
-WRITE_BACKLOG = 1
+@dataclass(frozen=True)
+class _WriteSpec:
+    """What the last stage of every input needs besides the input itself: small and picklable (a
+    worker process gets it with each scan; the models stay in the main process)."""
+
+    checkpoint_names: str
+    preprocess: dict[str, Any]
+    members: int
+    threshold: float
+    seg_path: Path | None
+    nifti: bool
+    options: dict[str, Any]
+
+
+def finish_and_write(
+    spec: _WriteSpec, in_path: Path, mask_path: Path, prob_path: Path | None, read: _Read, model_out: tuple[np.ndarray, float],
+    *, collect_logs: bool = False,
+) -> tuple[dict[str, Any], list[tuple[str, int, str]]]:
+    """The last stage of one input: back onto its grid and post-processing
+    (:func:`~lungtumor.inference.predictor.finish`), then its outputs (mask, probabilities,
+    DICOM-SEG, report), each written atomically. Runs in a worker process under ``--workers``.
+
+    Returns:
+        The input's result and (from a worker) the warnings it logged.
+    """
+    collector = _LogCollector() if collect_logs else None
+    package_log = logging.getLogger("lungtumor")
+    if collector is not None:
+        package_log.addHandler(collector)
+    try:
+        return _finish_and_write(spec, in_path, mask_path, prob_path, read, model_out), collector.records if collector else []
+    except LungTumorError as exc:
+        if collector is not None:  # the warnings are not lost with the failed case
+            exc.worker_logs = [*getattr(exc, "worker_logs", []), *collector.records]  # type: ignore[attr-defined]
+        raise
+    finally:
+        if collector is not None:
+            package_log.removeHandler(collector)
+
+
+def _finish_and_write(spec: _WriteSpec, in_path: Path, mask_path: Path, prob_path: Path | None, read: _Read, model_out: tuple[np.ndarray, float]) -> dict[str, Any]:
+    o = spec.options
+    probs, model_s = model_out
+    report = bool(o["report"])
+    t0 = time.perf_counter()
+    res = finish(
+        read.prepared, probs, threshold=spec.threshold, return_probabilities=prob_path is not None or report,
+        postprocess=o["postprocess"], min_lesion_ml=o["min_lesion_ml"], min_lesion_score=o["min_lesion_score"],
+    )
+    back_s = time.perf_counter() - t0
+    mask, prob = res if isinstance(res, tuple) else (res, None)
+    t0 = time.perf_counter()
+    if spec.seg_path is not None:
+        from lungtumor import __version__
+        from lungtumor.io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(mask, read.ct, spec.seg_path, algorithm_version=__version__, checkpoint_name=spec.checkpoint_names, threshold=spec.threshold)
+    if spec.nifti:
+        write_nifti(mask, mask_path, dtype=np.uint8)
+    if prob is not None and prob_path is not None:
+        write_nifti(prob, prob_path, dtype=np.float32)
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report_dir = None
+    if report:
+        from lungtumor.reporting.html import write_lesions_folder
+
+        report_dir = _report_dir(mask_path)
+        facts = {
+            "checkpoint": spec.checkpoint_names,
+            "preprocessing": spec.preprocess,
+            "threshold": spec.threshold,
+            "ensemble_members": spec.members,
+            "tta": o["tta"],
+            "min_lesion_score": o["min_lesion_score"] if o["postprocess"] and o["min_lesion_score"] else None,
+        }
+        written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
+        write_lesions_folder(read.ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True)  # type: ignore[arg-type]
+    report_s = time.perf_counter() - t0
+    timings = {"read": read.read_s, **read.prepared.seconds, "model": model_s, "back": back_s, "write": write_s, "report": report_s}
+    return {
+        "input": str(in_path),
+        "output": str(mask_path) if spec.nifti else str(spec.seg_path),
+        "dicom_seg": str(spec.seg_path) if spec.seg_path is not None else None,
+        "probabilities": str(prob_path) if prob_path else None,
+        "report": str(report_dir / "report.html") if report_dir is not None else None,
+        "shape": mask.shape,
+        "volume_ml": float(mask.array.sum(dtype=np.int64)) * mask.voxel_volume_ml,
+        "seconds": sum(timings.values()),
+        "timings": timings,
+    }
+
+
+def _without_slices(read: _Read) -> _Read:
+    """``read`` without its model slices (the last stage does not need them; a worker gets less to unpickle)."""
+    light = dataclasses.replace(read.prepared, slices=np.empty((0, 0, 0), np.float32))
+    return dataclasses.replace(read, prepared=light, logs=[])
+
+
+def _relog(records: list[tuple[str, int, str]]) -> None:
+    for name, level, message in records:
+        logging.getLogger(name).log(level, "%s", message)
 
 
 class _Cohort:
-    """The pipeline of :func:`predict_path`: CPU stage (here or in worker processes) -> the model
-    (this process, loaded once) -> back onto the grid and the writers (here, or a writer thread)."""
+    """The pipeline of :func:`predict_path`: the CPU stage (read, prepare) -> the model (this
+    process, loaded once) -> the last stage (back onto the grid, writers). With workers, the CPU
+    and last stages of other scans run in worker processes while the device runs this one."""
 
     def __init__(self, models: list[LoadedModel], checkpoint: Any, seg_path: Path | None, formats: Any, options: dict[str, Any], *, skip_bad: bool) -> None:
         from lungtumor.io.dicom_seg import OUTPUT_NIFTI
 
         self.models = models
-        self.checkpoint = checkpoint
         self.seg_path = seg_path
-        self.formats = formats
         self.options = options
         self.skip_bad = skip_bad
         self.nifti = OUTPUT_NIFTI in formats
-        self.threshold = check_threshold(options["threshold"] if options["threshold"] is not None else models[0].info.get("threshold", 0.5))
+        threshold = check_threshold(options["threshold"] if options["threshold"] is not None else models[0].info.get("threshold", 0.5))
+        self.spec = _WriteSpec(
+            checkpoint_names=_checkpoint_names(checkpoint), preprocess=models[0].preprocess.to_dict(), members=len(models),
+            threshold=threshold, seg_path=seg_path, nifti=self.nifti, options=dict(options),
+        )
 
     def _prepare_args(self, in_path: Path, mask_path: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (in_path, mask_path), dict(
@@ -314,7 +417,7 @@ class _Cohort:
                     results[k] = self._failed(in_path, err)
                 else:
                     try:
-                        results[k] = self._finish_and_write(in_path, mask_path, prob_path, read, self._model(read))
+                        results[k] = _finish_and_write(self.spec, in_path, mask_path, prob_path, read, self._model(read))
                     except LungTumorError as exc:
                         results[k] = self._failed(in_path, exc)
                 advance()
@@ -331,9 +434,11 @@ class _Cohort:
         import concurrent.futures as cf
         from collections import deque
 
-        lookahead = workers + 1  # scans prepared ahead of the device: every worker busy, one ready
+        # One pool for both CPU stages: each worker takes the oldest task, a scan to prepare or one to
+        # write. Scans prepared ahead of the device: every worker busy and one ready; scans written
+        # at once: as many as workers (each holds its probabilities, and the CT for a report).
+        lookahead, backlog = workers + 1, workers
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init)
-        writer = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lungtumor-writer")
         prepared: deque[Any] = deque()
         writing: deque[tuple[int, Path, Any]] = deque()
         pending = iter(items)
@@ -348,8 +453,10 @@ class _Cohort:
             while len(writing) > block_until:
                 k, in_path, fut = writing.popleft()
                 try:
-                    results[k] = fut.result()
+                    results[k], logs = fut.result()
+                    _relog(logs)
                 except LungTumorError as exc:
+                    _relog(getattr(exc, "worker_logs", []))
                     results[k] = self._failed(in_path, exc)
                 advance()
 
@@ -359,80 +466,27 @@ class _Cohort:
             while prepared:
                 (k, in_path, mask_path, prob_path), fut = prepared.popleft()
                 read, err = fut.result()
-                submit_next()
-                for name, level, message in (read.logs if read is not None else getattr(err, "worker_logs", [])):
-                    logging.getLogger(name).log(level, "%s", message)
+                _relog(read.logs if read is not None else getattr(err, "worker_logs", []))
                 if err is not None:
+                    submit_next()
                     collect(0)  # in order: the cases before this one are reported first
                     results[k] = self._failed(in_path, err)
                     advance()
                     continue
                 model_out = self._model(read)
-                collect(WRITE_BACKLOG)
-                writing.append((k, in_path, writer.submit(self._finish_and_write, in_path, mask_path, prob_path, read, model_out)))
+                collect(backlog - 1)
+                writing.append((k, in_path, pool.submit(
+                    finish_and_write, self.spec, in_path, mask_path, prob_path, _without_slices(read), model_out, collect_logs=True,
+                )))
+                submit_next()  # after the write: a worker that frees up writes this scan before preparing a later one
             collect(0)
         except BaseException:
             for _, fut in prepared:
                 fut.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
-            writer.shutdown(wait=True, cancel_futures=True)  # a write in flight ends whole (atomic) or not at all
+            # Writes in flight end whole (atomic) or leave nothing under the final name.
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        writer.shutdown(wait=True)
-
-    def _finish_and_write(self, in_path: Path, mask_path: Path, prob_path: Path | None, read: _Read, model_out: tuple[np.ndarray, float]) -> dict[str, Any]:
-        """Back onto the input's grid, post-processing, then every output of one input."""
-        o = self.options
-        probs, model_s = model_out
-        report = bool(o["report"])
-        t0 = time.perf_counter()
-        res = finish(
-            read.prepared, probs, threshold=self.threshold, return_probabilities=prob_path is not None or report,
-            postprocess=o["postprocess"], min_lesion_ml=o["min_lesion_ml"], min_lesion_score=o["min_lesion_score"],
-        )
-        back_s = time.perf_counter() - t0
-        mask, prob = res if isinstance(res, tuple) else (res, None)
-        t0 = time.perf_counter()
-        used = self.threshold
-        if self.seg_path is not None:
-            from lungtumor import __version__
-            from lungtumor.io.dicom_seg import write_dicom_seg
-
-            write_dicom_seg(mask, read.ct, self.seg_path, algorithm_version=__version__, checkpoint_name=_checkpoint_names(self.checkpoint), threshold=used)
-        if self.nifti:
-            write_nifti(mask, mask_path, dtype=np.uint8)
-        if prob is not None and prob_path is not None:
-            write_nifti(prob, prob_path, dtype=np.float32)
-        write_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        report_dir = None
-        if report:
-            from lungtumor.reporting.html import write_lesions_folder
-
-            report_dir = _report_dir(mask_path)
-            facts = {
-                "checkpoint": _checkpoint_names(self.checkpoint),
-                "preprocessing": self.models[0].preprocess.to_dict(),
-                "threshold": used,
-                "ensemble_members": len(self.models),
-                "tta": o["tta"],
-                "min_lesion_score": o["min_lesion_score"] if o["postprocess"] and o["min_lesion_score"] else None,
-            }
-            written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
-            write_lesions_folder(read.ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True)  # type: ignore[arg-type]
-        report_s = time.perf_counter() - t0
-        timings = {"read": read.read_s, **read.prepared.seconds, "model": model_s, "back": back_s, "write": write_s, "report": report_s}
-        return {
-            "input": str(in_path),
-            "output": str(mask_path) if self.nifti else str(self.seg_path),
-            "dicom_seg": str(self.seg_path) if self.seg_path is not None else None,
-            "probabilities": str(prob_path) if prob_path else None,
-            "report": str(report_dir / "report.html") if report_dir is not None else None,
-            "shape": mask.shape,
-            "volume_ml": float(mask.array.sum(dtype=np.int64)) * mask.voxel_volume_ml,
-            "seconds": sum(timings.values()),
-            "timings": timings,
-        }
 
 
 def shard_of_this_process() -> tuple[int, int]:
