@@ -21,6 +21,19 @@ everything measured so far):
    freshly initialised seed U-Net loaded through the checkpoint path
    (``lungtumor.model.checkpoint.load_model``), ``lungtumor.inference.predictor.segment``, cold and
    warm, and the forward pass alone.
+4b. ``train_levers`` (issue 17 section 2): the training step of stage 4 with each speed lever of
+   ``lungtumor train`` side by side, on the same batches: baseline (bilinear, eager, Adam, batch
+   B), transposed upsampling, ``torch.compile`` (``--compile on``), fused Adam, batch 4B with the
+   learning rate scaled linearly (``--lr-scale-batch B``), and all of them combined; slices/s,
+   TFLOP/s and the fraction of the measured bf16 matmul peak each, and the speed-up over the
+   baseline. The compiled variants run last (their first steps compile) and only on CUDA.
+4c. ``train_lightning`` (issue 17's target: >= 45 % of the bf16 peak with the project's own
+   loop): ``SegmentationModule`` + the store's DataModule + a Lightning Trainer (bf16-mixed,
+   augmentation on the device) with all levers combined, then with none; slices/s between the
+   first timed batch and the last (a callback), TFLOP/s and the fraction of the peak.
+6b. ``cohort`` (issue 17 section 3): ``predict_path`` on a folder of FULL phantom scans with a
+   lung-preset U-Net (the default width), with 0 and N ``--workers``, against reading the same
+   files alone (``benchmarks/bench_cohort.py``): scans per minute and each scan's time split.
 7. ``ddp``: a few steps of ``lungtumor train --strategy ddp --devices 2`` where two GPUs are
    visible, else recorded as skipped.
 
@@ -75,13 +88,15 @@ GIB = 2**30
 TERA = 1e12
 GIGA = 1e9
 #: Stages in the order they run.
-STAGES = ("environment", "peak", "store", "train", "data_path", "predict", "ddp")
+STAGES = ("environment", "peak", "store", "train", "train_levers", "train_lightning", "data_path", "predict", "cohort", "ddp")
 #: Seconds each stage may take at most (GPU mode); the whole run is also held to ``--deadline-s``.
 STAGE_BUDGET_S = {"environment": 30, "peak": 45, "store": 60, "train": 100, "data_path": 50, "predict": 90, "ddp": 150}
 #: The optional real-CT stage (``--real-ct DIR``): runs after the others, with its own budget added to the deadline.
 OPTIONAL_STAGES = ("real_ct",)
 REAL_CT_BUDGET_S = 290
 STAGE_BUDGET_S["real_ct"] = REAL_CT_BUDGET_S
+#: Issue 17's stages (levers: two compiles of the seed U-Net; cohort: FULL phantoms, two folder runs).
+STAGE_BUDGET_S.update({"train_levers": 200, "train_lightning": 150, "cohort": 120})
 #: Seconds kept back from the deadline when a stage's budget is cut to what is left.
 DEADLINE_RESERVE_S = 3.0
 #: Default driver deadline in GPU mode (the shell wrapper passes what its hard cap leaves).
@@ -129,6 +144,31 @@ SUMMARY_FIELDS: dict[str, str] = {
     "ddp_global_step": "optimizer steps the DDP run made",
     "ddp_wall_s": "wall seconds of the DDP run (process start to exit)",
 }
+
+
+#: Issue 17's summary fields (stages train_levers and cohort).
+LEVER_NAMES = ("baseline", "transpose", "compile", "fused_adam", "batch_lr_scaled", "combined")
+#: Lever variants that torch.compile the U-Net: CUDA only (on a CPU one compile of the tiny U-Net took 262 s under load).
+COMPILED_LEVERS = ("compile", "combined")
+#: The large batch of the levers, as a multiple of the training batch (32 -> 128 on a GPU).
+LEVER_BATCH_FACTOR = 4
+SUMMARY_FIELDS.update({f"levers_{name}_slices_per_s": f"training step, lever {name} (slices/s; stage train_levers)" for name in LEVER_NAMES})
+SUMMARY_FIELDS.update({
+    "levers_baseline_tflops": "training step, baseline, achieved TFLOP/s",
+    "levers_combined_tflops": "training step, all levers combined, achieved TFLOP/s",
+    "levers_baseline_fraction_of_matmul_peak": "baseline TFLOP/s / bf16 matmul peak",
+    "levers_combined_fraction_of_matmul_peak": "all levers combined TFLOP/s / bf16 matmul peak (target >= 0.45)",
+    "lightning_combined_slices_per_s": "the project's Lightning loop, all levers combined (slices/s)",
+    "lightning_combined_tflops": "the project's Lightning loop, all levers combined, TFLOP/s",
+    "lightning_combined_fraction_of_matmul_peak": "the Lightning loop, all levers, TFLOP/s / bf16 matmul peak (issue 17 target >= 0.45)",
+    "lightning_baseline_slices_per_s": "the project's Lightning loop, no lever (slices/s)",
+    "cohort_scans": "scans in the cohort folder",
+    "cohort_read_alone_scans_per_min": "reading the folder's files alone (scans/min)",
+    "cohort_workers_0_scans_per_min": "predict on the folder, --workers 0 (scans/min)",
+    "cohort_workers_n_scans_per_min": "predict on the folder, --workers N (scans/min)",
+    "cohort_pipelined_vs_read_alone": "wall of predict --workers N / reading alone (target <= 2)",
+    "cohort_same_outputs": "outputs with and without workers identical",
+})
 
 
 @dataclass(frozen=True)
@@ -271,11 +311,28 @@ DIRECT_FIELDS: dict[str, tuple[str, str]] = {
     "ddp_global_step": ("ddp", "global_step"),
     "ddp_wall_s": ("ddp", "wall_s"),
 }
+DIRECT_FIELDS.update({f"levers_{name}_slices_per_s": ("train_levers", f"{name}_slices_per_s") for name in LEVER_NAMES})
+DIRECT_FIELDS.update({
+    "levers_baseline_tflops": ("train_levers", "baseline_tflops"),
+    "levers_combined_tflops": ("train_levers", "combined_tflops"),
+    "lightning_combined_slices_per_s": ("train_lightning", "combined_slices_per_s"),
+    "lightning_combined_tflops": ("train_lightning", "combined_tflops"),
+    "lightning_baseline_slices_per_s": ("train_lightning", "baseline_slices_per_s"),
+    "cohort_scans": ("cohort", "scans"),
+    "cohort_read_alone_scans_per_min": ("cohort", "read_alone_scans_per_min"),
+    "cohort_workers_0_scans_per_min": ("cohort", "workers_0_scans_per_min"),
+    "cohort_workers_n_scans_per_min": ("cohort", "workers_n_scans_per_min"),
+    "cohort_pipelined_vs_read_alone": ("cohort", "pipelined_vs_read_alone"),
+    "cohort_same_outputs": ("cohort", "same_outputs"),
+})
 #: Summary fields computed from two others: field -> (numerator field, denominator field).
 RATIO_FIELDS: dict[str, tuple[str, str]] = {
     "train_fraction_of_matmul_peak": ("train_tflops", "peak_matmul_tflops"),
     "train_fraction_of_conv_peak": ("train_tflops", "peak_conv3x3_tflops"),
     "data_path_headroom": ("data_path_slices_per_s", "train_slices_per_s"),
+    "levers_baseline_fraction_of_matmul_peak": ("levers_baseline_tflops", "peak_matmul_tflops"),
+    "levers_combined_fraction_of_matmul_peak": ("levers_combined_tflops", "peak_matmul_tflops"),
+    "lightning_combined_fraction_of_matmul_peak": ("lightning_combined_tflops", "peak_matmul_tflops"),
 }
 
 
@@ -379,6 +436,8 @@ class Context:
         #: The training batch that fitted (stage train); later stages use it.
         self.batch: int | None = None
         self.stage_end = deadline
+        #: The measured bf16 matmul peak (stage peak), for the fractions of the lever stage.
+        self.peak_matmul_tflops: float | None = None
 
     @property
     def device(self) -> Any:
@@ -512,7 +571,7 @@ def stage_peak(ctx: Context, rec: dict[str, Any]) -> None:
     b = torch.randn(n, n, device=dev, dtype=dtype)
     iters, secs = measure(ctx, lambda _, a=a, b=b: a @ b, seconds=ctx.sizes.measure_s / 3, share=0.3)
     rec["matmul_n"] = n
-    rec["matmul_tflops"] = 2 * n**3 * iters / secs / TERA
+    rec["matmul_tflops"] = ctx.peak_matmul_tflops = 2 * n**3 * iters / secs / TERA
     del a, b
     # cuDNN's default heuristic and, where there is cuDNN, its autotuner (benchmark=True): the peak
     # is the best of them, the default is what `lungtumor train` gets (it leaves benchmark off).
@@ -702,6 +761,207 @@ def stage_train(ctx: Context, rec: dict[str, Any]) -> None:
     iters, secs = measure(ctx, fed, share=0.8)
     rec["loader_fed_slices_per_s"] = iters * batch / secs
     rec["loader_fed_workers"] = s.workers[0]
+
+
+class LeverTrainer(Trainer):
+    """Stage 4's training step with ``lungtumor train``'s speed levers: the U-Net's upsampling, its
+    compile (:func:`lungtumor.training.module.compile_net`) and the optimiser
+    (:func:`lungtumor.training.module.make_optimizer`), as the LightningModule applies them."""
+
+    def __init__(self, ctx: Context, width: int, *, upsample: str, compile_net: bool, fused: bool, lr: float) -> None:
+        import torch
+
+        from lungtumor.model.unet import ModelConfig, UNet
+        from lungtumor.training import module
+        from lungtumor.training.augment import AugmentConfig
+        from lungtumor.training.losses import make_loss
+
+        torch.manual_seed(0)
+        self.ctx = ctx
+        self.net = UNet(ModelConfig(width=width, upsample=upsample)).to(ctx.device).to(memory_format=torch.channels_last)
+        if compile_net:
+            module.compile_net(self.net)
+        self.opt = module.make_optimizer(self.net.parameters(), lr, fused=fused)
+        self.loss_fn = make_loss("bce")
+        self.augment_cfg = AugmentConfig()
+        self.gen = torch.Generator(device=ctx.device).manual_seed(0)
+
+
+def lever_variants(batch: int) -> list[dict[str, Any]]:
+    """The lever variants of stage train_levers, eager ones first (a compile may run out the budget)."""
+    large = LEVER_BATCH_FACTOR * batch
+    base = {"upsample": "bilinear", "compile": False, "fused": False, "batch": batch, "lr": 1e-4}
+    variants = {
+        "baseline": base,
+        "transpose": {**base, "upsample": "transpose"},
+        "fused_adam": {**base, "fused": True},
+        # --batch-size 4B --lr-scale-batch B: the learning rate grows with the batch (linear rule).
+        "batch_lr_scaled": {**base, "batch": large, "lr": 1e-4 * large / batch},
+        "compile": {**base, "compile": True},
+        "combined": {"upsample": "transpose", "compile": True, "fused": True, "batch": large, "lr": 1e-4 * large / batch},
+    }
+    return [{"name": name, **variants[name]} for name in ("baseline", "transpose", "fused_adam", "batch_lr_scaled", "compile", "combined")]
+
+
+def stage_train_levers(ctx: Context, rec: dict[str, Any]) -> None:
+    import torch
+
+    from lungtumor.model.unet import ModelConfig, flops_per_slice
+
+    s = ctx.sizes
+    batch = ctx.batch or s.batch
+    variants = lever_variants(batch)
+    rec["variants"] = variants
+    rec["train_command_of_combined"] = (
+        f"lungtumor train STORE --out RUN --upsample transpose --compile on --fused-adam on "
+        f"--batch-size {LEVER_BATCH_FACTOR * batch} --lr-scale-batch {batch} --lr 1e-4"
+    )
+    pool_ct, pool_mask, source = _device_pool(ctx, 2 * LEVER_BATCH_FACTOR * batch)
+    rec["input"] = source
+    peak = ctx.peak_matmul_tflops
+    seed_gflop = flops_per_slice(ModelConfig(width=s.width), s.size, s.size) / GIGA
+    for k, v in enumerate(variants):
+        name = v["name"]
+        if v["compile"] and not ctx.cuda:
+            why = "torch.compile is measured on CUDA only (a CPU compile of even the tiny U-Net takes minutes)"
+            rec.update({f"{name}_slices_per_s": None, f"{name}_slices_per_s_reason": why, f"{name}_tflops_reason": why})
+            continue
+        try:
+            trainer = LeverTrainer(ctx, s.width, upsample=v["upsample"], compile_net=v["compile"], fused=v["fused"], lr=v["lr"])
+            run = _pool_steps(trainer, pool_ct, pool_mask, v["batch"])
+            t0 = time.perf_counter()
+            run(0)  # the first step (a compile's cost)
+            ctx.sync()
+            rec[f"{name}_first_step_s"] = time.perf_counter() - t0
+            iters, secs = measure(ctx, run, share=1.0 / (len(variants) - k + 1))
+        except torch.cuda.OutOfMemoryError as exc:
+            why = f"out of memory at batch {v['batch']}: {str(exc).splitlines()[0][:200]}"
+            rec.update({f"{name}_slices_per_s": None, f"{name}_slices_per_s_reason": why, f"{name}_tflops_reason": why})
+            trainer = run = None
+            torch.cuda.empty_cache()
+            continue
+        gflop = flops_per_slice(ModelConfig(width=s.width, upsample=v["upsample"]), s.size, s.size) / GIGA
+        rec[f"{name}_slices_per_s"] = iters * v["batch"] / secs
+        rec[f"{name}_tflops"] = rec[f"{name}_slices_per_s"] * 3 * gflop * GIGA / TERA
+        rec[f"{name}_fraction_of_matmul_peak"] = rec[f"{name}_tflops"] / peak if peak else None
+        # Counted with the seed network's FLOPs (transposed convolutions add 7.6 %): the same work per slice.
+        rec[f"{name}_seed_equivalent_tflops"] = rec[f"{name}_slices_per_s"] * 3 * seed_gflop * GIGA / TERA
+        base = rec.get("baseline_slices_per_s")
+        rec[f"{name}_speedup"] = rec[f"{name}_slices_per_s"] / base if base else None
+        trainer = run = None
+        if ctx.cuda:
+            torch.cuda.empty_cache()
+
+
+def lightning_throughput(ctx: Context, lever: dict[str, Any], workers: int, seconds: float) -> tuple[int, float, float]:
+    """Train with the project's loop (``SegmentationModule``, the store's DataModule, a Lightning
+    Trainer, augmentation on the device) under ``lever``; returns (timed batches, seconds, first
+    batches' seconds). Timing starts at the batch after warm-up and ends at the end of training."""
+    import lightning as L
+
+    from lungtumor.model.unet import ModelConfig
+    from lungtumor.training.data import DataConfig, make_datamodule
+    from lungtumor.training.module import SegmentationModule
+
+    if ctx.store is None:
+        raise Skip("no slice store (stage store did not finish)")
+    s = ctx.sizes
+    warmup = s.warmup + 1
+    max_batches = warmup + (s.max_steps or 10**6)
+
+    class Throughput(L.Callback):
+        def __init__(self) -> None:
+            self.t_start = time.perf_counter()
+            self.t0: float | None = None
+            self.t1: float | None = None
+            self.batches = 0
+            self.warm_s = 0.0
+
+        def on_train_batch_start(self, trainer: Any, module: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == warmup:
+                ctx.sync()
+                self.t0 = time.perf_counter()
+                self.warm_s = self.t0 - self.t_start
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if self.t0 is None:
+                return
+            self.batches = batch_idx - warmup + 1
+            if time.perf_counter() - self.t0 >= seconds or ctx.seconds_left() < 2 * DEADLINE_RESERVE_S + 5:
+                trainer.should_stop = True
+
+        def on_train_end(self, trainer: Any, module: Any) -> None:
+            ctx.sync()
+            self.t1 = time.perf_counter()
+
+    batch = lever["batch"]
+    dm = make_datamodule(ctx.store, DataConfig(batch_size=batch, num_workers=workers, samples_per_epoch=batch * max(max_batches, 10_000)))
+    module = SegmentationModule(
+        model=ModelConfig(width=s.width, upsample=lever["upsample"]).to_dict(), preprocess=dm.store.preprocess.to_dict(), lr=lever["lr"],
+        image_every_n_steps=0, compile="on" if lever["compile"] else "off", fused_adam="on" if lever["fused"] else "off",
+    )
+    cb = Throughput()
+    trainer = L.Trainer(
+        accelerator="gpu" if ctx.cuda else "cpu", devices=1, precision="bf16-mixed" if ctx.bf16 else "32-true", max_epochs=1,
+        limit_train_batches=max_batches, limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[cb], use_distributed_sampler=False, num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=dm)
+    if cb.t0 is None or cb.t1 is None or not cb.batches:
+        raise RuntimeError("no batch was timed (training ended during the warm-up)")
+    return cb.batches, cb.t1 - cb.t0, cb.warm_s
+
+
+def stage_train_lightning(ctx: Context, rec: dict[str, Any]) -> None:
+    import warnings
+
+    from lungtumor.model.unet import ModelConfig, flops_per_slice
+
+    s = ctx.sizes
+    batch = ctx.batch or s.batch
+    variants = {v["name"]: v for v in lever_variants(batch)}
+    workers = s.workers[1]  # the many-worker loader: at 1,000+ slices/s the default 2 workers would be what the model waits for
+    rec.update(loop="SegmentationModule + make_datamodule + lightning.Trainer (bf16-mixed where native), augmentation on the device",
+               loader_workers=workers)
+    peak = ctx.peak_matmul_tflops
+    for name in ("combined", "baseline"):
+        lever = dict(variants[name])
+        if lever["compile"] and not ctx.cuda:
+            lever["compile"] = False  # the tiny CPU mode: every lever but the compile
+            rec[f"{name}_note"] = "without torch.compile (CUDA only)"
+        rec[f"{name}_lever"] = lever
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's advice on workers and logging, not results
+            batches, secs, warm_s = lightning_throughput(ctx, lever, workers, s.measure_s)
+        gflop = flops_per_slice(ModelConfig(width=s.width, upsample=lever["upsample"]), s.size, s.size) / GIGA
+        rec[f"{name}_batches_timed"] = batches
+        rec[f"{name}_warmup_s"] = warm_s
+        rec[f"{name}_slices_per_s"] = batches * lever["batch"] / secs
+        rec[f"{name}_tflops"] = rec[f"{name}_slices_per_s"] * 3 * gflop * GIGA / TERA
+        rec[f"{name}_fraction_of_matmul_peak"] = rec[f"{name}_tflops"] / peak if peak else None
+        seed_tflops = rec[f"{name}_slices_per_s"] * 3 * flops_per_slice(ModelConfig(width=s.width), s.size, s.size)  / TERA
+        rec[f"{name}_seed_equivalent_fraction_of_matmul_peak"] = seed_tflops / peak if peak else None
+
+
+def stage_cohort(ctx: Context, rec: dict[str, Any]) -> None:
+    sys.path.insert(0, str(HERE))
+    import bench_cohort
+
+    s = ctx.sizes
+    n_scans, workers = (2, 1) if ctx.tiny else (4, max(1, min(4, (os.cpu_count() or 2) // 2)))
+    size = "SMALL" if ctx.tiny else "FULL"
+    t0 = time.perf_counter()
+    paths = bench_cohort.write_scans(ctx.work / "cohort" / "in", n_scans, size)
+    rec["phantom_s"] = time.perf_counter() - t0
+    ckpt = bench_cohort.stub_lung_checkpoint(ctx.work / "cohort" / "lung.ckpt", s.width, empty=True)
+    rec.update(phantom_size=size, width=s.width, preset="lung", note="random weights, empty masks: the report has no lesions")
+    rows = bench_cohort.measure(ckpt, paths, ctx.work / "cohort", workers, report=True, device=ctx.device_type)
+    rec.update(
+        scans=rows["scans"], workers=workers, read_alone_s=rows["read_alone_s"], read_alone_scans_per_min=rows["read_alone_scans_per_min"],
+        workers_0_scans_per_min=rows["workers_0"]["scans_per_min"], workers_n_scans_per_min=rows[f"workers_{workers}"]["scans_per_min"],
+        pipelined_vs_read_alone=rows["pipelined_vs_read_alone"], same_outputs=rows["same_outputs"],
+        per_scan_workers_0=rows["workers_0"]["per_scan"], per_scan_workers_n=rows[f"workers_{workers}"]["per_scan"],
+    )
 
 
 def stage_data_path(ctx: Context, rec: dict[str, Any]) -> None:
@@ -912,8 +1172,11 @@ STAGE_FUNCTIONS: dict[str, Callable[[Context, dict[str, Any]], None]] = {
     "peak": stage_peak,
     "store": stage_store,
     "train": stage_train,
+    "train_levers": stage_train_levers,
+    "train_lightning": stage_train_lightning,
     "data_path": stage_data_path,
     "predict": stage_predict,
+    "cohort": stage_cohort,
     "ddp": stage_ddp,
     "real_ct": stage_real_ct,
 }
@@ -1007,7 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
         if "real_ct" in wanted and not a.real_ct:
             print("gpu_check: the real_ct stage needs --real-ct DIR (benchmarks/make_gpu_data.py's folder)", file=sys.stderr)
             return 2
-        if wanted & {"train", "data_path", "ddp"}:
+        if wanted & {"train", "data_path", "ddp", "train_lightning"}:
             wanted.add("store")
         wanted.add("environment")
         stages = [st for st in stages if st in wanted]

@@ -12,6 +12,11 @@
 #                                                      # at its GPU budget (+300 s; data: python benchmarks/make_gpu_data.py)
 #   any other arguments go to gpu_check.py (e.g. --only peak,train)
 #
+# Issue 17 (the training levers side by side; a cohort folder with and without --workers), as two calls
+# that each fit one 10-minute device command:
+#   GPU_CHECK_CAP_S=590 bash benchmarks/gpu_check.sh --only peak,train_levers,train_lightning
+#   GPU_CHECK_CAP_S=420 bash benchmarks/gpu_check.sh --only predict,cohort
+#
 # Environment:
 #   OUT              results folder (default benchmarks/results): gpu_check.json, gpu_check.txt, gpu_check.log
 #   PYTHON           interpreter (default: .venv/bin/python if present, else python3)

@@ -192,3 +192,188 @@ def test_segment_and_predict_path_check_threshold_and_batch_size_at_the_boundari
     low = segment(ct, model, threshold=1e-6, batch_size=1, precision="fp32")
     high = segment(ct, model, threshold=1 - 1e-6, batch_size=1, precision="fp32")
     assert low.shape == high.shape == ct.shape and low.array.sum() >= high.array.sum()
+
+
+# -- a cohort: --workers, --skip-existing, a run stopped half-way ------------------------------------------
+
+
+def _lung_checkpoint(path: Path) -> Path:
+    """A lung-preset checkpoint (the lung finder runs in the CPU stage), tiny random U-Net."""
+    from lungtumor.config import PreprocessConfig
+
+    torch.manual_seed(3)
+    cfg = ModelConfig(width=2, depth=2)
+    net = UNet(cfg)
+    with torch.no_grad():
+        net.head.bias.fill_(0.3)  # some voxels above 0.5, some below: a mask that is neither empty nor full
+    pre = PreprocessConfig.from_preset("lung", spacing_mm=4.0)
+    meta = checkpoint_metadata(cfg.to_dict(), pre.to_dict(), 0, threshold=0.5)
+    torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in net.state_dict().items()}}, path)
+    return path
+
+
+def _phantom_folder(folder: Path, seeds=(1, 2, 3)) -> list[str]:
+    from lungtumor.phantom.dataset import make_case
+
+    names = []
+    for seed in seeds:
+        ct, _ = make_case(seed, size="SMALL")
+        names.append(f"case{seed}.nii.gz")
+        write_nifti(ct, folder / names[-1])
+    return names
+
+
+def _outputs(folder: Path) -> dict[str, np.ndarray]:
+    return {p.relative_to(folder).as_posix(): read_nifti(p).array for p in sorted(folder.rglob("*.nii.gz"))}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """Three tiny synthetic scans and a seed-preset stub checkpoint (fast: no lung finder)."""
+    root = tmp_path_factory.mktemp("cohort")
+    names = []
+    for k in range(3):
+        rng = np.random.default_rng(k)
+        ct = rng.normal(-700, 50, SHAPE).astype(np.int16)
+        ct[10 + k : 18 + k, 12:20, 33:38] = 40
+        names.append(f"case{k}.nii.gz")
+        write_nifti(Volume(ct, affine_for("LAS")), root / "in" / names[-1])
+    return _checkpoint(root / "a.ckpt", 1), root / "in", names
+
+
+def test_workers_give_the_same_outputs_as_one_process(tmp_path) -> None:
+    """Lung preset (the lung finder, the grid and the slices run in the workers) on three SMALL phantoms."""
+    from lungtumor.predict import predict_path
+
+    ckpt, inputs = _lung_checkpoint(tmp_path / "lung.ckpt"), tmp_path / "in"
+    names = _phantom_folder(inputs)
+    serial = predict_path(ckpt, inputs, tmp_path / "serial", probabilities=True, progress=False)
+    piped = predict_path(ckpt, inputs, tmp_path / "piped", probabilities=True, progress=False, workers=2)
+    assert [Path(r["input"]).name for r in piped] == names  # in input order
+    a, b = _outputs(tmp_path / "serial"), _outputs(tmp_path / "piped")
+    assert sorted(a) == sorted(b) == sorted(names + [f"probabilities/{n}" for n in names])
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert any(a[n].any() for n in names) and not all(a[n].all() for n in names)  # masks neither all empty nor all full
+    for r in serial + piped:  # every stage timed
+        assert set(r["timings"]) == {"read", "lungs", "grid", "model", "back", "write", "report"}
+        assert r["timings"]["lungs"] > 0 and r["seconds"] == pytest.approx(sum(r["timings"].values()))
+
+
+def test_skip_existing_skips_exactly_the_finished_inputs(cohort, tmp_path) -> None:
+    from lungtumor.predict import predict_path
+
+    ckpt, inputs, names = cohort
+    out = tmp_path / "pred"
+    predict_path(ckpt, inputs / names[0], out / names[0], progress=False, report=True)  # one input done, with its report
+    predict_path(ckpt, inputs / names[1], out / names[1], progress=False)  # one done without its report: not finished
+    before = {n: (out / n).stat().st_mtime_ns for n in names[:2]}
+    results = predict_path(ckpt, inputs, out, progress=False, report=True, skip_existing=True)
+    assert [bool(r.get("skipped")) for r in results] == [True, False, False]
+    assert (out / names[0]).stat().st_mtime_ns == before[names[0]]  # untouched
+    assert all((out / f"{n[:-7]}_report" / "report.html").exists() for n in names)
+    again = predict_path(ckpt, inputs, out, progress=False, report=True, skip_existing=True, workers=2)
+    assert all(r.get("skipped") for r in again)
+
+
+def test_a_run_stopped_by_a_failing_writer_leaves_whole_outputs_and_a_rerun_completes(cohort, tmp_path, monkeypatch) -> None:
+    """The disk fills up at the second output (in this process: with --workers the writers run in
+    worker processes, see the SIGKILL test below); the rerun with --skip-existing uses workers."""
+    import lungtumor.predict as predict_mod
+
+    ckpt, inputs, names = cohort
+    out = tmp_path / "pred"
+    real_write, calls = predict_mod.write_nifti, []
+
+    def write_then_fail(volume, path, dtype=None):
+        if len(calls) == 1:  # the second output: the disk fills up
+            raise OSError(28, "No space left on device", str(path))
+        calls.append(path)
+        return real_write(volume, path, dtype=dtype)
+
+    monkeypatch.setattr(predict_mod, "write_nifti", write_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        predict_mod.predict_path(ckpt, inputs, out, progress=False)
+    monkeypatch.setattr(predict_mod, "write_nifti", real_write)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == [names[0]]  # the first output, whole; nothing else (no temporary files)
+    assert read_nifti(out / names[0]).shape == read_nifti(inputs / names[0]).shape
+    results = predict_mod.predict_path(ckpt, inputs, out, progress=False, workers=2, skip_existing=True)
+    assert [bool(r.get("skipped")) for r in results] == [True, False, False]
+    complete = predict_mod.predict_path(ckpt, inputs, tmp_path / "complete", progress=False)
+    for name in names:
+        np.testing.assert_array_equal(read_nifti(out / name).array, read_nifti(tmp_path / "complete" / name).array)
+    assert len(complete) == 3
+
+
+def test_an_error_in_a_worker_is_the_same_one_line_error(cohort, tmp_path, capsys) -> None:
+    ckpt, inputs, names = cohort
+    bad = tmp_path / "in"
+    bad.mkdir()
+    for n in names[:2]:
+        (bad / n).symlink_to(inputs / n)
+    (bad / "broken.nii.gz").write_bytes(b"not a nifti")
+    assert main(["predict", str(ckpt), str(bad), str(tmp_path / "serial"), "--skip-bad"]) == 2
+    serial = capsys.readouterr()
+    assert main(["predict", str(ckpt), str(bad), str(tmp_path / "piped"), "--skip-bad", "--workers", "2"]) == 2
+    piped = capsys.readouterr()
+    line = [ln for ln in serial.out.splitlines() if "broken" in ln]
+    assert line and line == [ln for ln in piped.out.splitlines() if "broken" in ln]
+    assert sorted(p.name for p in (tmp_path / "piped").iterdir()) == sorted(names[:2])
+    assert main(["predict", str(ckpt), str(bad), str(tmp_path / "stop"), "--workers", "2"]) == 2  # without --skip-bad: stops
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.nii.gz" in err[0] and "Traceback" not in err[0]
+
+
+def test_workers_must_be_a_whole_number_from_0(tmp_path) -> None:
+    from lungtumor.predict import predict_path
+
+    ckpt = _checkpoint(tmp_path / "a.ckpt", 1)
+    with pytest.raises(ConfigError, match="--workers -1"):
+        predict_path(ckpt, _ct(tmp_path), tmp_path / "o.nii.gz", workers=-1)
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_only_whole_outputs_and_a_rerun_completes(cohort, tmp_path) -> None:
+    """SIGKILL of `lungtumor predict --workers 2` (its whole process group: main, workers, fork server)
+    as soon as its first output appears: every output under its final name reads back whole, and
+    `--skip-existing` completes the folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt, inputs, names = cohort
+    out = tmp_path / "pred"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "lungtumor.cli", "predict", str(ckpt), str(inputs), str(out), "--workers", "2", "--probabilities"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None and not (out / names[0]).exists():
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    visible = [p for p in out.rglob("*.nii.gz") if not p.name.startswith(".")]
+    for p in visible:  # whole files only under the final names
+        assert read_nifti(p).shape == SHAPE
+    assert main(["predict", str(ckpt), str(inputs), str(out), "--probabilities", "--skip-existing", "--workers", "2"]) == 0
+    reference = tmp_path / "reference"
+    assert main(["predict", str(ckpt), str(inputs), str(reference), "--probabilities"]) == 0
+    for name in names:
+        for sub in ("", "probabilities/"):
+            np.testing.assert_array_equal(read_nifti(out / sub / name).array, read_nifti(reference / sub / name).array)
+
+
+def test_a_workers_warnings_are_logged_by_the_main_process(cohort, tmp_path, caplog) -> None:
+    ckpt, inputs, names = cohort
+    folder = tmp_path / "in"
+    write_nifti(Volume(np.full(SHAPE, 40, np.int16), affine_for("LAS")), folder / "no_air.nii.gz")
+    (folder / names[0]).symlink_to(inputs / names[0])
+    with caplog.at_level("WARNING", logger="lungtumor"):
+        from lungtumor.predict import predict_path
+
+        predict_path(ckpt, folder, tmp_path / "out", progress=False, workers=2)
+    assert any("no_air.nii.gz" in r.getMessage() and "no voxel below" in r.getMessage() for r in caplog.records)

@@ -211,6 +211,16 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "or for a `lungtumor cv` folder the score its folds chose; 0 keeps all)",
     )
     p.add_argument("--skip-bad", action="store_true", help="folder input: warn about a case that fails and go on with the others")
+    p.add_argument(
+        "--workers", type=int, default=0,
+        help="folder input: worker processes that read and prepare the next scans (lung finder, slice grid) while the model "
+        "runs, with outputs written in the background (default 0: one scan after the other in this process; same outputs)",
+    )
+    p.add_argument(
+        "--skip-existing", action="store_true",
+        help="do not predict inputs whose outputs all exist (outputs are written atomically, so an existing one is whole): "
+        "completes a run that was stopped",
+    )
     p.add_argument("--probabilities", action="store_true", help="also write a float32 probability map (NAME_prob.nii.gz)")
     p.add_argument("--threshold", type=float, default=None, help="probability threshold (default: the checkpoint's, 0.5)")
     p.add_argument("--tta", choices=["none", "flip"], default="none", help="test-time augmentation")
@@ -267,11 +277,16 @@ def _cmd_predict(a: argparse.Namespace) -> None:
         min_lesion_score=a.min_lesion_score,
         report=a.report,
         skip_bad=a.skip_bad,
+        workers=a.workers,
+        skip_existing=a.skip_existing,
     )
     failed = [r for r in results if r.get("error")]
     for r in results:
         if r.get("error"):
             print(f"{r['input']}: skipped: {r['error']}")
+            continue
+        if r.get("skipped"):
+            print(f"{r['input']} -> {r['output']}  already there, skipped (--skip-existing)")
             continue
         seg = f" + {r['dicom_seg']}" if r.get("dicom_seg") and r["dicom_seg"] != r["output"] else ""
         if r.get("report"):

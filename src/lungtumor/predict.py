@@ -13,9 +13,11 @@ itself stays below ``evaluation/`` and ``reporting/``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,10 @@ import numpy as np
 import torch
 
 from lungtumor.atomic import refuse_overwriting_inputs
-from lungtumor.config import check_batch_size, check_threshold
+from lungtumor.config import PreprocessConfig, check_batch_size, check_threshold
 from lungtumor.cvfolder import cv_min_lesion_ml, cv_min_lesion_score, ensemble_checkpoints
-from lungtumor.errors import InputError, LungTumorError
-from lungtumor.inference.predictor import load_ensemble, segment
+from lungtumor.errors import ConfigError, InputError, LungTumorError
+from lungtumor.inference.predictor import PreparedScan, fast_mode_for, finish, load_ensemble, prepare, run_models
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume
@@ -64,6 +66,8 @@ def predict_path(
     min_lesion_score: float | None = None,
     report: bool = False,
     skip_bad: bool = False,
+    workers: int = 0,
+    skip_existing: bool = False,
 ) -> list[dict[str, Any]]:
     """Segment a NIfTI file, a folder of NIfTI files, or a DICOM series folder.
 
@@ -83,9 +87,20 @@ def predict_path(
     is reported in its result (``error``) and the others go on; without it the first failure stops
     the run (outputs already written are complete files: every writer is atomic).
 
+    ``workers`` (a folder of scans): that many worker processes read and prepare the next scans
+    (reading and decompression, the lung finder, the slice grid: :func:`~lungtumor.inference.predictor.prepare`)
+    while this process runs the model on the current one, and map each result back onto its grid
+    and write it (and its report) while the model runs the next; the outputs are the same as with
+    ``workers=0`` (everything in this process, one scan after the other, today's behaviour).
+    ``skip_existing``: an input whose outputs all exist already is not predicted again (every
+    writer is atomic, so an existing output is a whole one): a run that was killed is completed by
+    running it again with this option.
+
     Returns:
-        One dict per input: input, output, shape, tumour volume (ml), seconds (and ``dicom_seg``,
-        ``report``, or ``error`` for a skipped case).
+        One dict per input: input, output, shape, tumour volume (ml), seconds, ``timings`` (seconds
+        per stage: read, lungs, grid, model, back, write, report; with workers the first three ran in
+        a worker) (and ``dicom_seg``, ``report``, ``error`` for a failed case, or ``skipped: True``
+        for one already done).
 
     Sharded: started by a launcher (``torchrun --nproc-per-node N -m lungtumor.cli predict ...``, or N
     SLURM tasks), each process predicts every N-th input of a folder (:func:`shard_of_this_process`),
@@ -106,6 +121,8 @@ def predict_path(
         check_batch_size(batch_size)
     if min_lesion_score is not None:
         check_min_lesion_score(min_lesion_score)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(f"--workers {workers}: must be a whole number >= 0 (0 = read and prepare each scan in this process)")
     formats = parse_output_formats(output_format)
     seg_path = prediction_seg_path(src, out, formats)  # None unless a DICOM-SEG is asked for (DICOM input only)
     if device is not None:
@@ -150,23 +167,337 @@ def predict_path(
         threshold=threshold, tta=tta, mode=mode, batch_size=batch_size, device=device, series_uid=series_uid,
         postprocess=postprocess, min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score, report=report,
     )
-    results = []
-    with progress_bar(total=len(jobs), description="predict", enabled=progress and len(jobs) > 1) as advance:
-        for in_path, mask_path, prob_path in jobs:
-            try:
-                results.append(_predict_one(models, checkpoint, in_path, mask_path, prob_path, seg_path, formats, **options))
-            except LungTumorError as exc:
-                if not skip_bad or len(jobs) == 1:
-                    raise
-                log.warning("skipping %s: %s", in_path, " ".join(str(exc).split()))
-                results.append({"input": str(in_path), "output": None, "error": " ".join(str(exc).split())})
-            advance()
-    return results
+    results: list[dict[str, Any] | None] = [None] * len(jobs)
+    todo = []
+    for k, (in_path, mask_path, prob_path) in enumerate(jobs):
+        outputs = job_outputs(mask_path, prob_path, seg_path, formats, report)
+        if skip_existing and all(p.is_file() for p in outputs):
+            results[k] = {"input": str(in_path), "output": str(outputs[0]), "skipped": True}
+        else:
+            todo.append(k)
+    if len(todo) < len(jobs):
+        log.info("skipping %d of %d inputs whose outputs exist (--skip-existing)", len(jobs) - len(todo), len(jobs))
+    cohort = _Cohort(models, checkpoint, seg_path, formats, options, skip_bad=skip_bad and len(jobs) > 1)
+    with progress_bar(total=len(jobs), description="predict", enabled=progress and len(jobs) > 1, completed=len(jobs) - len(todo)) as advance:
+        cohort.run([(k, *jobs[k]) for k in todo], results, advance, workers=workers)
+    return [r for r in results if r is not None]
+
+
+def job_outputs(mask_path: Path, prob_path: Path | None, seg_path: Path | None, formats: Any, report: bool) -> list[Path]:
+    """Every file one input's prediction writes (the first is its main output): what ``--skip-existing`` looks for.
+
+    The report folder counts as written when its ``report.html`` is, the last of its files.
+    """
+    from lungtumor.io.dicom_seg import OUTPUT_NIFTI
+
+    outputs = [mask_path] if OUTPUT_NIFTI in formats else []
+    if seg_path is not None:
+        outputs.append(seg_path)
+    if prob_path is not None:
+        outputs.append(prob_path)
+    if report:
+        from lungtumor.reporting.html import REPORT_HTML
+
+        outputs.append(_report_dir(mask_path) / REPORT_HTML)
+    return outputs
 
 
 def _report_dir(mask_path: Path) -> Path:
-    """``NAME_report/`` beside ``NAME.nii.gz``: where ``--report`` writes the lesion table and report.html."""
     return mask_path.with_name(f"{nifti_stem(mask_path)}_report")
+
+
+@dataclass
+class _Read:
+    """What the CPU stage hands to the device: the prepared scan, the CT itself when a writer needs
+    it (report, DICOM-SEG), the seconds of reading, and (from a worker) the warnings it logged."""
+
+    prepared: PreparedScan
+    ct: Volume | None
+    read_s: float
+    logs: list[tuple[str, int, str]] = field(default_factory=list)
+
+
+class _LogCollector(logging.Handler):
+    """Collects the package's warnings in a worker process, to be logged again by the main process."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[tuple[str, int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((record.name, record.levelno, record.getMessage()))
+
+
+def read_and_prepare(
+    in_path: Path, mask_path: Path, *, series_uid: str | None, preprocess: PreprocessConfig, check_seg: bool, check_nifti: bool,
+    keep_ct: bool, coarse: bool = False, collect_logs: bool = False,
+) -> tuple[_Read | None, LungTumorError | None]:
+    """The CPU stage of one input: read, check what its outputs need, :func:`prepare`.
+
+    Runs in a worker process under ``--workers``: a user error (:class:`LungTumorError`) comes back
+    as a value with the same message, so that ``--skip-bad`` decides and the CLI prints its one line.
+    """
+    from lungtumor.io.dicom_seg import check_dicom_seg_source
+
+    collector = _LogCollector() if collect_logs else None
+    package_log = logging.getLogger("lungtumor")
+    if collector is not None:
+        package_log.addHandler(collector)
+    try:
+        t0 = time.perf_counter()
+        ct = read_volume(in_path, series_uid=series_uid)
+        read_s = time.perf_counter() - t0
+        if check_seg:  # refused before the model runs: no Frame of Reference, ...
+            check_dicom_seg_source(ct)
+        if check_nifti:  # ... or a gantry tilt NIfTI cannot hold
+            check_nifti_affine(ct, mask_path)
+        prepared = prepare(ct, preprocess, coarse=coarse)  # coarse: --mode fast's coarse grid too
+        return _Read(prepared, ct if keep_ct else None, read_s, collector.records if collector else []), None
+    except LungTumorError as exc:
+        if collector is not None:
+            exc.worker_logs = collector.records  # type: ignore[attr-defined]
+        return None, exc
+    finally:
+        if collector is not None:
+            package_log.removeHandler(collector)
+
+
+def _pool_context() -> Any:
+    """Worker processes started safely next to torch: a fork server (preloaded with torch and this
+    module, so each worker starts in milliseconds), else spawn; never a plain fork of a process
+    whose torch has started threads (see :func:`lungtumor.preprocessing.store` for the measurement)."""
+    import multiprocessing as mp
+
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "lungtumor.predict"])
+        return ctx
+    return mp.get_context("spawn")
+
+
+def _worker_init() -> None:
+    # Parallelism is over scans; one thread per worker leaves the cores to the others and the model.
+    torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class _WriteSpec:
+    """What the last stage of every input needs besides the input itself: small and picklable (a
+    worker process gets it with each scan; the models stay in the main process)."""
+
+    checkpoint_names: str
+    preprocess: dict[str, Any]
+    members: int
+    threshold: float
+    seg_path: Path | None
+    nifti: bool
+    options: dict[str, Any]
+
+
+def finish_and_write(
+    spec: _WriteSpec, in_path: Path, mask_path: Path, prob_path: Path | None, read: _Read, model_out: tuple[np.ndarray, float],
+    *, collect_logs: bool = False,
+) -> tuple[dict[str, Any], list[tuple[str, int, str]]]:
+    """The last stage of one input: back onto its grid and post-processing
+    (:func:`~lungtumor.inference.predictor.finish`), then its outputs (mask, probabilities,
+    DICOM-SEG, report), each written atomically. Runs in a worker process under ``--workers``.
+
+    Returns:
+        The input's result and (from a worker) the warnings it logged.
+    """
+    collector = _LogCollector() if collect_logs else None
+    package_log = logging.getLogger("lungtumor")
+    if collector is not None:
+        package_log.addHandler(collector)
+    try:
+        return _finish_and_write(spec, in_path, mask_path, prob_path, read, model_out), collector.records if collector else []
+    except LungTumorError as exc:
+        if collector is not None:  # the warnings are not lost with the failed case
+            exc.worker_logs = [*getattr(exc, "worker_logs", []), *collector.records]  # type: ignore[attr-defined]
+        raise
+    finally:
+        if collector is not None:
+            package_log.removeHandler(collector)
+
+
+def _finish_and_write(spec: _WriteSpec, in_path: Path, mask_path: Path, prob_path: Path | None, read: _Read, model_out: tuple[np.ndarray, float]) -> dict[str, Any]:
+    o = spec.options
+    probs, model_s = model_out
+    report = bool(o["report"])
+    t0 = time.perf_counter()
+    res = finish(
+        read.prepared, probs, threshold=spec.threshold, return_probabilities=prob_path is not None or report,
+        postprocess=o["postprocess"], min_lesion_ml=o["min_lesion_ml"], min_lesion_score=o["min_lesion_score"],
+    )
+    back_s = time.perf_counter() - t0
+    mask, prob = res if isinstance(res, tuple) else (res, None)
+    t0 = time.perf_counter()
+    if spec.seg_path is not None:
+        from lungtumor import __version__
+        from lungtumor.io.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(mask, read.ct, spec.seg_path, algorithm_version=__version__, checkpoint_name=spec.checkpoint_names, threshold=spec.threshold)
+    if spec.nifti:
+        write_nifti(mask, mask_path, dtype=np.uint8)
+    if prob is not None and prob_path is not None:
+        write_nifti(prob, prob_path, dtype=np.float32)
+    write_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report_dir = None
+    if report:
+        from lungtumor.reporting.html import write_lesions_folder
+
+        report_dir = _report_dir(mask_path)
+        facts = {
+            "checkpoint": spec.checkpoint_names,
+            "preprocessing": spec.preprocess,
+            "threshold": spec.threshold,
+            "ensemble_members": spec.members,
+            "tta": o["tta"],
+            "min_lesion_score": o["min_lesion_score"] if o["postprocess"] and o["min_lesion_score"] else None,
+        }
+        written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
+        write_lesions_folder(read.ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True)  # type: ignore[arg-type]
+    report_s = time.perf_counter() - t0
+    timings = {"read": read.read_s, **read.prepared.seconds, "model": model_s, "back": back_s, "write": write_s, "report": report_s}
+    return {
+        "input": str(in_path),
+        "output": str(mask_path) if spec.nifti else str(spec.seg_path),
+        "dicom_seg": str(spec.seg_path) if spec.seg_path is not None else None,
+        "probabilities": str(prob_path) if prob_path else None,
+        "report": str(report_dir / "report.html") if report_dir is not None else None,
+        "shape": mask.shape,
+        "volume_ml": float(mask.array.sum(dtype=np.int64)) * mask.voxel_volume_ml,
+        "seconds": sum(timings.values()),
+        "timings": timings,
+    }
+
+
+def _without_slices(read: _Read) -> _Read:
+    """``read`` without its model slices (the last stage does not need them; a worker gets less to unpickle)."""
+    light = dataclasses.replace(read.prepared, slices=np.empty((0, 0, 0), np.float32))
+    return dataclasses.replace(read, prepared=light, logs=[])
+
+
+def _relog(records: list[tuple[str, int, str]]) -> None:
+    for name, level, message in records:
+        logging.getLogger(name).log(level, "%s", message)
+
+
+class _Cohort:
+    """The pipeline of :func:`predict_path`: the CPU stage (read, prepare) -> the model (this
+    process, loaded once) -> the last stage (back onto the grid, writers). With workers, the CPU
+    and last stages of other scans run in worker processes while the device runs this one."""
+
+    def __init__(self, models: list[LoadedModel], checkpoint: Any, seg_path: Path | None, formats: Any, options: dict[str, Any], *, skip_bad: bool) -> None:
+        from lungtumor.io.dicom_seg import OUTPUT_NIFTI
+
+        self.models = models
+        self.seg_path = seg_path
+        self.options = options
+        self.skip_bad = skip_bad
+        self.nifti = OUTPUT_NIFTI in formats
+        threshold = check_threshold(options["threshold"] if options["threshold"] is not None else models[0].info.get("threshold", 0.5))
+        # --mode resolved once for the cohort (by the device and the model), so every scan runs the same path.
+        self.coarse = fast_mode_for(options.get("mode", "full"), models[0].preprocess, options.get("device")) == "fast"
+        self.spec = _WriteSpec(
+            checkpoint_names=_checkpoint_names(checkpoint), preprocess=models[0].preprocess.to_dict(), members=len(models),
+            threshold=threshold, seg_path=seg_path, nifti=self.nifti, options=dict(options),
+        )
+
+    def _prepare_args(self, in_path: Path, mask_path: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (in_path, mask_path), dict(
+            series_uid=self.options["series_uid"], preprocess=self.models[0].preprocess, check_seg=self.seg_path is not None,
+            check_nifti=self.nifti, keep_ct=self.seg_path is not None or bool(self.options["report"]), coarse=self.coarse,
+        )
+
+    def _failed(self, in_path: Path, exc: LungTumorError) -> dict[str, Any]:
+        if not self.skip_bad:
+            raise exc
+        message = " ".join(str(exc).split())
+        log.warning("skipping %s: %s", in_path, message)
+        return {"input": str(in_path), "output": None, "error": message}
+
+    def run(self, items: list[tuple[int, Path, Path, Path | None]], results: list[Any], advance: Any, *, workers: int) -> None:
+        """Predict ``items`` (index, input, mask path, probability path) into ``results[index]``."""
+        if workers == 0 or len(items) <= 1:
+            for k, in_path, mask_path, prob_path in items:
+                args, kwargs = self._prepare_args(in_path, mask_path)
+                read, err = read_and_prepare(*args, **kwargs)
+                if err is not None:
+                    results[k] = self._failed(in_path, err)
+                else:
+                    try:
+                        results[k] = _finish_and_write(self.spec, in_path, mask_path, prob_path, read, self._model(read))
+                    except LungTumorError as exc:
+                        results[k] = self._failed(in_path, exc)
+                advance()
+            return
+        self._run_pipelined(items, results, advance, workers)
+
+    def _model(self, read: _Read) -> tuple[np.ndarray, float]:
+        o = self.options
+        t0 = time.perf_counter()
+        probs = run_models(read.prepared, self.models, batch_size=o["batch_size"], device=o["device"], tta=o["tta"])
+        return probs, time.perf_counter() - t0
+
+    def _run_pipelined(self, items: list[tuple[int, Path, Path, Path | None]], results: list[Any], advance: Any, workers: int) -> None:
+        import concurrent.futures as cf
+        from collections import deque
+
+        # One pool for both CPU stages: each worker takes the oldest task, a scan to prepare or one to
+        # write. Scans prepared ahead of the device: every worker busy and one ready; scans written
+        # at once: as many as workers (each holds its probabilities, and the CT for a report).
+        lookahead, backlog = workers + 1, workers
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init)
+        prepared: deque[Any] = deque()
+        writing: deque[tuple[int, Path, Any]] = deque()
+        pending = iter(items)
+
+        def submit_next() -> None:
+            item = next(pending, None)
+            if item is not None:
+                args, kwargs = self._prepare_args(item[1], item[2])
+                prepared.append((item, pool.submit(read_and_prepare, *args, **kwargs, collect_logs=True)))
+
+        def collect(block_until: int) -> None:
+            while len(writing) > block_until:
+                k, in_path, fut = writing.popleft()
+                try:
+                    results[k], logs = fut.result()
+                    _relog(logs)
+                except LungTumorError as exc:
+                    _relog(getattr(exc, "worker_logs", []))
+                    results[k] = self._failed(in_path, exc)
+                advance()
+
+        try:
+            for _ in range(lookahead):
+                submit_next()
+            while prepared:
+                (k, in_path, mask_path, prob_path), fut = prepared.popleft()
+                read, err = fut.result()
+                _relog(read.logs if read is not None else getattr(err, "worker_logs", []))
+                if err is not None:
+                    submit_next()
+                    collect(0)  # in order: the cases before this one are reported first
+                    results[k] = self._failed(in_path, err)
+                    advance()
+                    continue
+                model_out = self._model(read)
+                collect(backlog - 1)
+                writing.append((k, in_path, pool.submit(
+                    finish_and_write, self.spec, in_path, mask_path, prob_path, _without_slices(read), model_out, collect_logs=True,
+                )))
+                submit_next()  # after the write: a worker that frees up writes this scan before preparing a later one
+            collect(0)
+        except BaseException:
+            for _, fut in prepared:
+                fut.cancel()
+            # Writes in flight end whole (atomic) or leave nothing under the final name.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
 
 def _outputs_of(jobs: list[tuple[Path, Path, Path | None]], seg_path: Path | None, formats: Any, report: bool) -> list[Path]:
@@ -211,77 +542,6 @@ def shard_of_this_process() -> tuple[int, int]:
             if 0 <= rank < world:
                 return rank, world
     return 0, 1
-
-
-def _predict_one(
-    models: list[LoadedModel],
-    checkpoint: Any,
-    in_path: Path,
-    mask_path: Path,
-    prob_path: Path | None,
-    seg_path: Path | None,
-    formats: Any,
-    *,
-    threshold: float | None,
-    tta: str,
-    mode: str,
-    batch_size: int | None,
-    device: str | None,
-    series_uid: str | None,
-    postprocess: bool,
-    min_lesion_ml: float | None,
-    min_lesion_score: float | None,
-    report: bool,
-) -> dict[str, Any]:
-    """One input of :func:`predict_path`: read, check, segment, write."""
-    from lungtumor.io.dicom_seg import OUTPUT_NIFTI, check_dicom_seg_source
-
-    t0 = time.perf_counter()
-    ct = read_volume(in_path, series_uid=series_uid)
-    if seg_path is not None:  # refused before the model runs: no Frame of Reference, ...
-        check_dicom_seg_source(ct)
-    if OUTPUT_NIFTI in formats:  # ... or a gantry tilt NIfTI cannot hold
-        check_nifti_affine(ct, mask_path)
-    res = segment(
-        ct, models, threshold=threshold, tta=tta, mode=mode, batch_size=batch_size, device=device, return_probabilities=prob_path is not None or report,
-        postprocess=postprocess, min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score,
-    )
-    mask, prob = res if isinstance(res, tuple) else (res, None)
-    used = threshold if threshold is not None else models[0].info.get("threshold", 0.5)
-    if seg_path is not None:
-        from lungtumor import __version__
-        from lungtumor.io.dicom_seg import write_dicom_seg
-
-        write_dicom_seg(mask, ct, seg_path, algorithm_version=__version__, checkpoint_name=_checkpoint_names(checkpoint), threshold=used)
-    if OUTPUT_NIFTI in formats:
-        write_nifti(mask, mask_path, dtype=np.uint8)
-    if prob is not None and prob_path is not None:
-        write_nifti(prob, prob_path, dtype=np.float32)
-    report_dir = None
-    if report:
-        from lungtumor.reporting.html import write_lesions_folder
-
-        report_dir = _report_dir(mask_path)
-        facts = {
-            "checkpoint": _checkpoint_names(checkpoint),
-            "preprocessing": models[0].preprocess.to_dict(),
-            "threshold": used,
-            "ensemble_members": len(models),
-            "tta": tta,
-            "min_lesion_score": min_lesion_score if postprocess and min_lesion_score else None,
-        }
-        written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
-        write_lesions_folder(ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True)
-    return {
-        "input": str(in_path),
-        "output": str(mask_path) if OUTPUT_NIFTI in formats else str(seg_path),
-        "dicom_seg": str(seg_path) if seg_path is not None else None,
-        "probabilities": str(prob_path) if prob_path else None,
-        "report": str(report_dir / "report.html") if report_dir is not None else None,
-        "shape": mask.shape,
-        "volume_ml": float(mask.array.sum(dtype=np.int64)) * mask.voxel_volume_ml,
-        "seconds": time.perf_counter() - t0,
-    }
 
 
 def _checkpoint_names(checkpoint: Any) -> str:

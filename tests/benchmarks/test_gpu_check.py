@@ -29,6 +29,8 @@ SCRIPT = BENCH / "gpu_check.py"
 WRAPPER = BENCH / "gpu_check.sh"
 #: What a CPU cannot measure: None in the tiny mode, each with a reason.
 GPU_ONLY = ("gpu_name", "peak_gpu_memory_gib", "train_peak_gpu_memory_gib", "train_cudnn_benchmark_slices_per_s", "ddp_global_step", "ddp_wall_s")
+#: Issue 17's levers that compile the U-Net: CUDA only.
+GPU_ONLY += ("levers_compile_slices_per_s", "levers_combined_slices_per_s", "levers_combined_tflops", "levers_combined_fraction_of_matmul_peak")
 #: Summary fields that are not plain positive numbers.
 NON_NUMERIC = ("device", "precision", "predict_ct_shape", "ddp_status", "gpu_count")
 
@@ -266,3 +268,41 @@ def test_real_ct_stage_needs_its_folder(tmp_path: Path) -> None:
     (tmp_path / "d" / "pairs").mkdir(parents=True)
     (tmp_path / "d" / "pairs" / "A_ct.nii.gz").touch()
     assert gpu_check.real_ct_inputs(ctx, str(tmp_path / "d")) == (tmp_path / "d" / "pairs", None)  # type: ignore[arg-type]
+
+
+def test_lever_variants_are_each_lever_alone_then_all_combined() -> None:
+    variants = {v["name"]: v for v in gpu_check.lever_variants(32)}
+    assert list(variants) == ["baseline", "transpose", "fused_adam", "batch_lr_scaled", "compile", "combined"]  # compiles last
+    base = variants["baseline"]
+    assert (base["upsample"], base["compile"], base["fused"], base["batch"], base["lr"]) == ("bilinear", False, False, 32, 1e-4)
+    for name, changed in (("transpose", "upsample"), ("fused_adam", "fused"), ("compile", "compile")):
+        assert [k for k in base if base[k] != variants[name][k] and k != "name"] == [changed]
+    assert variants["batch_lr_scaled"]["batch"] == 128 and variants["batch_lr_scaled"]["lr"] == pytest.approx(4e-4)  # linear LR scaling
+    combined = variants["combined"]
+    assert (combined["upsample"], combined["compile"], combined["fused"], combined["batch"]) == ("transpose", True, True, 128)
+
+
+@pytest.mark.slow  # 97 s at a load average of 15 on 2 cores (the full tiny run took as long): lever steps, two tiny cohort folders
+def test_tiny_levers_and_cohort_stages(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--only", "train_levers,cohort"],
+        capture_output=True, text=True, timeout=300, env=_env_without_out(),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((out / gpu_check.JSON_NAME).read_text())
+    levers, cohort = data["stages"]["train_levers"], data["stages"]["cohort"]
+    assert levers["status"] == "ok" and cohort["status"] == "ok", (levers.get("traceback"), cohort.get("traceback"))
+    for name in gpu_check.LEVER_NAMES:
+        if name in gpu_check.COMPILED_LEVERS:
+            assert levers[f"{name}_slices_per_s"] is None and "CUDA only" in levers[f"{name}_slices_per_s_reason"]
+        else:
+            assert levers[f"{name}_slices_per_s"] > 0 and levers[f"{name}_tflops"] > 0
+    assert levers["baseline_speedup"] == pytest.approx(1.0)
+    assert "--compile on --fused-adam on" in levers["train_command_of_combined"]
+    assert cohort["scans"] == 2 and cohort["same_outputs"] is True
+    for key in ("per_scan_workers_0", "per_scan_workers_n"):
+        assert [set(r) >= {"read", "lungs", "grid", "model", "back", "write", "report"} for r in cohort[key]] == [True, True]
+    summary = data["summary"]
+    assert summary["cohort_pipelined_vs_read_alone"] == pytest.approx(cohort["pipelined_vs_read_alone"])
+    assert summary["levers_transpose_slices_per_s"] == levers["transpose_slices_per_s"]

@@ -13,6 +13,9 @@ _LAZY = {
     "segment": "lungtumor.inference.predictor",
     "predict_slices": "lungtumor.inference.predictor",
     "load_ensemble": "lungtumor.inference.predictor",
+    "prepare": "lungtumor.inference.predictor",
+    "run_models": "lungtumor.inference.predictor",
+    "finish": "lungtumor.inference.predictor",
 }
 
 

@@ -10,6 +10,11 @@ predicted components that do not touch the lung region and, optionally, lesions 
 and lesions whose score (:data:`~lungtumor.lesions.score.LESION_SCORE`) is under a minimum.
 For the seed preset this is exactly the seed's recipe (no lung region).
 
+``segment`` is three stages, each usable alone: :func:`prepare` (CPU: checks, lung region, slice
+grid, slices; a picklable :class:`PreparedScan`, so a worker process can do it while the device
+runs another scan), :func:`run_models` (the device) and :func:`finish` (back onto the input's grid,
+threshold, post-processing).
+
 TTA ``flip`` mirrors the patient's left-right axis: in the canonical ('L','A','S') slices
 ``(N, C, H, W)`` that is H (axis -2), not W (anterior-posterior).
 
@@ -20,14 +25,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, check_batch_size, check_threshold
+from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, PreprocessConfig, check_batch_size, check_threshold
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.inference.fast import check_mode, coarse_config, fast_probabilities, fast_supported, resolve_mode
 from lungtumor.io.volume import Volume, to_canonical
@@ -127,6 +134,199 @@ def predict_slices(
     return out
 
 
+@dataclass(frozen=True)
+class PreparedScan:
+    """The CPU work of :func:`segment` before the model: a plain, picklable record.
+
+    :func:`prepare` makes it (lung region, slice grid, model slices), possibly in a worker process
+    (``lungtumor predict --workers``); :func:`run_models` turns its slices into probabilities on
+    the device and :func:`finish` maps them back onto the input's grid. ``segment`` is exactly
+    ``finish(prepared, run_models(prepared, models), ...)`` with ``prepared = prepare(...)``.
+
+    Attributes:
+        grid: the slice grid (input shape and affine, crop, kept slices; JSON-serialisable).
+        slices: ``(D, H, W)`` float32 model slices (:meth:`SliceGrid.image_to_slices`).
+        region: the lung region on the input's grid (post-processing keeps lesions touching it),
+            or None (seed preset, or no lungs found: the whole scan).
+        meta: the input Volume's meta (the outputs carry it: DICOM geometry, path).
+        seconds: wall seconds of the stages done here: ``lungs`` (the lung finder, 0 when not
+            needed) and ``grid`` (the grid's fit and the slices).
+        coarse_grid, coarse_slices: ``--mode fast`` only: the grid with 2x larger pixels over the same
+            box and its slices (:mod:`lungtumor.inference.fast`); :func:`run_models` then runs the
+            coarse-to-fine path. None: the full path.
+    """
+
+    grid: SliceGrid
+    slices: np.ndarray
+    region: Volume | None
+    meta: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+    coarse_grid: SliceGrid | None = None
+    coarse_slices: np.ndarray | None = None
+
+
+def check_ct(volume: Volume) -> None:
+    """Refuse a CT that cannot be segmented (non-numeric, NaN or infinite voxels); warn about one that
+    does not look like CT in HU (:func:`hu_range_warnings`, logged).
+
+    Raises:
+        InputError: non-numeric voxels, or NaN / infinite ones.
+    """
+    if not np.issubdtype(volume.array.dtype, np.number):
+        raise InputError(f"{volume.meta.get('path', 'CT')}: voxel type {volume.array.dtype} is not numeric")
+    if volume.array.dtype.kind == "f" and not np.all(np.isfinite(volume.array)):
+        raise InputError(f"{volume.meta.get('path', 'CT')}: contains NaN or infinite voxels; fix the CT first")
+    for message in hu_range_warnings(volume):
+        log.warning("%s", message)
+
+
+def fast_mode_for(mode: str, preprocess: PreprocessConfig, device: str | torch.device | None) -> str:
+    """``fast`` or ``full`` for ``--mode`` on ``device`` with a model trained on ``preprocess``: ``auto``
+    resolves by the device; a model the fast path cannot take runs the full path (logged)."""
+    run_mode = resolve_mode(mode, resolve_device(device).type)
+    why_not = fast_supported(preprocess) if run_mode == "fast" else None
+    if why_not:
+        log.info("fast mode: %s; running the full path", why_not)
+        return "full"
+    return run_mode
+
+
+def prepare(
+    volume: Volume, preprocess: PreprocessConfig, *, region: Volume | None = None, checked: bool = False, coarse: bool = False
+) -> PreparedScan:
+    """The CPU stage of :func:`segment`: checks, the lung region, the slice grid and the model slices.
+
+    Needs no model, only its preprocessing (``LoadedModel.preprocess``), so it can run in a worker
+    process while the device runs another scan; the result is picklable.
+
+    Args:
+        volume: the CT, any orientation.
+        preprocess: the checkpoint's preprocessing (one for every member of an ensemble).
+        region: the lung region on ``volume``'s grid, or None = found here for the lung preset.
+        checked: :func:`check_ct` was already called on ``volume``.
+        coarse: also the coarse grid and slices of ``--mode fast`` (see :func:`fast_mode_for`).
+
+    Raises:
+        InputError: see :func:`check_ct`; a seed-preset scan with no more slices than it drops.
+    """
+    if not checked:
+        check_ct(volume)
+    seconds = {"lungs": 0.0, "grid": 0.0}
+    canonical = to_canonical(volume, preprocess.axcodes)  # the one reorientation: the lung finder, the fit and the slicing share it
+    if region is None and preset_for(preprocess).needs_lung_region:
+        from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
+
+        t0 = time.perf_counter()
+        # No lungs found: the whole scan is segmented and no lesion is dropped for lying outside.
+        found, _ = lung_region_or_whole_scan(canonical, fallback="segmenting the whole field of view")
+        region = found.mask if found.found else None
+        seconds["lungs"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    grid: SliceGrid = fit_grid(canonical, region, preprocess)
+    slices = grid.image_to_slices(canonical)
+    coarse_grid = coarse_slices = None
+    if coarse:  # the same box and slices, 2x larger pixels
+        coarse_grid = fit_grid(canonical, region, coarse_config(preprocess))
+        coarse_slices = coarse_grid.image_to_slices(canonical)
+    seconds["grid"] = time.perf_counter() - t0
+    return PreparedScan(
+        grid=grid, slices=slices, region=region, meta=dict(volume.meta), seconds=seconds, coarse_grid=coarse_grid, coarse_slices=coarse_slices
+    )
+
+
+def run_models(
+    prepared: PreparedScan,
+    models: list[LoadedModel],
+    *,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    tta: str = "none",
+    precision: str = "auto",
+) -> np.ndarray:
+    """The device stage of :func:`segment`: ``(D, H, W)`` float32 probabilities of the prepared
+    slices, the mean over the ensemble's members (see :func:`predict_slices` for the options); the
+    coarse-to-fine path of ``--mode fast`` when ``prepared`` holds the coarse slices."""
+    grid, slices = prepared.grid, prepared.slices
+
+    def predict(stack: np.ndarray, centres: np.ndarray | None, flip: bool) -> np.ndarray:
+        """The models' mean probability (an ensemble) on ``stack``'s slices ``centres`` (None = all)."""
+        runs = (
+            predict_slices(
+                member, stack, batch_size=batch_size, device=device, tta="flip" if flip else "none", precision=precision,
+                offsets=grid.context_offsets(member.context), centres=centres,
+            )
+            for member in models
+        )
+        out = next(runs)
+        for p in runs:
+            out += p
+        if len(models) > 1:
+            out /= len(models)
+        return out
+
+    if prepared.coarse_grid is None or prepared.coarse_slices is None:
+        return predict(slices, None, tta == "flip")
+    multiple = max(getattr(getattr(m.net, "config", None), "multiple", 1) for m in models)
+    probs, stats = fast_probabilities(grid, slices, prepared.coarse_grid, prepared.coarse_slices, predict, tta=tta == "flip", multiple=multiple)
+    log.info(
+        "fast mode: coarse pass %d slices of %dx%d (%.1f s), %d candidate box(es), fine pass %.1f %% of the full path's pixels (%.1f s)%s",
+        stats.coarse_slices, *stats.coarse_shape, stats.coarse_seconds, stats.boxes, 100 * stats.fine_fraction, stats.fine_seconds,
+        " (the full path: the crops would have covered most of the scan)" if stats.fell_back else "",
+    )
+    return probs
+
+
+def check_finish_options(min_lesion_ml: float | None, min_lesion_score: float | None) -> None:
+    """Refuse post-processing options out of range (before any work is done).
+
+    Raises:
+        ConfigError: a negative or non-finite minimum lesion volume, or a score outside [0, 1].
+    """
+    if min_lesion_ml is not None and not (np.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
+        raise ConfigError(f"--min-lesion-ml {min_lesion_ml} must be a volume in ml >= 0")
+    if min_lesion_score is not None:
+        check_min_lesion_score(min_lesion_score)
+
+
+def finish(
+    prepared: PreparedScan,
+    probs: np.ndarray,
+    *,
+    threshold: float,
+    return_probabilities: bool = False,
+    postprocess: bool = True,
+    min_lesion_ml: float | None = None,
+    min_lesion_score: float | None = None,
+) -> Volume | tuple[Volume, Volume]:
+    """The last stage of :func:`segment`: probabilities back onto the input's grid, threshold, post-processing.
+
+    Args:
+        prepared: from :func:`prepare`.
+        probs: from :func:`run_models` (modified in place by nothing here).
+        threshold: the probability threshold, already checked.
+        return_probabilities, postprocess, min_lesion_ml, min_lesion_score: see :func:`segment`.
+    """
+    grid, region, meta = prepared.grid, prepared.region, prepared.meta
+    thr = threshold
+    by_score = bool(postprocess and min_lesion_score)
+    if not (return_probabilities or by_score):
+        # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
+        mask_vol = grid.slices_to_volume(probs, threshold=thr, meta=meta)
+        prob_vol = None
+    else:
+        prob_vol = grid.slices_to_volume(probs, meta=meta)
+        mask_vol = Volume((prob_vol.array > thr).astype(np.uint8), prob_vol.affine, dict(meta))
+    if postprocess and (region is not None or min_lesion_ml):
+        kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
+        mask_vol = Volume(kept, mask_vol.affine, dict(meta))
+    if by_score and prob_vol is not None:  # after the other post-processing: the lesions that remain are scored
+        kept = remove_low_score_lesions(mask_vol.array, prob_vol.array, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[arg-type]
+        mask_vol = Volume(kept, mask_vol.affine, dict(meta))
+    if not return_probabilities:
+        prob_vol = None
+    return mask_vol if prob_vol is None else (mask_vol, prob_vol)
+
+
 def segment(
     volume: Volume,
     model: LoadedModel | str | os.PathLike[str] | list[Any],
@@ -144,6 +344,11 @@ def segment(
     mode: str = "full",
 ) -> Volume | tuple[Volume, Volume]:
     """Segment tumours in a CT Volume (HU).
+
+    Three stages, each usable alone (``lungtumor predict --workers`` runs the first in worker
+    processes while the device runs another scan): :func:`prepare` (CPU: lung region, slice grid,
+    slices), :func:`run_models` (the device), :func:`finish` (back onto the input's grid,
+    threshold, post-processing).
 
     Args:
         volume: the CT, any orientation (from :func:`~lungtumor.io.readers.read_volume`).
@@ -164,7 +369,7 @@ def segment(
             ``lungtumor lungs`` writes it); None = found here for the lung preset.
         mode: ``fast`` (coarse-to-fine: candidates on a 2x coarser grid, then only their
             neighbourhood at the model's resolution, TTA only there; :mod:`lungtumor.inference.fast`),
-            ``full`` (every slice at the model's resolution), or ``auto`` (default: fast on a CPU,
+            ``full`` (default: every slice at the model's resolution), or ``auto`` (fast on a CPU,
             full on CUDA). A checkpoint whose preprocessing has no coarser grid (the seed preset)
             runs the full path, with a logged note.
 
@@ -181,77 +386,14 @@ def segment(
     models = load_ensemble(model)
     loaded = models[0]
     thr = check_threshold(threshold if threshold is not None else loaded.info.get("threshold", 0.5))
-    if not np.issubdtype(volume.array.dtype, np.number):
-        raise InputError(f"{volume.meta.get('path', 'CT')}: voxel type {volume.array.dtype} is not numeric")
-    if volume.array.dtype.kind == "f" and not np.all(np.isfinite(volume.array)):
-        raise InputError(f"{volume.meta.get('path', 'CT')}: contains NaN or infinite voxels; fix the CT first")
-    if min_lesion_ml is not None and not (np.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
-        raise ConfigError(f"--min-lesion-ml {min_lesion_ml} must be a volume in ml >= 0")
-    if min_lesion_score is not None:
-        check_min_lesion_score(min_lesion_score)
-    for message in hu_range_warnings(volume):
-        log.warning("%s", message)
-    cfg = loaded.preprocess
-    canonical = to_canonical(volume, cfg.axcodes)  # the one reorientation: the lung finder, the fit and the slicing share it
-    if region is None and preset_for(cfg).needs_lung_region:
-        from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
-
-        # No lungs found: the whole scan is segmented and no lesion is dropped for lying outside.
-        found, _ = lung_region_or_whole_scan(canonical, fallback="segmenting the whole field of view")
-        region = found.mask if found.found else None
-    grid: SliceGrid = fit_grid(canonical, region, cfg)
-    slices = grid.image_to_slices(canonical)
-
-    def predict(stack: np.ndarray, centres: np.ndarray | None, flip: bool) -> np.ndarray:
-        """The models' mean probability (an ensemble) on ``stack``'s slices ``centres`` (None = all)."""
-        runs = (
-            predict_slices(
-                member, stack, batch_size=batch_size, device=device, tta="flip" if flip else "none", precision=precision,
-                offsets=grid.context_offsets(member.context), centres=centres,
-            )
-            for member in models
-        )
-        out = next(runs)
-        for p in runs:
-            out += p
-        if len(models) > 1:
-            out /= len(models)
-        return out
-
-    run_mode = resolve_mode(mode, resolve_device(device).type)
-    why_not = fast_supported(cfg) if run_mode == "fast" else None
-    if why_not:
-        log.info("fast mode: %s; running the full path", why_not)
-        run_mode = "full"
-    if run_mode == "fast":
-        coarse = fit_grid(canonical, region, coarse_config(cfg))  # the same box and slices, 2x larger pixels
-        multiple = max(getattr(getattr(m.net, "config", None), "multiple", 1) for m in models)
-        probs, stats = fast_probabilities(grid, slices, coarse, coarse.image_to_slices(canonical), predict, tta=tta == "flip", multiple=multiple)
-        log.info(
-            "fast mode: coarse pass %d slices of %dx%d (%.1f s), %d candidate box(es), fine pass %.1f %% of the full path's pixels (%.1f s)%s",
-            stats.coarse_slices, *stats.coarse_shape, stats.coarse_seconds, stats.boxes, 100 * stats.fine_fraction, stats.fine_seconds,
-            " (the full path: the crops would have covered most of the scan)" if stats.fell_back else "",
-        )
-    else:
-        probs = predict(slices, None, tta == "flip")
-    meta = dict(volume.meta)
-    by_score = bool(postprocess and min_lesion_score)
-    if not (return_probabilities or by_score):
-        # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
-        mask_vol = grid.slices_to_volume(probs, threshold=thr, meta=meta)
-        prob_vol = None
-    else:
-        prob_vol = grid.slices_to_volume(probs, meta=meta)
-        mask_vol = Volume((prob_vol.array > thr).astype(np.uint8), prob_vol.affine, dict(meta))
-    if postprocess and (region is not None or min_lesion_ml):
-        kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
-        mask_vol = Volume(kept, mask_vol.affine, dict(meta))
-    if by_score and prob_vol is not None:  # after the other post-processing: the lesions that remain are scored
-        kept = remove_low_score_lesions(mask_vol.array, prob_vol.array, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[arg-type]
-        mask_vol = Volume(kept, mask_vol.affine, dict(meta))
-    if not return_probabilities:
-        prob_vol = None
-    return mask_vol if prob_vol is None else (mask_vol, prob_vol)
+    check_finish_options(min_lesion_ml, min_lesion_score)
+    run_mode = fast_mode_for(mode, loaded.preprocess, device)
+    prepared = prepare(volume, loaded.preprocess, region=region, coarse=run_mode == "fast")
+    probs = run_models(prepared, models, batch_size=batch_size, device=device, tta=tta, precision=precision)
+    return finish(
+        prepared, probs, threshold=thr, return_probabilities=return_probabilities, postprocess=postprocess,
+        min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score,
+    )
 
 
 #: A CT in Hounsfield units spans about -1024 (air) to 3071 (dense bone, the 12-bit top); scanners

@@ -24,6 +24,28 @@ from lungtumor.training.options import DEFAULT_THRESHOLD
 log = logging.getLogger(__name__)
 
 
+def lever_on(mode: str, device_type: str) -> bool:
+    """Whether a speed lever (``--compile``, ``--fused-adam``: ``auto``, ``on`` or ``off``) is used on ``device_type``.
+
+    ``auto`` is on for CUDA only. Measured: torch.compile of the seed U-Net on a CPU takes 23-41 s
+    to compile and trains no faster (DESIGN.md); on an H200, compile with transposed upsampling
+    and fused Adam at batch 128 is 1.57x eager (BENCHMARKS.md, issue 17).
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"{mode!r}: expected auto, on or off")
+    return mode == "on" or (mode == "auto" and device_type == "cuda")
+
+
+def make_optimizer(params: Any, lr: float, *, fused: bool) -> torch.optim.Optimizer:
+    """Adam (the seed's optimiser); ``fused``: one fused kernel for the whole update (CUDA and CPU)."""
+    return torch.optim.Adam(params, lr=lr, fused=True if fused else None)
+
+
+def compile_net(net: torch.nn.Module) -> torch.nn.Module:
+    """Compile ``net`` in place (``nn.Module.compile``): its state dict, and so every checkpoint, keeps
+    the plain parameter names, and inference loads it as an ordinary U-Net."""
+    net.compile()
+    return net
 
 
 class SegmentationModule(L.LightningModule):
@@ -53,6 +75,9 @@ class SegmentationModule(L.LightningModule):
         crops: lesion-crop samples (:mod:`lungtumor.training.crops`): ``{"rate", "items", "lesion_dir",
             ...}`` as recorded in the checkpoint, or None (off); the crops themselves are set as
             :attr:`crop_bank` by the trainer before fitting (read and checked before the run folder is written).
+        compile: ``auto`` (torch.compile the U-Net on CUDA), ``on`` or ``off`` (:func:`lever_on`),
+            resolved when fitting starts on the device.
+        fused_adam: ``auto`` (Adam's fused kernel on CUDA), ``on`` or ``off``.
     """
 
     def __init__(
@@ -73,6 +98,8 @@ class SegmentationModule(L.LightningModule):
         copy_paste: dict[str, Any] | None = None,
         head_bias: float | None = None,
         crops: dict[str, Any] | None = None,
+        compile: str = "off",
+        fused_adam: str = "off",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -95,6 +122,9 @@ class SegmentationModule(L.LightningModule):
         self._crop_mixer: Any = None
 
     def on_fit_start(self) -> None:
+        if lever_on(self.hparams.get("compile", "off"), self.device.type) and not getattr(self, "_compiled", False):
+            compile_net(self.net)
+            self._compiled = True
         cp = self.hparams.get("copy_paste")
         if cp and self._copy_paster is None:
             from lungtumor.training.copy_paste import CopyPasteConfig, CopyPaster
@@ -228,7 +258,8 @@ class SegmentationModule(L.LightningModule):
         self.log("val/dice_pooled_soft_seed", pooled.float())
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        fused = lever_on(self.hparams.get("fused_adam", "off"), self.device.type)
+        opt = make_optimizer(self.parameters(), self.hparams.lr, fused=fused)
         if self.hparams.lr_schedule == "constant":
             return opt
         total = max(1, int(self.trainer.estimated_stepping_batches))

@@ -32,6 +32,8 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 CROP_OVERLAPS = ("refuse", "exclude")
 #: ``--negative-weighting``: how tumour-free slices are drawn (``training/data.py``).
 NEGATIVE_WEIGHTINGS = ("uniform", "lung")
+#: ``--compile`` / ``--fused-adam``: ``auto`` turns the lever on where it pays (a CUDA device), off elsewhere.
+SWITCHES = ("auto", "on", "off")
 #: Fields that are positional arguments or folders of the command, not ``--flags``.
 POSITIONAL_FIELDS = ("store", "out")
 #: Fields only a config file can set (structured values).
@@ -73,6 +75,12 @@ class TrainConfig:
     lr: float = _opt(1e-4, "Adam learning rate (default 1e-4)", type_=float)
     lr_schedule: str = _opt("constant", "constant (default, the seed's) or cosine (decays to 0 at the last planned step)")
     batch_size: int = _opt(8, "slices per batch (default 8)", type_=int)
+    lr_scale_batch: int | None = _opt(
+        None,
+        "linear learning-rate scaling (Goyal et al. 2017): the learning rate used is --lr x --batch-size / this reference "
+        "batch (e.g. --lr 1e-4 --lr-scale-batch 32 --batch-size 128 trains at 4e-4); default off (--lr as given)",
+        type_=int,
+    )
     loss: str = _opt("bce", "bce (default, the seed's), dice or bce+dice")
     width: int = _opt(64, "U-Net base width (default 64, the seed's)", type_=int)
     depth: int = _opt(3, "number of pools (default 3)", type_=int)
@@ -113,6 +121,11 @@ class TrainConfig:
     num_nodes: int = _opt(1, "Lightning nodes", type_=int)
     precision: str | None = _opt(None, "Lightning precision (default bf16-mixed where supported, else 32-true)")
     channels_last: bool = _opt(True, "use the contiguous memory format instead of channels-last", flag="--no-channels-last")
+    compile: str = _opt(
+        "auto", "torch.compile the U-Net: auto (default: on a CUDA device only; on a CPU the compile costs 20-40 s and gains "
+        "nothing here), on, off",
+    )
+    fused_adam: str = _opt("auto", "Adam's fused kernel: auto (default: on a CUDA device), on, off")
     max_minutes: float | None = _opt(
         None, "stop after this many minutes of training (cuts the schedule on a slow machine: results then depend on its speed)", type_=float
     )
@@ -159,7 +172,7 @@ class TrainConfig:
                 raise ConfigError(f"--{_flag(name)} {getattr(self, name)}: must be a whole number")
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr < 0:
             raise ConfigError(f"--lr {self.lr}: must be a number >= 0")
-        for name in ("size", "samples_per_epoch", "max_minutes", "early_stopping_patience"):
+        for name in ("size", "samples_per_epoch", "max_minutes", "early_stopping_patience", "lr_scale_batch"):
             positive(name, allow_none=True)
         for name in ("context", "num_workers", "image_every_n_steps", "seed"):
             non_negative(name)
@@ -176,6 +189,10 @@ class TrainConfig:
         choice("norm", NORMS)
         choice("upsample", UPSAMPLES)
         choice("accelerator", ACCELERATORS)
+        choice("compile", SWITCHES)
+        choice("fused_adam", SWITCHES)
+        if self.lr_scale_batch is not None and (not isinstance(self.lr_scale_batch, int) or isinstance(self.lr_scale_batch, bool)):
+            raise ConfigError(f"--lr-scale-batch {self.lr_scale_batch}: must be a whole number of slices (the reference batch)")
         if self.tumour_fraction is not None and not (0.0 < self.tumour_fraction < 1.0):
             raise ConfigError(f"--tumour-fraction {self.tumour_fraction}: must lie strictly between 0 and 1")
         if self.head_bias is not None and not (isinstance(self.head_bias, (int, float)) and math.isfinite(self.head_bias) and -20 <= self.head_bias <= 20):
@@ -218,6 +235,14 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (YAML/JSON-able)."""
         return dataclasses.asdict(self)
+
+    @property
+    def effective_lr(self) -> float:
+        """The learning rate the optimiser gets: ``lr``, or with ``lr_scale_batch`` the linear scaling
+        rule ``lr * batch_size / lr_scale_batch`` (a larger batch takes proportionally larger steps)."""
+        if self.lr_scale_batch is None:
+            return float(self.lr)
+        return float(self.lr) * self.batch_size / self.lr_scale_batch
 
 
 def _flag(name: str) -> str:

@@ -303,7 +303,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         model=model_cfg.to_dict(),
         preprocess=pre.to_dict(),
         loss=cfg.loss,
-        lr=cfg.lr,
+        lr=cfg.effective_lr,
         lr_schedule=cfg.lr_schedule,
         augment=augment_cfg.to_dict(),
         copy_paste=copy_paste.to_dict() if copy_paste.enabled else None,
@@ -316,6 +316,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         threshold=cfg.threshold,
         split={**split_record, "train": dm.splits["train"], "val": dm.splits["val"]},
         crops=crops,
+        compile=cfg.compile,
+        fused_adam=cfg.fused_adam,
     )
     module.crop_bank = crop_bank
     if resume_from is not None:
