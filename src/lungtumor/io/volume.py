@@ -117,9 +117,12 @@ def require_same_grid(volume: Volume, reference: Volume, role: str, reference_ro
     if volume.same_grid(reference, atol=GRID_ATOL_MM):
         return
     fix = fix if fix is not None else f"pass the {role} made for this {reference_role} (same shape and affine)"
+    def named(v: Volume, what: str) -> str:  # "mask /data/m.nii.gz", or "mask" alone for a volume without a file
+        return f"{what} {v.meta['path']}" if v.meta.get("path") else what
+
     raise GeometryError(
-        f"{role} {volume.meta.get('path', role)} (shape {volume.shape}, affine {np.round(volume.affine, 4).tolist()}) is not on "
-        f"the grid of {reference_role} {reference.meta.get('path', reference_role)} (shape {reference.shape}, affine "
+        f"{named(volume, role)} (shape {volume.shape}, affine {np.round(volume.affine, 4).tolist()}) is not on "
+        f"the grid of {named(reference, reference_role)} (shape {reference.shape}, affine "
         f"{np.round(reference.affine, 4).tolist()}); {fix}"
     )
 
