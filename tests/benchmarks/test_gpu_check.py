@@ -41,14 +41,20 @@ def _env_without_out() -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow  # about 8 s on an idle 2-core machine (torch + Lightning imports, 3 phantoms); CI runs it (`make test`)
-def test_tiny_mode_writes_every_field(tmp_path: Path) -> None:
-    out = tmp_path / "tmp"
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One default tiny run (every stage), shared by the tests that read its JSON (it costs seconds)."""
+    out = tmp_path_factory.mktemp("tiny") / "tmp"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)], capture_output=True, text=True, timeout=180, env=_env_without_out()
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out)], capture_output=True, text=True, timeout=300, env=_env_without_out()
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads((out / gpu_check.JSON_NAME).read_text())
+    return {**json.loads((out / gpu_check.JSON_NAME).read_text()), "_text": (out / gpu_check.TEXT_NAME).read_text()}
+
+
+@pytest.mark.slow  # the shared tiny run: about 10 s on an idle 2-core machine (imports, 3 phantoms, levers, cohort); CI runs it
+def test_tiny_mode_writes_every_field(tiny_run: dict) -> None:
+    data = tiny_run
     assert data["schema"] == gpu_check.SCHEMA and data["mode"] == "tiny" and data["status"] == "complete"
     assert data["finished"] is not None
     stages = data["stages"]
@@ -93,9 +99,10 @@ def test_tiny_mode_writes_every_field(tmp_path: Path) -> None:
     assert pred["slices_through_model"] == pred["ct_shape"][2] - SEED_SKIP_INFERIOR_SLICES
     assert stages["store"]["slices"]["train"] == stages["data_path"]["store_slices"]
 
-    text = (out / gpu_check.TEXT_NAME).read_text()
+    text = data["_text"]  # the text report beside the JSON
     assert "tiny mode" in text and all(key in text for key in gpu_check.SUMMARY_FIELDS)
     assert not Path(data["work"]).exists()  # the work folder (store, checkpoint) is removed
+    check_levers_and_cohort_stages(data)
 
 
 def test_ddp_command_is_a_valid_train_command(tmp_path: Path) -> None:
@@ -282,15 +289,8 @@ def test_lever_variants_are_each_lever_alone_then_all_combined() -> None:
     assert (combined["upsample"], combined["compile"], combined["fused"], combined["batch"]) == ("transpose", True, True, 128)
 
 
-@pytest.mark.slow  # 97 s at a load average of 15 on 2 cores (the full tiny run took as long): lever steps, two tiny cohort folders
-def test_tiny_levers_and_cohort_stages(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--only", "train_levers,cohort"],
-        capture_output=True, text=True, timeout=300, env=_env_without_out(),
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    data = json.loads((out / gpu_check.JSON_NAME).read_text())
+def check_levers_and_cohort_stages(data: dict) -> None:
+    """The lever and cohort stages of a tiny run (run inside the default tiny run's test: one run, one worker)."""
     levers, cohort = data["stages"]["train_levers"], data["stages"]["cohort"]
     assert levers["status"] == "ok" and cohort["status"] == "ok", (levers.get("traceback"), cohort.get("traceback"))
     for name in gpu_check.LEVER_NAMES:
