@@ -17,15 +17,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/lungtumor demo
 
-# One pytest worker per core (each single-threaded, see tests/conftest.py).
+# One pytest worker per core (each single-threaded, see tests/conftest.py); idle workers steal queued tests
+# (the suite ends with fewer long tests waiting on one worker: 99 s against 106 s here).
 JOBS ?= 2
 
 test: setup lint
-	$(PY) -m pytest -q -n $(JOBS)
+	$(PY) -m pytest -q -n $(JOBS) --dist worksteal
 
 # The suite without the end-to-end tests marked slow (a quick check while editing).
 test-quick: setup lint
-	$(PY) -m pytest -q -n $(JOBS) -m "not slow"
+	$(PY) -m pytest -q -n $(JOBS) --dist worksteal -m "not slow"
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
