@@ -52,19 +52,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_real import fold_store  # a store view without the held-out scan; its last case (a phantom here) validates
+from bench_real import (  # a store view without the held-out scan; its last case (a phantom here) validates
+    fold_store,
+    link_real_pairs,
+)
 from common import machine, parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 CPU_RECIPE = REPO / "configs" / "real_ct_cpu.yaml"
 GPU_RECIPE = REPO / "configs" / "real_ct.yaml"
-#: The whole real scans: case id -> (CT source, label file) under the real-data folder; a DICOM folder is imported first.
-REAL_CASES = {
-    "LUNG1-001": ("LUNG1-001/dicom", "LUNG1-001/gtv1_label.nii.gz"),
-    "LUNG1-002": ("LUNG1-002/ct.nii.gz", "LUNG1-002/gtv1_label.nii.gz"),
-    "LIDC-IDRI-0001": ("LIDC-IDRI-0001/ct.nii.gz", "LIDC-IDRI-0001/nodule_label.nii.gz"),
-}
 CROPS_DIR = "lidc_nodule_crops"
 MANIFEST = "manifest.tsv"
 #: A crop's label is "solid" when its mean HU inside is at least this, else "subsolid" (ground glass or part-solid).
@@ -427,7 +424,6 @@ def crop_table(res: dict[str, Any]) -> str:
 def build_pairs(work: Path, real: Path | None, pairs_dir: Path | None, n_phantoms: int, phantom_size: str) -> Path:
     """``WORK/pairs``: the real scans (from ``real``'s layout, LUNG1-001 imported from DICOM, or from a
     ready ``pairs_dir`` of ``<case>_ct/_label.nii.gz``, e.g. ``make_gpu_data.py``'s) and the phantoms."""
-    from lungtumor.io.importer import import_dicom
     from lungtumor.phantom.dataset import write_phantom_dataset
 
     pairs = work / "pairs"
@@ -439,20 +435,7 @@ def build_pairs(work: Path, real: Path | None, pairs_dir: Path | None, n_phantom
                 link.symlink_to(src.resolve())
     else:
         assert real is not None
-        for case, (ct_src, label_src) in REAL_CASES.items():
-            ct_out, label_out = pairs / f"{case}_ct.nii.gz", pairs / f"{case}_label.nii.gz"
-            src = real / ct_src
-            if not ct_out.exists():
-                if src.is_dir():
-                    converted = work / "imported" / f"{case}.nii.gz"
-                    converted.parent.mkdir(exist_ok=True)
-                    if not converted.exists():
-                        import_dicom(src, converted)
-                    ct_out.symlink_to(converted.resolve())
-                else:
-                    ct_out.symlink_to(src.resolve())
-            if not label_out.exists():
-                label_out.symlink_to((real / label_src).resolve())
+        link_real_pairs(real, work, pairs)
     phantoms = work / "phantoms"
     if n_phantoms and not (phantoms / "dataset.json").exists():
         write_phantom_dataset(phantoms, cases=n_phantoms, test_cases=0, size=phantom_size, seed=7)

@@ -71,28 +71,35 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def build_pairs(work: Path, n_phantoms: int) -> Path:
-    """``WORK/pairs``: ``<case>_ct.nii.gz`` / ``<case>_label.nii.gz`` for the real scans (LUNG1-001
-    imported from DICOM) and the phantoms (symlinks)."""
+def link_real_pairs(real: Path, work: Path, pairs: Path) -> None:
+    """The shared real scans as ``<case>_ct/_label`` pairs in ``pairs`` (links; a DICOM series is
+    imported to NIfTI once under ``work/imported``). Used by this benchmark and bench_nodules."""
     from lungtumor.io.importer import import_dicom
-    from lungtumor.phantom.dataset import write_phantom_dataset
 
-    pairs = work / "pairs"
     pairs.mkdir(parents=True, exist_ok=True)
     for case, (ct_src, label_src) in REAL_CASES.items():
         ct_out, label_out = pairs / f"{case}_ct.nii.gz", pairs / f"{case}_label.nii.gz"
-        src = REAL / ct_src
+        src = real / ct_src
         if not ct_out.exists():
             if src.is_dir():
                 converted = work / "imported" / f"{case}.nii.gz"
                 converted.parent.mkdir(exist_ok=True)
                 if not converted.exists():
                     import_dicom(src, converted)
-                ct_out.symlink_to(converted)
+                ct_out.symlink_to(converted.resolve())
             else:
-                ct_out.symlink_to(src)
+                ct_out.symlink_to(src.resolve())
         if not label_out.exists():
-            label_out.symlink_to(REAL / label_src)
+            label_out.symlink_to((real / label_src).resolve())
+
+
+def build_pairs(work: Path, n_phantoms: int) -> Path:
+    """``WORK/pairs``: ``<case>_ct.nii.gz`` / ``<case>_label.nii.gz`` for the real scans (LUNG1-001
+    imported from DICOM) and the phantoms (symlinks)."""
+    from lungtumor.phantom.dataset import write_phantom_dataset
+
+    pairs = work / "pairs"
+    link_real_pairs(REAL, work, pairs)
     phantoms = work / "phantoms"
     if not (phantoms / "dataset.json").exists():
         t0 = time.perf_counter()

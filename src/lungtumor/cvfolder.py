@@ -81,37 +81,37 @@ def ensemble_checkpoints(checkpoint: Any) -> Any:
     return finished_fold_checkpoints(checkpoint) if is_cv_folder(checkpoint) else checkpoint
 
 
-def cv_min_lesion_ml(checkpoint: Any) -> float | None:
-    """The minimum lesion volume that a ``lungtumor cv`` folder chose on its folds' predictions
-    (``cv_summary.json``), when ``checkpoint`` is such a folder; else None."""
+def _chosen_postprocessing(checkpoint: Any, key: str, what: str, valid: Any) -> float | None:
+    """``cv_summary.json``'s ``postprocessing[key]`` when ``checkpoint`` is a ``lungtumor cv`` folder
+    and the value passes ``valid``; else None (an unreadable summary is a warning, not an error)."""
     if not isinstance(checkpoint, (str, os.PathLike)) or not Path(checkpoint).is_dir():
         return None
     summary = Path(checkpoint) / SUMMARY_JSON
     if not summary.is_file():
         return None
     try:
-        value = (json.loads(summary.read_text()).get("postprocessing") or {}).get("min_lesion_ml")
+        value = (json.loads(summary.read_text()).get("postprocessing") or {}).get(key)
     except (OSError, ValueError, AttributeError):
-        log.warning("%s: unreadable; no minimum lesion volume taken from it", summary)
+        log.warning("%s: unreadable; no %s taken from it", summary, what)
         return None
-    if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
-        log.info("minimum lesion volume %g ml, chosen by the cross-validation (%s); --min-lesion-ml 0 keeps every lesion", value, summary)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and valid(value):
         return float(value)
     return None
+
+
+def cv_min_lesion_ml(checkpoint: Any) -> float | None:
+    """The minimum lesion volume that a ``lungtumor cv`` folder chose on its folds' predictions
+    (``cv_summary.json``), when ``checkpoint`` is such a folder; else None."""
+    value = _chosen_postprocessing(checkpoint, "min_lesion_ml", "minimum lesion volume", lambda v: v > 0)
+    if value is not None:
+        log.info("minimum lesion volume %g ml, chosen by the cross-validation (%s); --min-lesion-ml 0 keeps every lesion", value, checkpoint)
+    return value
 
 
 def cv_min_lesion_score(checkpoint: Any) -> float | None:
     """The minimum lesion score that a ``lungtumor cv`` folder chose on its folds' predictions
     (``cv_summary.json``), when ``checkpoint`` is such a folder; else None."""
-    if not isinstance(checkpoint, (str, os.PathLike)) or not (Path(checkpoint) / SUMMARY_JSON).is_file():
-        return None
-    summary = Path(checkpoint) / SUMMARY_JSON
-    try:
-        value = (json.loads(summary.read_text()).get("postprocessing") or {}).get("min_lesion_score")
-    except (OSError, ValueError, AttributeError):
-        log.warning("%s: unreadable; no minimum lesion score taken from it", summary)
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value <= 1:
-        log.info("minimum lesion score %g, chosen by the cross-validation (%s); --min-lesion-score 0 keeps every lesion", value, summary)
-        return float(value)
-    return None
+    value = _chosen_postprocessing(checkpoint, "min_lesion_score", "minimum lesion score", lambda v: 0 < v <= 1)
+    if value is not None:
+        log.info("minimum lesion score %g, chosen by the cross-validation (%s); --min-lesion-score 0 keeps every lesion", value, checkpoint)
+    return value

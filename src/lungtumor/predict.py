@@ -35,6 +35,7 @@ from lungtumor.io.volume import Volume
 from lungtumor.lesions.score import check_min_lesion_score
 from lungtumor.model.checkpoint import LoadedModel
 from lungtumor.model.device import resolve_device
+from lungtumor.workers import pool_context, single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -262,24 +263,6 @@ def read_and_prepare(
             package_log.removeHandler(collector)
 
 
-def _pool_context() -> Any:
-    """Worker processes started safely next to torch: a fork server (preloaded with torch and this
-    module, so each worker starts in milliseconds), else spawn; never a plain fork of a process
-    whose torch has started threads (see :func:`lungtumor.preprocessing.store` for the measurement)."""
-    import multiprocessing as mp
-
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "lungtumor.predict"])
-        return ctx
-    return mp.get_context("spawn")
-
-
-def _worker_init() -> None:
-    # Parallelism is over scans; one thread per worker leaves the cores to the others and the model.
-    torch.set_num_threads(1)
-
-
 @dataclass(frozen=True)
 class _WriteSpec:
     """What the last stage of every input needs besides the input itself: small and picklable (a
@@ -449,7 +432,7 @@ class _Cohort:
         # write. Scans prepared ahead of the device: every worker busy and one ready; scans written
         # at once: as many as workers (each holds its probabilities, and the CT for a report).
         lookahead, backlog = workers + 1, workers
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=_pool_context(), initializer=_worker_init)
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=pool_context("lungtumor.predict"), initializer=single_threaded)
         prepared: deque[Any] = deque()
         writing: deque[tuple[int, Path, Any]] = deque()
         pending = iter(items)

@@ -31,7 +31,6 @@ import csv
 import io
 import json
 import logging
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -50,6 +49,7 @@ from lungtumor.io.nifti import read_nifti
 from lungtumor.io.volume import CanonicalVolume, Volume, require_same_grid, to_canonical
 from lungtumor.preprocessing.grid import SliceGrid, fit_grid
 from lungtumor.preprocessing.presets import preset_for
+from lungtumor.workers import pool_context, single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -205,27 +205,6 @@ def process_case(case: CaseFiles, store_dir: str | os.PathLike[str], cfg: Prepro
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return meta
-
-
-def _pool_context() -> Any:
-    """Worker processes that start fast and safely.
-
-    ``fork`` after torch has started threads can deadlock, and ``spawn`` re-imports torch in
-    every worker (seconds each). A fork server that has imported torch and this module once
-    forks ready workers from a single-threaded process.
-    """
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "lungtumor.preprocessing.store"])
-        return ctx
-    return mp.get_context("spawn")
-
-
-def _worker_init() -> None:
-    import torch
-
-    # Parallelism is over cases; one thread per worker avoids oversubscription.
-    torch.set_num_threads(1)
 
 
 def _process_case_safe(
@@ -390,8 +369,8 @@ def preprocess_task(
             )
             _collect(results, metas, skipped, skip_bad, advance, on_success)
         else:
-            ctx = _pool_context()
-            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+            ctx = pool_context("lungtumor.preprocessing.store")
+            with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=single_threaded) as pool:
                 futures = [pool.submit(_process_case_safe, c, str(store), cfg) for c in todo]
                 try:
                     _collect((f.result() for f in cf.as_completed(futures)), metas, skipped, skip_bad, advance, on_success)
