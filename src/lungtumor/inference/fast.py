@@ -233,11 +233,6 @@ class FastStats:
         """Model pixels of the fine pass (halo included) over those of the full path."""
         return self.fine_pixels / self.full_pixels if self.full_pixels else 0.0
 
-    @property
-    def coarse_pixels(self) -> int:
-        """Model pixels of the coarse pass."""
-        return self.coarse_slices * self.coarse_shape[0] * self.coarse_shape[1]
-
 
 def fast_probabilities(
     fine: SliceGrid,

@@ -111,10 +111,6 @@ class Matching:
                 out[fid] = list(group.baseline_ids)
         return dict(sorted(out.items()))
 
-    def group_of_baseline(self, lesion_id: int) -> LesionGroup:
-        """The group holding a baseline lesion."""
-        return next(g for g in self.groups if lesion_id in g.baseline_ids)
-
 
 def _map(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     pts = np.atleast_2d(np.asarray(points, dtype=np.float64))

@@ -131,12 +131,6 @@ def sitk_affine_ras(image: Any) -> np.ndarray:
     return FLIP_LPS_RAS @ lps
 
 
-def from_sitk(image: Any, meta: dict[str, Any] | None = None) -> Volume:
-    """A SimpleITK image as a Volume (RAS+ affine, ``[i, j, k]`` array)."""
-    sitk = _sitk()
-    return Volume(sitk.GetArrayFromImage(image).transpose(2, 1, 0), sitk_affine_ras(image), dict(meta or {}))
-
-
 def transform_matrix_lps(transform: Any) -> np.ndarray:
     """4x4 matrix of an affine-family SimpleITK transform acting on LPS points (read off by probing)."""
     origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
