@@ -193,6 +193,37 @@ def _cmd_train(a: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def _add_train_rescorer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-rescorer",
+        help="train the second-stage 3D lesion re-scorer (nodule vs vessel) for a U-Net checkpoint and write a checkpoint that carries it",
+    )
+    p.add_argument("checkpoint", help="the U-Net's checkpoint (last.ckpt / best.ckpt of `lungtumor train`)")
+    p.add_argument("store", help="the slice store the U-Net was trained on (its training cases give positives and negatives)")
+    p.add_argument("--out", required=True, help="the new checkpoint file (never one of the inputs)")
+    p.add_argument("--lesion-dir", default=None, help="folder of lesion crops (<id>_ct.nii.gz + <id>_label.nii.gz): more positives")
+    p.add_argument("--crop-exclude", default=None, help="patient or crop ids whose crops are left out, comma-separated (e.g. held-out test patients)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default 600)")
+    p.add_argument("--batch", type=int, default=None, help="patches per step, half positive (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train_rescorer)
+
+
+def _cmd_train_rescorer(a: argparse.Namespace) -> None:
+    from lungtumor.atomic import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs([a.out], [a.checkpoint, a.store, a.lesion_dir], command="lungtumor train-rescorer")
+    from lungtumor.training.rescorer import add_rescorer, train_rescorer
+
+    options = {k: v for k, v in (("steps", a.steps), ("batch", a.batch)) if v is not None}
+    net, summary = train_rescorer(
+        a.checkpoint, a.store, lesion_dir=a.lesion_dir, crop_exclude=a.crop_exclude, seed=a.seed, progress=not a.no_progress, **options,
+    )
+    out = add_rescorer(a.checkpoint, a.out, net, summary)
+    print(json.dumps({"checkpoint": str(out), **summary}, indent=2, default=str))
+
+
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="segment a CT (NIfTI file, folder of NIfTI, or DICOM series folder)")
     p.add_argument(
@@ -558,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungtumor", description="Lung tumour segmentation in chest CT.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_predict, _add_evaluate, _add_lesions, _add_followup, _add_lungs, _add_visualize, _add_cv, _add_demo):
+    for add in (_add_phantom, _add_import_dicom, _add_preprocess, _add_train, _add_train_rescorer, _add_predict, _add_evaluate, _add_lesions, _add_followup, _add_lungs, _add_visualize, _add_cv, _add_demo):
         add(sub)
     return parser
 

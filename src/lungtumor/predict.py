@@ -28,7 +28,7 @@ from lungtumor.atomic import refuse_overwriting_inputs
 from lungtumor.config import PreprocessConfig, check_batch_size, check_threshold
 from lungtumor.cvfolder import cv_min_lesion_ml, cv_min_lesion_score, ensemble_checkpoints
 from lungtumor.errors import ConfigError, InputError, LungTumorError
-from lungtumor.inference.predictor import PreparedScan, fast_mode_for, finish, load_ensemble, prepare, run_models
+from lungtumor.inference.predictor import PreparedScan, fast_mode_for, finish, load_ensemble, model_rescorers, prepare, run_models
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume
@@ -275,6 +275,7 @@ class _WriteSpec:
     seg_path: Path | None
     nifti: bool
     options: dict[str, Any]
+    rescorers: tuple[Any, ...] = ()
 
 
 def finish_and_write(
@@ -311,6 +312,7 @@ def _finish_and_write(spec: _WriteSpec, in_path: Path, mask_path: Path, prob_pat
     res = finish(
         read.prepared, probs, threshold=spec.threshold, return_probabilities=prob_path is not None or report,
         postprocess=o["postprocess"], min_lesion_ml=o["min_lesion_ml"], min_lesion_score=o["min_lesion_score"],
+        rescorers=spec.rescorers,
     )
     back_s = time.perf_counter() - t0
     mask, prob = res if isinstance(res, tuple) else (res, None)
@@ -339,8 +341,17 @@ def _finish_and_write(spec: _WriteSpec, in_path: Path, mask_path: Path, prob_pat
             "tta": o["tta"],
             "min_lesion_score": o["min_lesion_score"] if o["postprocess"] and o["min_lesion_score"] else None,
         }
+        lesion_scores = None
+        if spec.rescorers:  # the lesion score is the re-scorer's (lungtumor.inference.rescore)
+            from lungtumor.inference.rescore import lesion_score_volume
+            from lungtumor.lesions.score import RESCORER_SCORE_TEXT
+
+            lesion_scores = lesion_score_volume(mask, read.prepared.slices, read.prepared.grid, spec.rescorers)
+            facts["score_definition"] = RESCORER_SCORE_TEXT
         written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
-        write_lesions_folder(read.ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True)  # type: ignore[arg-type]
+        write_lesions_folder(
+            read.ct, written, report_dir, probabilities=prob, model_facts=facts, html_report=True, lesion_scores=lesion_scores,  # type: ignore[arg-type]
+        )
     report_s = time.perf_counter() - t0
     timings = {"read": read.read_s, **read.prepared.seconds, "model": model_s, "back": back_s, "write": write_s, "report": report_s}
     return {
@@ -357,7 +368,8 @@ def _finish_and_write(spec: _WriteSpec, in_path: Path, mask_path: Path, prob_pat
 
 
 def _without_slices(read: _Read) -> _Read:
-    """``read`` without its model slices (the last stage does not need them; a worker gets less to unpickle)."""
+    """``read`` without its model slices (the last stage does not need them unless a re-scorer cuts its
+    patches from them; a worker gets less to unpickle)."""
     light = dataclasses.replace(read.prepared, slices=np.empty((0, 0, 0), np.float32))
     return dataclasses.replace(read, prepared=light, logs=[])
 
@@ -385,7 +397,7 @@ class _Cohort:
         self.coarse = fast_mode_for(options.get("mode", "full"), models[0].preprocess, options.get("device")) == "fast"
         self.spec = _WriteSpec(
             checkpoint_names=_checkpoint_names(checkpoint), preprocess=models[0].preprocess.to_dict(), members=len(models),
-            threshold=threshold, seg_path=seg_path, nifti=self.nifti, options=dict(options),
+            threshold=threshold, seg_path=seg_path, nifti=self.nifti, options=dict(options), rescorers=tuple(model_rescorers(models)),
         )
 
     def _prepare_args(self, in_path: Path, mask_path: Path) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -470,7 +482,8 @@ class _Cohort:
                 model_out = self._model(read)
                 collect(backlog - 1)
                 writing.append((k, in_path, pool.submit(
-                    finish_and_write, self.spec, in_path, mask_path, prob_path, _without_slices(read), model_out, collect_logs=True,
+                    finish_and_write, self.spec, in_path, mask_path, prob_path, read if self.spec.rescorers else _without_slices(read), model_out,
+                    collect_logs=True,
                 )))
                 submit_next()  # after the write: a worker that frees up writes this scan before preparing a later one
             collect(0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from lungtumor.lesions.components import postprocess_mask
 from lungtumor.lesions.score import check_min_lesion_score, remove_low_score_lesions
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, resolve_device
+from lungtumor.model.rescorer import Rescorer
 from lungtumor.preprocessing.grid import SliceGrid, context_stack, fit_grid
 from lungtumor.preprocessing.presets import preset_for
 
@@ -297,6 +299,7 @@ def finish(
     postprocess: bool = True,
     min_lesion_ml: float | None = None,
     min_lesion_score: float | None = None,
+    rescorers: Sequence[Rescorer] = (),
 ) -> Volume | tuple[Volume, Volume]:
     """The last stage of :func:`segment`: probabilities back onto the input's grid, threshold, post-processing.
 
@@ -305,11 +308,14 @@ def finish(
         probs: from :func:`run_models` (modified in place by nothing here).
         threshold: the probability threshold, already checked.
         return_probabilities, postprocess, min_lesion_ml, min_lesion_score: see :func:`segment`.
+        rescorers: the models' second-stage re-scorers (``LoadedModel.rescorer``); when any, the
+            lesion score of ``min_lesion_score`` is their mean probability at each lesion's centroid
+            (:mod:`lungtumor.inference.rescore`) instead of the U-Net's ``prob_max``.
     """
     grid, region, meta = prepared.grid, prepared.region, prepared.meta
     thr = threshold
     by_score = bool(postprocess and min_lesion_score)
-    if not (return_probabilities or by_score):
+    if not (return_probabilities or (by_score and not rescorers)):
         # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
         mask_vol = grid.slices_to_volume(probs, threshold=thr, meta=meta)
         prob_vol = None
@@ -319,8 +325,14 @@ def finish(
     if postprocess and (region is not None or min_lesion_ml):
         kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
         mask_vol = Volume(kept, mask_vol.affine, dict(meta))
-    if by_score and prob_vol is not None:  # after the other post-processing: the lesions that remain are scored
-        kept = remove_low_score_lesions(mask_vol.array, prob_vol.array, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[arg-type]
+    if by_score:  # after the other post-processing: the lesions that remain are scored
+        if rescorers:
+            from lungtumor.inference.rescore import lesion_score_volume
+
+            scores = lesion_score_volume(mask_vol, prepared.slices, grid, rescorers).array
+        else:
+            scores = prob_vol.array  # type: ignore[union-attr]
+        kept = remove_low_score_lesions(mask_vol.array, scores, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[arg-type]
         mask_vol = Volume(kept, mask_vol.affine, dict(meta))
     if not return_probabilities:
         prob_vol = None
@@ -363,8 +375,9 @@ def segment(
             there only ``min_lesion_ml`` acts (unless ``region`` is given).
         min_lesion_ml: with ``postprocess``, drop lesions smaller than this many ml (None = keep all).
         min_lesion_score: with ``postprocess``, then drop lesions whose score
-            (:data:`~lungtumor.lesions.score.LESION_SCORE`, from the probabilities) is below this,
-            a number in [0, 1] (None or 0 = keep all).
+            (:data:`~lungtumor.lesions.score.LESION_SCORE`, from the probabilities; the re-scorer's
+            probability when the checkpoint carries one, :mod:`lungtumor.inference.rescore`) is below
+            this, a number in [0, 1] (None or 0 = keep all).
         region: the lung region mask on ``volume``'s grid (e.g. ``find_lung_region(ct).mask``, as
             ``lungtumor lungs`` writes it); None = found here for the lung preset.
         mode: ``fast`` (coarse-to-fine: candidates on a 2x coarser grid, then only their
@@ -392,8 +405,13 @@ def segment(
     probs = run_models(prepared, models, batch_size=batch_size, device=device, tta=tta, precision=precision)
     return finish(
         prepared, probs, threshold=thr, return_probabilities=return_probabilities, postprocess=postprocess,
-        min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score,
+        min_lesion_ml=min_lesion_ml, min_lesion_score=min_lesion_score, rescorers=model_rescorers(models),
     )
+
+
+def model_rescorers(models: Sequence[LoadedModel]) -> list[Rescorer]:
+    """The second-stage re-scorers the models carry (none for checkpoints without one)."""
+    return [m.rescorer for m in models if m.rescorer is not None]  # type: ignore[misc]
 
 
 #: A CT in Hounsfield units spans about -1024 (air) to 3071 (dense bone, the 12-bit top); scanners

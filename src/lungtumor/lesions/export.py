@@ -170,7 +170,7 @@ def lesions_document(report: LesionReport, model_facts: dict[str, Any] | None = 
                 "measurable": f"RECIST 1.1: longest >= {RECIST_MIN_DIAMETER_MM:g} mm and >= "
                 f"{RECIST_THICKNESS_FACTOR:g} x slice thickness where slices are thicker than {RECIST_THICK_SLICE_MM:g} mm",
                 "size_bands_mm": list(SIZE_BAND_NAMES),
-                "score": LESION_SCORE_TEXT,
+                "score": facts.get("score_definition") or LESION_SCORE_TEXT,
                 "indices": "voxel indices (i, j, k) into the file's array, bbox inclusive; *_ijk endpoints are "
                 "continuous (pixel centres at integers)",
             },

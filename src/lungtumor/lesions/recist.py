@@ -349,6 +349,7 @@ def measure_lesions(
     *,
     probabilities: Volume | None = None,
     lungs: Volume | None = None,
+    lesion_scores: Volume | None = None,
 ) -> LesionReport:
     """Instances of a binary mask and every lesion's measurements (see the module docstring).
 
@@ -358,6 +359,8 @@ def measure_lesions(
         probabilities: probability map on the grid: mean/max probability and the score
             (:data:`~lungtumor.lesions.score.LESION_SCORE`) per lesion.
         lungs: lung region mask on the grid (binary both lungs, or two labels): the side.
+        lesion_scores: each lesion's score on its voxels (:func:`~lungtumor.lesions.score.score_map`,
+            e.g. a re-scorer's), used as the score instead of the one from ``probabilities``.
 
     Returns:
         The lesions by decreasing volume, their instance labels and the scan's facts.
@@ -369,14 +372,17 @@ def measure_lesions(
     fg = require_binary(mask, "tumour")
     if ct is not None:
         require_same_grid(mask, ct, "mask", "CT")
-    for role, other in (("probability map", probabilities), ("lung region", lungs)):
+    for role, other in (("probability map", probabilities), ("lung region", lungs), ("lesion score map", lesion_scores)):
         if other is not None:
             require_same_grid(other, mask, role, "mask")
     prob = check_probabilities(probabilities) if probabilities is not None else None
     frame = slice_frame(mask.affine, str(mask.meta.get("path", "mask")))
     found = label_cropped(fg)
     crop, crop_box = found.labels, found.box
-    scores = instance_scores(found, prob, mask.voxel_volume_ml) if prob is not None else None
+    if lesion_scores is not None:  # scores that do not come from the probabilities (a re-scorer's), as a map
+        scores = instance_scores(found, check_probabilities(lesion_scores), mask.voxel_volume_ml, "prob_max")
+    else:
+        scores = instance_scores(found, prob, mask.voxel_volume_ml) if prob is not None else None
     lung_info = prepare_lungs(lungs) if lungs is not None else None
     body_midline = BodyMidline(ct, frame) if ct is not None else None
     affine = mask.affine

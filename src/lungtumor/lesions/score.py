@@ -56,6 +56,25 @@ SIZE_HALF_ML = 0.05
 LESION_SCORE = "prob_max"
 #: The score's definition in words (lesions.json, summary.json).
 LESION_SCORE_TEXT = f"{LESION_SCORE}: {LESION_SCORE_KINDS[LESION_SCORE]} (from the probability map; in [0, 1])"
+#: The score's definition when the checkpoint carries a second-stage re-scorer (:mod:`lungtumor.model.rescorer`).
+RESCORER_SCORE_TEXT = (
+    "rescorer: the second-stage 3D re-scorer's probability for a fixed-size patch (about 30 mm) centred on the "
+    "lesion's centroid (mean over the ensemble's re-scorers; in [0, 1]); the U-Net's maximum probability is prob_max"
+)
+
+
+def score_map(inst: LabelledInstances, scores: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 array of ``shape`` holding each instance's score on its voxels (0 elsewhere).
+
+    Scored with ``prob_max`` (:func:`instance_scores`), the map gives back exactly ``scores``: the way
+    per-lesion scores that do not come from the probability map (a re-scorer's) travel through the
+    functions that read scores from a map (``--min-lesion-score``, the lesion table, the lesion FROC).
+    """
+    out = np.zeros(shape, dtype=np.float32)
+    if inst.count:
+        values = np.concatenate([[0.0], np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)]).astype(np.float32)
+        out[inst.box] = values[inst.labels]
+    return out
 
 
 def check_min_lesion_score(value: Any, flag: str = "--min-lesion-score") -> float:

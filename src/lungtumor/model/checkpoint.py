@@ -24,6 +24,8 @@ from lungtumor.errors import CheckpointError
 
 CHECKPOINT_FORMAT = "lungtumor-checkpoint"
 CHECKPOINT_VERSION = 1
+#: The checkpoint key of the optional second-stage re-scorer (:mod:`lungtumor.model.rescorer`).
+RESCORER_KEY = "rescorer"
 #: Prefix of the U-Net's parameters inside the LightningModule's state dict.
 NET_PREFIX = "net."
 #: The previous ``last.ckpt`` of a run, kept (a hard link: no extra space until the next save) so
@@ -42,12 +44,15 @@ class LoadedModel:
         preprocess: the preprocessing its training data went through.
         context: neighbouring slices on each side used as channels (2.5D).
         info: the checkpoint's embedded metadata (configs, epoch, metric).
+        rescorer: the second-stage lesion re-scorer (:mod:`lungtumor.model.rescorer`) when the
+            checkpoint carries one (key ``"rescorer"``), else None.
     """
 
     net: torch.nn.Module
     preprocess: PreprocessConfig
     context: int
     info: dict[str, Any]
+    rescorer: torch.nn.Module | None = None
 
 
 def checkpoint_metadata(model_cfg: dict[str, Any], preprocess: dict[str, Any], context: int, **extra: Any) -> dict[str, Any]:
@@ -171,4 +176,10 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     info = {k: v for k, v in meta.items()}
     info["epoch"] = ckpt.get("epoch")
     info["global_step"] = ckpt.get("global_step")
-    return LoadedModel(net=net, preprocess=preprocess, context=int(meta.get("context", 0)), info=info)
+    rescorer = None
+    if ckpt.get(RESCORER_KEY) is not None:
+        from lungtumor.model.rescorer import rescorer_from_block
+
+        rescorer = rescorer_from_block(ckpt[RESCORER_KEY], str(path))
+        info[RESCORER_KEY] = {k: v for k, v in ckpt[RESCORER_KEY].items() if k != "state_dict"}
+    return LoadedModel(net=net, preprocess=preprocess, context=int(meta.get("context", 0)), info=info, rescorer=rescorer)

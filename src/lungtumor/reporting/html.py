@@ -397,7 +397,7 @@ def report_html(ct: Volume, report: LesionReport, model_facts: dict[str, Any] | 
     for item in (
         f"Lesions are {CONNECTIVITY}-connected components of the mask, numbered by decreasing volume.",
         f"Diameters: {DIAMETER_CONVENTION}.",
-        f"Score (with probabilities): {LESION_SCORE_TEXT}.",
+        f"Score (with probabilities): {(model_facts or {}).get('score_definition') or LESION_SCORE_TEXT}.",
         f"Measurable (RECIST 1.1): longest diameter >= {RECIST_MIN_DIAMETER_MM:g} mm, and >= {RECIST_THICKNESS_FACTOR:g} x the slice "
         f"thickness where slices are thicker than {RECIST_THICK_SLICE_MM:g} mm.",
         "Images: radiological convention (the patient's right on the image's left).",
@@ -462,8 +462,12 @@ def write_lesions_folder(
     lungs: Volume | None = None,
     model_facts: dict[str, Any] | None = None,
     html_report: bool = False,
+    lesion_scores: Volume | None = None,
 ) -> tuple[LesionReport, list[Path]]:
     """What ``lungtumor lesions`` writes: lesions.csv, lesions.json, instances.nii.gz (+ report.html).
+
+    ``lesion_scores``: per-lesion scores as a map (a re-scorer's, :func:`~lungtumor.lesions.score.score_map`)
+    instead of the score from ``probabilities``; ``model_facts["score_definition"]`` then says what they are.
 
     Every input is checked and every output rendered in memory before the first file is
     written, and each file is written atomically: a bad input leaves ``out_dir`` untouched.
@@ -472,6 +476,6 @@ def write_lesions_folder(
         The measurements and the written paths.
     """
     require_same_grid(mask, ct, "mask", "CT")
-    report = measure_lesions(mask, ct, probabilities=probabilities, lungs=lungs)
+    report = measure_lesions(mask, ct, probabilities=probabilities, lungs=lungs, lesion_scores=lesion_scores)
     extra = {REPORT_HTML: report_html(ct, report, model_facts).encode("utf-8")} if html_report else None
     return report, write_lesion_outputs(report, out_dir, model_facts=model_facts, extra_files=extra)

@@ -105,6 +105,12 @@ def _matches(crop_id: str, case_ids: Iterable[str]) -> str | None:
     return None
 
 
+def crop_excluded(crop_id: str, ids: Iterable[str]) -> bool:
+    """True when ``crop_id``'s patient is one of ``ids``, or the id equals one or starts with one and ``_``
+    (the rule of ``--crop-exclude`` and of the leakage check)."""
+    return _matches(crop_id, ids) is not None
+
+
 def check_crop_geometry(path: Path) -> None:
     """Refuse a crop whose file carries no spacing.
 

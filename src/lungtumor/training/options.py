@@ -111,6 +111,12 @@ class TrainConfig:
         "slices, fewer apex and base slices; the tumour fraction unchanged)",
     )
     crop_exclude: str | None = _opt(None, "crop samples: patient or crop ids to leave out, comma-separated (e.g. held-out test patients)")
+    rescorer_steps: int = _opt(
+        0,
+        "after training, train the second-stage 3D lesion re-scorer this many steps on the same store and --lesion-dir, "
+        "stored in best.ckpt and last.ckpt (default 0 = off; see `lungtumor train-rescorer`)",
+        type_=int,
+    )
     crop_overlap: str = _opt("refuse", "a crop whose patient is a training or validation case of the store: refuse (default) or exclude")
     tumour_fraction: float | None = _opt(None, "target fraction of tumour slices per batch (default: the seed's n_neg/n_pos weights)", type_=float)
     samples_per_epoch: int | None = _opt(None, "draws per epoch (default: number of training slices)", type_=int)
@@ -210,9 +216,11 @@ class TrainConfig:
             raise ConfigError(f"--copy-paste-rate {self.copy_paste_rate}: must be a probability in [0, 1]")
         if not (isinstance(self.crop_rate, (int, float)) and not isinstance(self.crop_rate, bool) and 0.0 <= self.crop_rate < 1.0):
             raise ConfigError(f"--crop-rate {self.crop_rate}: must be a fraction of the batch in [0, 1)")
+        if isinstance(self.rescorer_steps, bool) or not isinstance(self.rescorer_steps, int) or self.rescorer_steps < 0:
+            raise ConfigError(f"--rescorer-steps {self.rescorer_steps}: must be a whole number of steps >= 0 (0 = no re-scorer)")
         choice("crop_overlap", CROP_OVERLAPS)
         choice("negative_weighting", NEGATIVE_WEIGHTINGS)
-        if self.lesion_dir and not self.copy_paste_rate and not self.crop_rate:
+        if self.lesion_dir and not self.copy_paste_rate and not self.crop_rate and not self.rescorer_steps:
             raise ConfigError(
                 f"--lesion-dir {self.lesion_dir}: copy-paste and crop samples are off (--copy-paste-rate 0, --crop-rate 0), so the crops would "
                 "not be used; add --crop-rate (e.g. 0.25) or --copy-paste-rate, or drop --lesion-dir"

@@ -334,7 +334,26 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     with exclusive_folder_lock(run_dir, command="lungtumor train", what="run folder"):
         if not resume and last.exists():  # another run finished here while this one was setting up
             raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
-        return _fit(cfg, run_dir, dm, module, resume_from)
+        summary = _fit(cfg, run_dir, dm, module, resume_from)
+        if cfg.rescorer_steps:
+            summary["rescorer"] = _add_run_rescorer(cfg, summary)
+        return summary
+
+
+def _add_run_rescorer(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """``rescorer_steps`` > 0: the second-stage re-scorer (:mod:`lungtumor.training.rescorer`) trained for the
+    run's last checkpoint on the same store and crops, written into best.ckpt and last.ckpt (each atomically)."""
+    from lungtumor.training.rescorer import add_rescorer, train_rescorer
+
+    last = summary.get("last_checkpoint")
+    if not last:
+        raise ConfigError(f"{cfg.out}: no last.ckpt was written, so there is no U-Net to train a re-scorer for")
+    net, info = train_rescorer(
+        last, cfg.store, lesion_dir=cfg.lesion_dir, crop_exclude=cfg.crop_exclude, steps=int(cfg.rescorer_steps), seed=int(cfg.seed), progress=bool(cfg.progress),
+    )
+    for path in dict.fromkeys(p for p in (summary.get("best_checkpoint"), last) if p):
+        add_rescorer(path, path, net, info)
+    return {k: info[k] for k in ("steps", "store_pos", "crops", "store_fp", "store_neg", "crop_neg", "loss_last_50", "train_s")}
 
 
 def _fit(cfg: TrainConfig, run_dir: Path, dm: Any, module: SegmentationModule, resume_from: Path | None) -> dict[str, Any]:

@@ -1,0 +1,75 @@
+"""Predicted lesions re-scored by the checkpoint's second-stage 3D re-scorer (:mod:`lungtumor.model.rescorer`).
+
+Each predicted lesion (a 26-connected component of the post-processed mask on the input's grid) is
+scored at its centroid: the centroid goes through the input's affine and the slice grid's inverse
+affine to continuous model-slice coordinates ``(slice, row, column)``, and the re-scorer's patch is
+cut from the model slices (``PreparedScan.slices``: HU / ``hu_scale`` on the slice grid, exactly the
+store's ``image.npy`` that the re-scorer was trained on) at the grid's spacing. For a large tumour
+the centroid patch lies inside it, which the training's positives (centred on whole labelled
+lesions) cover. An ensemble's re-scorers are averaged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lungtumor.io.volume import Volume
+from lungtumor.lesions.components import LabelledInstances, label_cropped
+from lungtumor.lesions.score import score_map
+from lungtumor.model.rescorer import Rescorer, cut_patches, score_patches
+from lungtumor.preprocessing.grid import SliceGrid
+
+
+def slice_spacing_mm(grid: SliceGrid) -> tuple[float, float, float]:
+    """The model slices' voxel size along (slice, row, column) in mm."""
+    row, col = grid.pixel_spacing_mm
+    return (float(grid.spacing_mm[2]), float(row), float(col))
+
+
+def input_to_slice_coords(grid: SliceGrid, ijk: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` continuous input voxel indices -> ``(N, 3)`` continuous model-slice coordinates (slice, row, column)."""
+    ijk = np.atleast_2d(np.asarray(ijk, dtype=np.float64))
+    to_slices = np.linalg.inv(grid.slice_affine) @ np.asarray(grid.input_affine, dtype=np.float64)
+    hwd = ijk @ to_slices[:3, :3].T + to_slices[:3, 3]
+    return hwd[:, [2, 0, 1]]
+
+
+def instance_centroids(inst: LabelledInstances) -> np.ndarray:
+    """``(count, 3)`` voxel centroids (indices of the full array) of instances 1..count."""
+    if inst.count == 0:
+        return np.zeros((0, 3), dtype=np.float64)
+    from scipy import ndimage
+
+    index = np.arange(1, inst.count + 1)
+    local = np.asarray(ndimage.center_of_mass(np.ones(inst.labels.shape, np.uint8), inst.labels, index), dtype=np.float64).reshape(-1, 3)
+    return local + np.array([s.start for s in inst.box], dtype=np.float64)
+
+
+def rescore_at(slices: np.ndarray, grid: SliceGrid, centres_slice: np.ndarray, rescorers: Sequence[Rescorer]) -> np.ndarray:
+    """The mean re-scorer probability ``(N,)`` at model-slice coordinates ``centres_slice`` (N, 3)."""
+    spacing = slice_spacing_mm(grid)
+    total = np.zeros(len(centres_slice), dtype=np.float64)
+    with torch.inference_mode():
+        for net in rescorers:
+            patches = cut_patches(slices, spacing, centres_slice, net.config, scale=grid.hu_scale)
+            total += score_patches(net, patches)
+    return total / max(1, len(rescorers))
+
+
+def rescore_lesions(mask: np.ndarray, slices: np.ndarray, grid: SliceGrid, rescorers: Sequence[Rescorer]) -> tuple[LabelledInstances, np.ndarray]:
+    """The lesions of ``mask`` (input grid) and their re-scorer probabilities (by instance id 1..count)."""
+    inst = label_cropped(np.asarray(mask) != 0)
+    if inst.count == 0 or not rescorers:
+        return inst, np.zeros(inst.count, dtype=np.float64)
+    centres = input_to_slice_coords(grid, instance_centroids(inst))
+    return inst, rescore_at(slices, grid, centres, rescorers)
+
+
+def lesion_score_volume(mask: Volume, slices: np.ndarray, grid: SliceGrid, rescorers: Sequence[Rescorer]) -> Volume:
+    """A Volume on ``mask``'s grid holding each lesion's re-scorer probability on its voxels
+    (:func:`~lungtumor.lesions.score.score_map`; scored by ``prob_max`` it gives the re-scores back)."""
+    inst, scores = rescore_lesions(mask.array, slices, grid, rescorers)
+    return Volume(score_map(inst, scores, mask.shape), mask.affine, {**mask.meta, "path": None})
