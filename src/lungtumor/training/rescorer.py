@@ -8,9 +8,10 @@ model slices (``image.npy``: HU / ``hu_scale`` on the slice grid, exactly what i
 re-scorer's fixed physical patch size.
 
 **Positives**: every labelled lesion (26-connected component) of the store's training cases, centred
-on its centroid jittered by up to :attr:`RescorerTrainConfig.jitter_mm` per axis; every crop of the
-crop folder (less the excluded patients, :func:`~lungtumor.training.crops.crop_excluded`, and crops
-of the store's own patients), centred on its label's centroid, jittered alike.
+on its centroid; every crop of the crop folder (less the excluded patients,
+:func:`~lungtumor.training.crops.crop_excluded`, and crops of the store's own patients), resampled
+in-plane to the store's pixel size and centred on its label's centroid. Every patch centre
+(negatives too) is jittered by up to :attr:`RescorerTrainConfig.jitter_mm` per axis.
 
 **Negatives**: (a) the U-Net's own false positives on the training cases: components of
 probability > 0.5 (26-connected) touching no label voxel (the hard negatives: the vessels and hila it
@@ -72,7 +73,7 @@ class RescorerTrainConfig:
         batch: patches per step, half of them positive.
         seed: seeds the sampling, the augmentation and the initial weights.
         lr: Adam's learning rate.
-        jitter_mm: a positive's centre moves by up to this much along each axis (uniform).
+        jitter_mm: every patch centre moves by up to this much along each axis (uniform).
         negative_distance_mm: random negatives lie at least this far from any label voxel.
         dense_hu: random negatives are voxels above this HU (tissue, not lung air).
         random_negatives_per_case: random dense points drawn per store case.
@@ -134,11 +135,10 @@ class PatchSource:
 
 @dataclass
 class PatchPool:
-    """Points of one kind: ``(source index, centre in voxels)`` pairs, and whether they are jittered."""
+    """Points of one kind: ``(source index, centre in voxels)`` pairs."""
 
     sources: list[int] = field(default_factory=list)
     centres: list[np.ndarray] = field(default_factory=list)
-    jitter: bool = False
 
     def add(self, source: int, centres: np.ndarray) -> None:
         for c in np.atleast_2d(centres):
@@ -177,21 +177,26 @@ class RescorerSampler:
         else:
             self.edged_share = float(cfg.edged_share)
 
-    def _point(self, pool: PatchPool, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    def _point(self, pool: PatchPool, rng: np.random.Generator) -> tuple[int, np.ndarray, np.ndarray]:
+        """A point of ``pool``: its source, the point (the anchor of a crop-shaped box) and the patch centre
+        (the point jittered: every kind alike, so that the box's offset from the patch centre is the same
+        for both classes)."""
         k = int(rng.integers(len(pool)))
-        src, centre = pool.sources[k], pool.centres[k].copy()
-        if pool.jitter and self.cfg.jitter_mm > 0:
-            centre += rng.uniform(-self.cfg.jitter_mm, self.cfg.jitter_mm, 3) / np.asarray(self.sources[src].spacing_mm)
-        return src, centre
+        src, anchor = pool.sources[k], pool.centres[k]
+        centre = anchor + rng.uniform(-self.cfg.jitter_mm, self.cfg.jitter_mm, 3) / np.asarray(self.sources[src].spacing_mm)
+        return src, anchor, centre
 
-    def _cut(self, src: int, centre: np.ndarray, box_mm: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    def _cut(self, src: int, anchor: np.ndarray, centre: np.ndarray, box_mm: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         s = self.sources[src]
         if box_mm is None:
             return cut_patches(s.volume, s.spacing_mm, centre[None], self.cfg.model, scale=s.scale, fill_hu=s.fill_hu)[0]
-        # A store point cut out of a crop-shaped box, in whole voxels as a crop is, filled as a crop is.
+        # A store point cut out of a crop-shaped box around it, in whole voxels as a crop is, filled as a crop is.
+        # The voxels whose centres lie in [anchor + lo, anchor + hi): as many as the box holds, the anchor
+        # within half a voxel of the crop's own offset, symmetrically (rounding would shift every box by
+        # half a voxel on average: a cue measured to let a classifier tell them from crops).
         sp = np.asarray(s.spacing_mm)
-        lo = np.floor(centre + box_mm[0] / sp + 0.5).astype(int)
-        hi = np.floor(centre + box_mm[1] / sp + 0.5).astype(int)
+        lo = np.ceil(anchor + box_mm[0] / sp).astype(int)
+        hi = np.ceil(anchor + box_mm[1] / sp).astype(int)
         lo, hi = np.clip(lo, 0, s.volume.shape), np.clip(hi, 0, s.volume.shape)
         hi = np.maximum(hi, lo + 1)
         sub = np.asarray(s.volume[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]], dtype=np.float32)
@@ -207,9 +212,9 @@ class RescorerSampler:
         if edged and len(crop_pool) and (not store_pools or rng.random() < 0.5):
             return self._cut(*self._point(crop_pool, rng), None)
         pool = store_pools[int(rng.integers(len(store_pools)))] if store_pools else crop_pool
-        src, centre = self._point(pool, rng)
+        src, anchor, centre = self._point(pool, rng)
         box = self.boxes[int(rng.integers(len(self.boxes)))] if edged and not self.sources[src].crop else None
-        return self._cut(src, centre, box)
+        return self._cut(src, anchor, centre, box)
 
     def draw(self, n: int, rng: np.random.Generator, *, augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """``n`` HU patches ``(n, d, h, w)`` and their labels ``(n,)`` {0, 1}: the first half positive."""
@@ -291,7 +296,7 @@ def collect_pools(
 ) -> tuple[list[PatchSource], dict[str, PatchPool], list[tuple[np.ndarray, np.ndarray]], dict[str, Any]]:
     """The volumes and the points of every kind (see the module docstring), and counts for the summary."""
     sources: list[PatchSource] = []
-    pools = {k: PatchPool(jitter=k.endswith("_pos")) for k in ("store_pos", "crop_pos", "store_neg", "store_fp", "crop_neg")}
+    pools = {k: PatchPool() for k in ("store_pos", "crop_pos", "store_neg", "store_fp", "crop_neg")}
     hu_scale = float(store.preprocess.hu_scale)
     counts: dict[str, Any] = {"cases": list(cases), "fp_per_case": {}}
     for case in cases:
@@ -426,7 +431,7 @@ def fit_rescorer(sampler: RescorerSampler, cfg: RescorerTrainConfig, *, progress
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             advance(1)
     if not np.isfinite(losses[-1]):
         raise ConfigError(f"rescorer training diverged (loss {losses[-1]}); lower the learning rate")
