@@ -28,7 +28,7 @@ a box of a real crop's extent (drawn from the crops in use, placed at the crop's
 its lesion centre) and filled outside exactly as a crop is; an edged negative is a crop-surround
 negative or a store negative cut out of such a box. Edges thus say nothing about the class. Where a
 class has no plain source (a store without lesions: positives come only from crops), every draw
-of both classes is edged. ``tests/training/test_rescorer.py`` holds a data set where the edge alone
+of both classes is edged. ``tests/training/test_rescorer_training.py`` holds a data set where the edge alone
 would separate the classes and checks the classifier stays at chance there.
 
 **Steps**: balanced batches (half positive), random flips of every axis and 90-degree in-plane
