@@ -531,3 +531,14 @@ def test_postprocess_matches_labelling_the_whole_mask(path: str, order: str, mon
         sizes = np.bincount(labels.ravel())
         small = postprocess_mask(mask, region, voxel_ml=0.001, min_lesion_ml=0.02)
         np.testing.assert_array_equal(small, (keep & (sizes * 0.001 >= 0.02))[labels].astype(np.uint8))
+
+
+@pytest.mark.parametrize("clip_hu", [None, (-1000.0, 500.0)])
+def test_slicing_a_float32_ct_at_the_slice_size_leaves_the_callers_array_alone(clip_hu) -> None:
+    # The seed recipe's tensor is a view of a float32 array that needs no resize: scaling or clipping
+    # it in place once divided the caller's CT by hu_scale (a second segment() call saw no air).
+    arr = np.random.default_rng(0).normal(-800, 300, (32, 32, 6)).astype(np.float32)
+    ct = Volume(arr.copy(), affine_for("LAS"))
+    cfg = PreprocessConfig(preset="seed", size=32, skip_inferior_slices=0, clip_hu=clip_hu)
+    fit_grid(ct, None, cfg).image_to_slices(ct)
+    assert np.array_equal(ct.array, arr)

@@ -99,15 +99,16 @@ def prepare_stack(canonical: np.ndarray, start: int, cfg: PreprocessConfig, *, i
             continue
         t = _torch_view(view).permute(2, 0, 1).float().unsqueeze(1)  # (n, 1, I, J) float32
         mode = cfg.mask_interpolation if is_mask else cfg.image_interpolation
+        # Out of place: for a float32 volume already at the slice size, ``t`` is a view of the caller's array.
         if not is_mask and cfg.clip_hu is not None:
-            t.clamp_(cfg.clip_hu[0], cfg.clip_hu[1])
+            t = t.clamp(cfg.clip_hu[0], cfg.clip_hu[1])
         if t.shape[-2:] != (size, size):
             kwargs: dict[str, Any] = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
             t = F.interpolate(t, size=(size, size), mode=mode, **kwargs)
         if is_mask:
             out[c0:c1] = (t[:, 0] > 0.5).numpy()
         else:
-            t /= cfg.hu_scale
+            t = t / cfg.hu_scale
             out[c0:c1] = t[:, 0].numpy()
     return out
 
