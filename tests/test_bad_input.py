@@ -47,6 +47,8 @@ def world(tmp_path_factory) -> dict[str, Path]:
     meta = checkpoint_metadata(ModelConfig(width=4).to_dict(), {"size": 32, "skip_inferior_slices": 30}, 0, threshold=0.5)
     w["ckpt"] = root / "model.ckpt"
     torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in net.state_dict().items()}}, w["ckpt"])
+    w["nonet_ckpt"] = root / "nonet.ckpt"  # lungtumor's metadata but no U-Net weights
+    torch.save({"lungtumor": meta, "state_dict": {}}, w["nonet_ckpt"])
     w["text_ckpt"] = root / "notes.ckpt"
     w["text_ckpt"].write_text("this is not a checkpoint\n")
     nan_ckpt = {k: v.clone() for k, v in net.state_dict().items()}
@@ -209,6 +211,16 @@ ROWS = [
     ("train-resume-corrupt-config", "train --resume {root}/yamlrun", ["config.yaml"], []),
     ("train-size-0", "train {root}/nostore --out {root}/r15 --size 0", ["--size"], ["r15"]),
     ("train-no-store", "train {root}/nostore --out {root}/r14", ["not a finished slice store"], ["r14"]),
+    # train-rescorer: inputs checked, never overwritten
+    ("rescorer-no-store", "train-rescorer {ckpt} {root}/nostore --out {root}/rs1.ckpt", ["nostore", "not a finished slice store"], ["rs1.ckpt"]),
+    ("rescorer-no-checkpoint", "train-rescorer {root}/none.ckpt {store} --out {root}/rs2.ckpt", ["none.ckpt", "not found"], ["rs2.ckpt"]),
+    ("rescorer-text-checkpoint", "train-rescorer {text_ckpt} {store} --out {root}/rs3.ckpt", ["notes.ckpt", "not a loadable checkpoint"], ["rs3.ckpt"]),
+    ("rescorer-checkpoint-without-unet", "train-rescorer {nonet_ckpt} {store} --out {root}/rs4.ckpt", ["nonet.ckpt", "weights do not match"], ["rs4.ckpt"]),
+    ("rescorer-out-is-the-checkpoint", "train-rescorer {ckpt} {store} --out {ckpt}", ["overwrite"], []),
+    ("rescorer-out-in-the-store", "train-rescorer {ckpt} {store} --out {store}/r.ckpt", ["overwrite"], []),
+    ("rescorer-steps-0", "train-rescorer {ckpt} {store} --out {root}/rs5.ckpt --steps 0", ["steps 0"], ["rs5.ckpt"]),
+    ("rescorer-no-crops-folder", "train-rescorer {ckpt} {store} --out {root}/rs6.ckpt --steps 1 --lesion-dir {root}/nocrops", ["nocrops", "lesion folder not found"], ["rs6.ckpt"]),
+    ("rescorer-no-negatives", "train-rescorer {ckpt} {store} --out {root}/rs7.ckpt --steps 1 --no-progress", ["no negative"], ["rs7.ckpt"]),
     # lesions: the threshold it records is checked like predict's
     ("lesions-threshold-0", "lesions {mask} {ct} --out {root}/l1 --threshold 0", ["--threshold 0", "strictly between 0 and 1"], ["l1"]),
     ("lesions-threshold-1", "lesions {mask} {ct} --out {root}/l2 --threshold 1", ["--threshold 1", "strictly between 0 and 1"], ["l2"]),

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from lungtumor.errors import CheckpointError, ConfigError
-from lungtumor.model.checkpoint import RESCORER_KEY
 from lungtumor.model.rescorer import (
+    RESCORER_KEY,
     Rescorer,
     RescorerConfig,
     cut_patches,

@@ -3,6 +3,7 @@ crop's edge, it is reproducible, and it travels inside the checkpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -238,3 +239,29 @@ def test_bad_inputs_name_the_file(world, tmp_path) -> None:
         train_rescorer(world["ckpt"], world["store"], steps=0, model=TINY)
     with pytest.raises(InputError, match="lesion folder not found"):
         train_rescorer(world["ckpt"], world["store"], lesion_dir=tmp_path / "nocrops", steps=1, model=TINY)
+
+
+def test_train_with_rescorer_steps_writes_it_into_both_checkpoints(world, tmp_path) -> None:
+    from lungtumor.training.options import TrainConfig
+    from lungtumor.training.trainer import train
+
+    cfg = TrainConfig(
+        store=str(world["store"]), out=str(tmp_path / "run"), epochs=1, samples_per_epoch=4, width=4, batch_size=4, num_workers=0,
+        progress=False, image_every_n_steps=0, rescorer_steps=2, lesion_dir=str(world["crops"]),
+    )
+    summary = train(cfg)
+    assert summary["rescorer"]["steps"] == 2 and summary["rescorer"]["crops"] == 3
+    for name in ("best.ckpt", "last.ckpt"):
+        loaded = load_model(tmp_path / "run" / name)
+        assert loaded.rescorer is not None and loaded.info["rescorer"]["summary"]["steps"] == 2
+
+
+def test_the_command_adds_a_rescorer_to_a_new_checkpoint(world, tmp_path, capsys) -> None:
+    from lungtumor.cli import main
+
+    before = world["ckpt"].read_bytes()
+    out = tmp_path / "with.ckpt"
+    assert main(["train-rescorer", str(world["ckpt"]), str(world["store"]), "--out", str(out), "--steps", "2", "--batch", "4", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(out)
+    assert world["ckpt"].read_bytes() == before
+    assert load_model(out).rescorer is not None

@@ -21,11 +21,10 @@ import torch
 from lungtumor.atomic import atomic_output
 from lungtumor.config import PreprocessConfig
 from lungtumor.errors import CheckpointError
+from lungtumor.model.rescorer import RESCORER_KEY, rescorer_from_block
 
 CHECKPOINT_FORMAT = "lungtumor-checkpoint"
 CHECKPOINT_VERSION = 1
-#: The checkpoint key of the optional second-stage re-scorer (:mod:`lungtumor.model.rescorer`).
-RESCORER_KEY = "rescorer"
 #: Prefix of the U-Net's parameters inside the LightningModule's state dict.
 NET_PREFIX = "net."
 #: The previous ``last.ckpt`` of a run, kept (a hard link: no extra space until the next save) so
@@ -178,8 +177,6 @@ def load_model(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     info["global_step"] = ckpt.get("global_step")
     rescorer = None
     if ckpt.get(RESCORER_KEY) is not None:
-        from lungtumor.model.rescorer import rescorer_from_block
-
         rescorer = rescorer_from_block(ckpt[RESCORER_KEY], str(path))
         info[RESCORER_KEY] = {k: v for k, v in ckpt[RESCORER_KEY].items() if k != "state_dict"}
     return LoadedModel(net=net, preprocess=preprocess, context=int(meta.get("context", 0)), info=info, rescorer=rescorer)

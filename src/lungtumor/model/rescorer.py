@@ -35,7 +35,9 @@ from torch import nn
 
 from lungtumor.config import HU_AIR
 from lungtumor.errors import CheckpointError, ConfigError
-from lungtumor.model.checkpoint import RESCORER_KEY
+
+#: The checkpoint key of the re-scorer block (its config dict and state dict).
+RESCORER_KEY = "rescorer"
 
 #: Version of the block's layout.
 RESCORER_VERSION = 1

@@ -54,8 +54,8 @@ from torch.nn import functional as F
 from lungtumor.config import AIR_TISSUE_HU, HU_AIR
 from lungtumor.errors import CheckpointError, ConfigError, InputError
 from lungtumor.lesions.components import CONNECTIVITY_STRUCTURE
-from lungtumor.model.checkpoint import RESCORER_KEY, load_model, read_checkpoint, save_checkpoint_file
-from lungtumor.model.rescorer import Rescorer, RescorerConfig, cut_patches, normalise_hu, rescorer_block
+from lungtumor.model.checkpoint import load_model, read_checkpoint, save_checkpoint_file
+from lungtumor.model.rescorer import RESCORER_KEY, Rescorer, RescorerConfig, cut_patches, normalise_hu, rescorer_block
 from lungtumor.training.crops import LUNG_FILL_HU
 
 log = logging.getLogger(__name__)
