@@ -1,0 +1,212 @@
+"""The second-stage lesion re-scorer measured on a finished leave-one-scan-out work folder.
+
+For every finished fold of ``bench_nodules.py --part loso`` (``WORK/loso/<held_out>/train/last.ckpt``,
+the fold's store ``WORK/folds/<held_out>``, the scans ``WORK/pairs/<case>_ct/_label.nii.gz``): train the
+re-scorer (``training/rescorer.py``) for that fold's U-Net on the fold's store and the crops of every
+patient but the held-out one (``crop_exclude=held_out``), write the checkpoint with it
+(``WORK/rescorer/<held_out>/rescored.ckpt``), predict the held-out scan with it through
+``predict_path(..., probabilities=True, report=True)`` (the product path: the lesions and their
+re-scorer scores come from the report's ``lesions.json`` and ``instances.nii.gz``), and score the
+same predicted lesions three ways:
+
+- ``prob_max``: the U-Net's maximum probability inside the lesion (today's score, without a re-scorer);
+- ``rescorer``: the re-scorer's probability (the score with a re-scorer);
+- ``geomean``: sqrt(prob_max * rescorer), a combination measured alongside.
+
+Reported per fold and pooled over the folds: reference lesions found (every candidate kept), false-positive
+lesions per scan with every candidate and with the candidates scoring >= 0.5, the lesion FROC and CPM
+(``evaluation/lesion_froc.py``, exact over every score: candidates are the predicted lesions, so the
+found count with every candidate is the same for the three scores), and the AUC of the score, true
+against false-positive candidates. The re-scorer never adds a lesion; it can only rank them.
+
+Run: ``python benchmarks/bench_rescorer.py WORK [--steps 600] [--crops DIR]``. ``--tiny`` makes its own
+tiny work folder first (``bench_nodules.py``'s loso on two SMALL phantom scans and synthetic crops, width
+4, a few steps) and trains the re-scorer a few steps: a check of the plumbing, not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "real"
+CROPS_DIR = "lidc_nodule_crops"
+SCORES = ("prob_max", "rescorer", "geomean")
+#: The operating point reported besides "every candidate".
+CUT = 0.5
+
+
+def finished_folds(work: Path) -> list[str]:
+    """The held-out scans of ``WORK/loso`` whose U-Net, fold store and scan are all there."""
+    out = []
+    for run in sorted((work / "loso").glob("*")):
+        held = run.name
+        if (run / "train" / "last.ckpt").is_file() and (work / "folds" / held / "store.json").is_file() and (work / "pairs" / f"{held}_ct.nii.gz").exists():
+            out.append(held)
+    return out
+
+
+def auc(scores: np.ndarray, true: np.ndarray) -> float | None:
+    """Probability that a true candidate outscores a false one (ties count half); None without both kinds."""
+    pos, neg = scores[true], scores[~true]
+    if pos.size == 0 or neg.size == 0:
+        return None
+    return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
+
+
+def fold_candidates(report_dir: Path, label_path: Path) -> dict[str, dict[str, Any]]:
+    """Per score kind, :func:`lesion_candidates` of one predicted scan, from its report folder."""
+    from lungtumor.evaluation.lesion_froc import lesion_candidates
+    from lungtumor.io.nifti import read_nifti
+
+    doc = json.loads((report_dir / "lesions.json").read_text())
+    inst = read_nifti(report_dir / "instances.nii.gz")
+    ref = read_nifti(label_path).array > 0
+    labels = np.asarray(inst.array)
+    pred = labels > 0
+    out = {}
+    for kind in SCORES:
+        values = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.float32)
+        for les in doc["lesions"]:
+            pm, rs = float(les["prob_max"]), float(les["score"])
+            values[int(les["id"])] = {"prob_max": pm, "rescorer": rs, "geomean": float(np.sqrt(pm * rs))}[kind]
+        out[kind] = lesion_candidates(pred, values[labels], ref, inst.voxel_volume_ml)
+    out["score_definition"] = doc["conventions"]["score"]  # type: ignore[assignment]
+    return out
+
+
+def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
+    """Found, false positives (all and at >= CUT), FROC/CPM and AUC of one score over cases."""
+    from lungtumor.evaluation.lesion_froc import lesion_froc_summary
+
+    froc = lesion_froc_summary(per_case)
+    scores = np.concatenate([np.asarray(c["scores"], float) for c in per_case] + [np.zeros(0)])
+    true = np.concatenate([np.asarray(c["true"], bool) for c in per_case] + [np.zeros(0, bool)])
+    n = max(1, len(per_case))
+    kept = scores >= CUT
+    found_at_cut = 0
+    for c in per_case:  # candidates are sorted by score: the first k are those >= CUT
+        k = int(np.sum(np.asarray(c["scores"], float) >= CUT))
+        found_at_cut += int(c["found_by_rank"][k])
+    return {
+        "lesions_ref": froc["lesions_ref"],
+        "candidates": int(scores.size),
+        "found_all": int(sum(c["found_by_rank"][-1] for c in per_case)),
+        "fp_per_scan_all": float(np.sum(~true)) / n,
+        f"found_at_{CUT:g}": found_at_cut,
+        f"fp_per_scan_at_{CUT:g}": float(np.sum(~true & kept)) / n,
+        "cpm": froc.get("cpm"),
+        "sensitivity_at_fp_rates": froc.get("sensitivity_at_fp_rates"),
+        "auc_true_vs_false": auc(scores, true),
+    }
+
+
+def run(work: Path, crops: Path | None, *, steps: int, batch: int, seed: int, held_outs: list[str] | None = None) -> dict[str, Any]:
+    """Every finished fold of ``work``: re-scorer trained, held-out scan predicted, scores compared."""
+    from lungtumor.predict import predict_path
+    from lungtumor.training.rescorer import add_rescorer, train_rescorer
+
+    folds = held_outs or finished_folds(work)
+    if not folds:
+        raise SystemExit(f"{work}: no finished leave-one-scan-out fold (loso/<scan>/train/last.ckpt with folds/<scan> and pairs/<scan>_ct.nii.gz)")
+    rows, cases = [], {k: [] for k in SCORES}
+    for held in folds:
+        out = work / "rescorer" / held
+        out.mkdir(parents=True, exist_ok=True)
+        ckpt = out / "rescored.ckpt"
+        t0 = time.perf_counter()
+        net, info = train_rescorer(work / "loso" / held / "train" / "last.ckpt", work / "folds" / held, lesion_dir=crops, crop_exclude=held,
+                                   steps=steps, batch=batch, seed=seed)
+        add_rescorer(work / "loso" / held / "train" / "last.ckpt", ckpt, net, info)
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = out / "pred" / f"{held}.nii.gz"
+        predict_path(ckpt, (work / "pairs" / f"{held}_ct.nii.gz").resolve(), pred, probabilities=True, report=True, progress=False)
+        predict_s = time.perf_counter() - t0
+        cand = fold_candidates(out / "pred" / f"{held}_report", (work / "pairs" / f"{held}_label.nii.gz").resolve())
+        row = {"held_out": held, "train_s": train_s, "predict_s": predict_s, "score_definition": cand.pop("score_definition"),
+               "rescorer": {k: info[k] for k in ("store_pos", "crops", "store_fp", "store_neg", "crop_neg", "loss_last_50", "mining_s", "train_s")}}
+        for kind in SCORES:
+            row[kind] = summarise([cand[kind]])
+            cases[kind].append(cand[kind])
+        rows.append(row)
+        (out / "result.json").write_text(json.dumps(row, indent=2, default=str))
+        print(f"{held}: {row['prob_max']['found_all']}/{row['prob_max']['lesions_ref']} found, {row['prob_max']['candidates']} candidates; "
+              f"FP/scan >= {CUT:g}: prob_max {row['prob_max'][f'fp_per_scan_at_{CUT:g}']:.1f}, rescorer {row['rescorer'][f'fp_per_scan_at_{CUT:g}']:.1f} "
+              f"(found {row['rescorer'][f'found_at_{CUT:g}']}); AUC prob_max {row['prob_max']['auc_true_vs_false']}, rescorer {row['rescorer']['auc_true_vs_false']}",
+              flush=True)
+    return {"folds": rows, "pooled": {kind: summarise(cases[kind]) for kind in SCORES}, "steps": steps, "batch": batch, "seed": seed,
+            "crops": str(crops) if crops else None}
+
+
+def table(rep: dict[str, Any]) -> str:
+    """The pooled comparison as a text table."""
+    lines = [f"{'score':<10} {'found':>7} {'cand.':>6} {'FP/scan':>8} {'found>=' + format(CUT, 'g'):>9} {'FP/scan>=' + format(CUT, 'g'):>12} {'CPM':>6} {'AUC':>6}"]
+    for kind in SCORES:
+        s = rep["pooled"][kind]
+        a = "n/a" if s["auc_true_vs_false"] is None else f"{s['auc_true_vs_false']:.3f}"
+        cpm = "n/a" if s["cpm"] is None or not np.isfinite(s["cpm"]) else f"{s['cpm']:.3f}"
+        lines.append(f"{kind:<10} {s['found_all']:>3}/{s['lesions_ref']:<3} {s['candidates']:>6} {s['fp_per_scan_all']:>8.1f} "
+                     f"{s[f'found_at_{CUT:g}']:>9} {s[f'fp_per_scan_at_{CUT:g}']:>12.1f} {cpm:>6} {a:>6}")
+    return "\n".join(lines)
+
+
+def make_tiny_work(work: Path) -> Path:
+    """A finished tiny leave-one-scan-out work folder (bench_nodules' own loso, tiny options) and its crops."""
+    from bench_nodules import CPU_RECIPE, TINY_OVERRIDES, run_loso, write_tiny_crops, write_tiny_scans
+
+    crops = write_tiny_crops(work / "tiny_crops")
+    pairs = write_tiny_scans(work / "tiny_pairs")
+    run_loso(work, CPU_RECIPE, dict(TINY_OVERRIDES), pairs_dir=pairs, crops_dir=crops, phantom_size="SMALL")
+    return crops
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work", help="a bench_nodules.py --part loso work folder (or, with --tiny, a new folder)")
+    ap.add_argument("--crops", default=None, help="the crops folder (default REAL/lidc_nodule_crops; 'none' for no crops)")
+    ap.add_argument("--steps", type=int, default=600, help="re-scorer training steps per fold")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--held-out", default=None, help="only these folds, comma-separated")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
+    ap.add_argument("--tiny", action="store_true", help="a tiny synthetic work folder first, a few steps (plumbing only)")
+    ap.add_argument("--json", default=None, help="also write the results here")
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(a.threads or min(2, os.cpu_count() or 1))
+    work = Path(a.work)
+    t0 = time.perf_counter()
+    report: dict[str, Any] = {"machine": machine(), "load_average_start": os.getloadavg()}
+    if a.tiny:
+        work.mkdir(parents=True, exist_ok=True)
+        crops: Path | None = make_tiny_work(work)
+        steps, batch = 2, 4
+    else:
+        crops = None if a.crops == "none" else Path(a.crops) if a.crops else REAL / CROPS_DIR
+        steps, batch = a.steps, a.batch
+    report.update(run(work, crops, steps=steps, batch=batch, seed=a.seed, held_outs=a.held_out.split(",") if a.held_out else None))
+    report["load_average_end"] = os.getloadavg()
+    report["total_s"] = time.perf_counter() - t0
+    print(table(report), flush=True)
+    text = json.dumps(report, indent=2, default=str)
+    (work / "rescorer" / "results.json").write_text(text)
+    if a.json:
+        Path(a.json).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
