@@ -11,7 +11,9 @@ same predicted lesions three ways:
 
 - ``prob_max``: the U-Net's maximum probability inside the lesion (today's score, without a re-scorer);
 - ``rescorer``: the re-scorer's probability (the score with a re-scorer);
-- ``geomean``: sqrt(prob_max * rescorer), a combination measured alongside.
+- ``geomean``: sqrt(prob_max * rescorer), a combination measured alongside;
+- ``rescorer_small``: the re-scorer's for lesions whose longest axial diameter is at most the patch's
+  30 mm, ``prob_max`` for larger ones (a larger tumour is seen from inside by the patch).
 
 Reported per fold and pooled over the folds: reference lesions found (every candidate kept), false-positive
 lesions per scan with every candidate and with the candidates scoring >= 0.5, the lesion FROC and CPM
@@ -42,7 +44,9 @@ from common import machine
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "real"
 CROPS_DIR = "lidc_nodule_crops"
-SCORES = ("prob_max", "rescorer", "geomean")
+SCORES = ("prob_max", "rescorer", "geomean", "rescorer_small")
+#: ``rescorer_small``: lesions longer than this (mm, the default patch's extent) keep prob_max.
+SMALL_MM = 30.0
 #: The operating point reported besides "every candidate".
 CUT = 0.5
 
@@ -80,7 +84,8 @@ def fold_candidates(report_dir: Path, label_path: Path) -> dict[str, dict[str, A
         values = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.float32)
         for les in doc["lesions"]:
             pm, rs = float(les["prob_max"]), float(les["score"])
-            values[int(les["id"])] = {"prob_max": pm, "rescorer": rs, "geomean": float(np.sqrt(pm * rs))}[kind]
+            small = rs if float(les["longest_diameter_mm"]) <= SMALL_MM else pm
+            values[int(les["id"])] = {"prob_max": pm, "rescorer": rs, "geomean": float(np.sqrt(pm * rs)), "rescorer_small": small}[kind]
         out[kind] = lesion_candidates(pred, values[labels], ref, inst.voxel_volume_ml)
     out["score_definition"] = doc["conventions"]["score"]  # type: ignore[assignment]
     return out
@@ -152,12 +157,12 @@ def run(work: Path, crops: Path | None, *, steps: int, batch: int, seed: int, he
 
 def table(rep: dict[str, Any]) -> str:
     """The pooled comparison as a text table."""
-    lines = [f"{'score':<10} {'found':>7} {'cand.':>6} {'FP/scan':>8} {'found>=' + format(CUT, 'g'):>9} {'FP/scan>=' + format(CUT, 'g'):>12} {'CPM':>6} {'AUC':>6}"]
+    lines = [f"{'score':<15} {'found':>7} {'cand.':>6} {'FP/scan':>8} {'found>=' + format(CUT, 'g'):>9} {'FP/scan>=' + format(CUT, 'g'):>12} {'CPM':>6} {'AUC':>6}"]
     for kind in SCORES:
         s = rep["pooled"][kind]
         a = "n/a" if s["auc_true_vs_false"] is None else f"{s['auc_true_vs_false']:.3f}"
         cpm = "n/a" if s["cpm"] is None or not np.isfinite(s["cpm"]) else f"{s['cpm']:.3f}"
-        lines.append(f"{kind:<10} {s['found_all']:>3}/{s['lesions_ref']:<3} {s['candidates']:>6} {s['fp_per_scan_all']:>8.1f} "
+        lines.append(f"{kind:<15} {s['found_all']:>3}/{s['lesions_ref']:<3} {s['candidates']:>6} {s['fp_per_scan_all']:>8.1f} "
                      f"{s[f'found_at_{CUT:g}']:>9} {s[f'fp_per_scan_at_{CUT:g}']:>12.1f} {cpm:>6} {a:>6}")
     return "\n".join(lines)
 

@@ -208,6 +208,13 @@ def cross_validate(
         raise ConfigError(f"--folds {folds}: need at least 2 folds")
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: need at least 1 seed")
+    if base.rescorer_steps:
+        # The minimum lesion score is chosen on the folds' probability maps (prob_max), while a re-scorer
+        # would make predict CV_DIR apply it to the re-scorer's scores: two scales under one number.
+        raise ConfigError(
+            f"--rescorer-steps {base.rescorer_steps}: cv does not train re-scorers (its minimum lesion score is chosen on the U-Net's "
+            "prob_max); run `lungtumor train-rescorer` on a fold's checkpoint instead"
+        )
     run_now = parse_only_folds(only_folds, folds)
     slots = _worker_slots(base, parallel)  # a bad --parallel is refused before anything is written
     out = Path(out)

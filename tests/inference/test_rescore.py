@@ -122,3 +122,18 @@ def test_predict_report_carries_the_rescorers_score_and_its_definition(tmp_path)
     from lungtumor.io.nifti import read_nifti
 
     assert int(read_nifti(out).array.sum()) == 10 * 10 * 12
+
+
+def test_workers_score_lesions_as_one_process_does(tmp_path) -> None:
+    # The re-scorer travels to the worker that writes the report; the model slices stay with the scan.
+    for name in ("a.nii.gz", "b.nii.gz"):  # two scans: one alone is never pipelined
+        write_nifti(_ct(), tmp_path / "in" / name)
+    torch.manual_seed(0)
+    rescorer = Rescorer(PATCH).eval()  # a real (picklable) re-scorer with random weights
+    scores = []
+    for workers in (0, 1):
+        predict_path(_model(rescorer), tmp_path / "in", tmp_path / f"w{workers}", progress=False, report=True, workers=workers)
+        docs = [json.loads((tmp_path / f"w{workers}" / f"{n}_report" / "lesions.json").read_text()) for n in ("a", "b")]
+        assert all(d["conventions"]["score"] == RESCORER_SCORE_TEXT for d in docs)
+        scores.append([les["score"] for d in docs for les in d["lesions"]])
+    assert len(scores[0]) == 4 and scores[0] == pytest.approx(scores[1], abs=1e-6)
