@@ -112,3 +112,18 @@ def test_malformed_block_is_one_checkpoint_error() -> None:
     block["config"] = RescorerConfig(widths=(4, 4, 4)).to_dict()
     with pytest.raises(CheckpointError, match="does not load"):
         rescorer_from_block(block, "x.ckpt")
+
+
+def test_lesion_centre_is_the_centroid_or_the_lesions_nearest_voxel() -> None:
+    from lungtumor.model.rescorer import lesion_centres
+
+    labels = np.zeros((5, 20, 20), np.int32)
+    labels[1:4, 2:5, 2:5] = 1  # a cube: its centroid
+    labels[2, 2:18, 10] = 2  # a C shape: two arms and the bar joining them; the centroid is in the gap
+    labels[2, 2, 10:18] = 2
+    labels[2, 17, 10:18] = 2
+    c = lesion_centres(labels, 2)
+    assert c[0].tolist() == [2.0, 3.0, 3.0]
+    assert labels[tuple(np.round(c[1]).astype(int))] == 2
+    centroid = np.argwhere(labels == 2).mean(0)
+    assert labels[tuple(np.round(centroid).astype(int))] == 0  # the plain centroid would miss it

@@ -265,3 +265,41 @@ def test_the_command_adds_a_rescorer_to_a_new_checkpoint(world, tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["checkpoint"] == str(out)
     assert world["ckpt"].read_bytes() == before
     assert load_model(out).rescorer is not None
+
+
+class _ThresholdNet(torch.nn.Module):
+    """Stub U-Net: probability 1 wherever the centre channel is brighter than -300 HU (spheres and vessels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from lungtumor.config import HU_SCALE
+
+        centre = x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]
+        return 1000.0 * (centre - (-300.0) / HU_SCALE)
+
+
+def test_mining_finds_the_unets_false_positives_and_dense_points_far_from_labels(world) -> None:
+    from scipy import ndimage
+
+    from lungtumor.model.checkpoint import LoadedModel
+    from lungtumor.preprocessing.store import SliceStore
+    from lungtumor.training.rescorer import collect_pools
+
+    store = SliceStore(world["store"])
+    loaded = LoadedModel(net=_ThresholdNet(), preprocess=store.preprocess, context=0, info={"threshold": 0.5})
+    cfg = RescorerTrainConfig(model=TINY, random_negatives_per_case=50)
+    cases = store.splits["train"]
+    sources, pools, boxes, counts = collect_pools(loaded, store, cfg, cases=cases, lesion_dir=world["crops"], crop_exclude=["LIDC-IDRI-0002"], rng=np.random.default_rng(0))
+    assert counts["crops"] == 1 and len(boxes) == 1 and len(pools["crop_pos"]) == 1
+    assert sum(counts["fp_per_case"].values()) >= len(cases)  # every case has vessels: the stub marks them
+    for kind in ("store_fp", "store_neg"):
+        for src, centre in zip(pools[kind].sources, pools[kind].centres):
+            _, mask = store.arrays(sources[src].name)
+            dist = ndimage.distance_transform_edt(np.asarray(mask) == 0, sampling=sources[src].spacing_mm)
+            d = dist[tuple(np.clip(np.round(centre).astype(int), 0, np.array(mask.shape) - 1))]
+            assert d > (cfg.negative_distance_mm - 1e-6 if kind == "store_neg" else 0.0), (kind, d)
+    for src, centre in zip(pools["store_pos"].sources, pools["store_pos"].centres):
+        _, mask = store.arrays(sources[src].name)
+        assert mask[tuple(np.round(centre).astype(int))] == 1  # a sphere's centroid lies inside it
+    crop = sources[pools["crop_pos"].sources[0]]
+    assert crop.crop and crop.fill_hu == cfg.crop_fill_hu
+    assert abs(crop.spacing_mm[1] - sources[0].spacing_mm[1]) < 0.05  # resampled to the store's pixel

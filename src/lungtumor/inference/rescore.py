@@ -1,7 +1,8 @@
 """Predicted lesions re-scored by the checkpoint's second-stage 3D re-scorer (:mod:`lungtumor.model.rescorer`).
 
 Each predicted lesion (a 26-connected component of the post-processed mask on the input's grid) is
-scored at its centroid: the centroid goes through the input's affine and the slice grid's inverse
+scored at its centre (the centroid, or the lesion's voxel nearest to it where the centroid falls
+outside the lesion: :func:`~lungtumor.model.rescorer.lesion_centres`): the centre goes through the input's affine and the slice grid's inverse
 affine to continuous model-slice coordinates ``(slice, row, column)``, and the re-scorer's patch is
 cut from the model slices (``PreparedScan.slices``: HU / ``hu_scale`` on the slice grid, exactly the
 store's ``image.npy`` that the re-scorer was trained on) at the grid's spacing. For a large tumour
@@ -19,7 +20,7 @@ import torch
 from lungtumor.io.volume import Volume
 from lungtumor.lesions.components import LabelledInstances, label_cropped
 from lungtumor.lesions.score import score_map
-from lungtumor.model.rescorer import Rescorer, cut_patches, score_patches
+from lungtumor.model.rescorer import Rescorer, cut_patches, lesion_centres, score_patches
 from lungtumor.preprocessing.grid import SliceGrid
 
 
@@ -37,14 +38,10 @@ def input_to_slice_coords(grid: SliceGrid, ijk: np.ndarray) -> np.ndarray:
     return hwd[:, [2, 0, 1]]
 
 
-def instance_centroids(inst: LabelledInstances) -> np.ndarray:
-    """``(count, 3)`` voxel centroids (indices of the full array) of instances 1..count."""
-    if inst.count == 0:
-        return np.zeros((0, 3), dtype=np.float64)
-    from scipy import ndimage
-
-    index = np.arange(1, inst.count + 1)
-    local = np.asarray(ndimage.center_of_mass(np.ones(inst.labels.shape, np.uint8), inst.labels, index), dtype=np.float64).reshape(-1, 3)
+def instance_centres(inst: LabelledInstances, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """``(count, 3)`` patch centres (indices of the full array) of instances 1..count
+    (:func:`~lungtumor.model.rescorer.lesion_centres`: the centroid, inside the lesion)."""
+    local = lesion_centres(inst.labels, inst.count, spacing_mm)
     return local + np.array([s.start for s in inst.box], dtype=np.float64)
 
 
@@ -64,7 +61,8 @@ def rescore_lesions(mask: np.ndarray, slices: np.ndarray, grid: SliceGrid, resco
     inst = label_cropped(np.asarray(mask) != 0)
     if inst.count == 0 or not rescorers:
         return inst, np.zeros(inst.count, dtype=np.float64)
-    centres = input_to_slice_coords(grid, instance_centroids(inst))
+    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(grid.input_affine, dtype=np.float64)[:3, :3], axis=0))
+    centres = input_to_slice_coords(grid, instance_centres(inst, spacing))  # type: ignore[arg-type]
     return inst, rescore_at(slices, grid, centres, rescorers)
 
 

@@ -174,6 +174,29 @@ def cut_patches(
     return out
 
 
+def lesion_centres(labels: np.ndarray, count: int, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """The patch centre of each labelled lesion 1..count: ``(count, 3)`` voxel coordinates of ``labels``.
+
+    The centroid; where the centroid falls outside its own lesion (a C-shaped lesion, two touching
+    nodules), the lesion's voxel nearest to it (in mm): the patch is then centred on the lesion, not
+    on the lung between its parts. The one rule of training and inference.
+    """
+    if count == 0:
+        return np.zeros((0, 3), dtype=np.float64)
+    index = np.arange(1, count + 1)
+    centres = np.asarray(ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, index), dtype=np.float64).reshape(-1, 3)
+    sp = np.asarray(spacing_mm, dtype=np.float64)
+    for i, box in enumerate(ndimage.find_objects(labels, max_label=count)):
+        if box is None:
+            continue
+        nearest = np.clip(np.round(centres[i]).astype(int), 0, np.asarray(labels.shape) - 1)
+        if labels[tuple(nearest)] == i + 1:
+            continue
+        voxels = np.argwhere(labels[box] == i + 1) + np.array([s.start for s in box])
+        centres[i] = voxels[np.argmin(np.sum(((voxels - centres[i]) * sp) ** 2, axis=1))]
+    return centres
+
+
 @torch.no_grad()
 def score_patches(net: Rescorer, patches_hu: np.ndarray, *, batch_size: int = 64) -> np.ndarray:
     """The re-scorer's probabilities ``(N,)`` float64 for HU patches ``(N, d, h, w)`` (eval mode, on the net's device)."""

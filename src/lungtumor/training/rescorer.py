@@ -63,7 +63,15 @@ from lungtumor.config import AIR_TISSUE_HU, HU_AIR
 from lungtumor.errors import CheckpointError, ConfigError, InputError
 from lungtumor.lesions.components import CONNECTIVITY_STRUCTURE
 from lungtumor.model.checkpoint import load_model, read_checkpoint, save_checkpoint_file
-from lungtumor.model.rescorer import RESCORER_KEY, Rescorer, RescorerConfig, cut_patches, normalise_hu, rescorer_block
+from lungtumor.model.rescorer import (
+    RESCORER_KEY,
+    Rescorer,
+    RescorerConfig,
+    cut_patches,
+    lesion_centres,
+    normalise_hu,
+    rescorer_block,
+)
 from lungtumor.training.crops import LUNG_FILL_HU
 
 log = logging.getLogger(__name__)
@@ -244,13 +252,11 @@ def augment_patch(patch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(patch, int(rng.integers(4)), axes=(1, 2)))
 
 
-def component_centroids(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The 26-connected components of a mask: their labels array and ``(count, 3)`` voxel centroids."""
+def component_centroids(mask: np.ndarray, spacing_mm: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The 26-connected components of a mask: their labels array and ``(count, 3)`` patch centres
+    (:func:`~lungtumor.model.rescorer.lesion_centres`: the centroid, inside the component)."""
     labels, count = ndimage.label(np.asarray(mask) > 0, structure=CONNECTIVITY_STRUCTURE)
-    if count == 0:
-        return labels, np.zeros((0, 3))
-    centres = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, np.arange(1, count + 1))
-    return labels, np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    return labels, lesion_centres(labels, count, spacing_mm)
 
 
 def dense_points_far(volume_hu: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float], *, dense_hu: float, distance_mm: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -313,14 +319,14 @@ def collect_pools(
         src = len(sources)
         sources.append(PatchSource(case, image, spacing, hu_scale, float(HU_AIR), False))
         label = np.asarray(mask) > 0
-        _, centres = component_centroids(label)
+        _, centres = component_centroids(label, spacing)
         pools["store_pos"].add(src, centres)
         pools["store_neg"].add(src, dense_points_far(
             np.asarray(image, dtype=np.float32) * hu_scale, label, spacing, dense_hu=cfg.dense_hu, distance_mm=cfg.negative_distance_mm,
             n=cfg.random_negatives_per_case, rng=rng,
         ))
         prob = unet_probabilities(loaded.net, image, store.context_offsets(case, loaded.context))
-        pred_labels, pred_centres = component_centroids(prob > float(loaded.info.get("threshold") or FP_THRESHOLD))
+        pred_labels, pred_centres = component_centroids(prob > float(loaded.info.get("threshold") or FP_THRESHOLD), spacing)
         touching = set(np.unique(pred_labels[label]).tolist()) - {0}
         fp = [c for i, c in enumerate(pred_centres) if i + 1 not in touching]
         if fp:
@@ -348,7 +354,7 @@ def collect_pools(
                 continue  # a lesion thinner than half a store pixel
             src = len(sources)
             sources.append(PatchSource(crop_id, ct_hu, sp, 1.0, float(cfg.crop_fill_hu), True))
-            centre = np.asarray(ndimage.center_of_mass(lab), dtype=np.float64)
+            centre = lesion_centres(lab.astype(np.int32), 1, sp)[0]  # the crop's one lesion, even in parts
             pools["crop_pos"].add(src, centre)
             spa = np.asarray(sp)
             shape = np.asarray(lab.shape, dtype=np.float64)
