@@ -6,6 +6,11 @@ A predicted lesion is a 26-connected component of the (post-processed) mask
 (``score`` in lesions.csv/json and the HTML report), ``predict --min-lesion-score`` (lesions
 scoring below it are removed from the mask), and the lesion-level FROC, the calibration table and
 the operating point chosen on validation cases (:mod:`lungtumor.evaluation`).
+
+A checkpoint that carries a second-stage re-scorer (:mod:`lungtumor.model.rescorer`) replaces the
+score of ``predict`` (its lesion table and ``--min-lesion-score``) with the re-scorer's probability
+(:data:`RESCORER_SCORE_TEXT`); such scores travel as a map of the lesions (:func:`score_map`), so the
+functions here read them unchanged. ``evaluate`` and ``lesions``, which see files, keep ``prob_max``.
 """
 
 from __future__ import annotations

@@ -26,7 +26,9 @@ draw is first made *edged* or *plain* with the same probability for both classes
 (:attr:`RescorerTrainConfig.edged_share`): an edged positive is a crop, or a store lesion cut out of
 a box of a real crop's extent (drawn from the crops in use, placed at the crop's own offset from
 its lesion centre) and filled outside exactly as a crop is; an edged negative is a crop-surround
-negative or a store negative cut out of such a box. Edges thus say nothing about the class. Where a
+negative or a store negative cut out of such a box (half of a class's edged draws from crops where
+that class has crop points, so crop textures, from other scanners, are not a positive's mark either).
+Edges thus say nothing about the class. Where a
 class has no plain source (a store without lesions: positives come only from crops), every draw
 of both classes is edged. ``tests/training/test_rescorer_training.py`` holds a data set where the edge alone
 would separate the classes and checks the classifier stays at chance there.
@@ -398,6 +400,9 @@ def train_rescorer(
 
     cfg = cfg or RescorerTrainConfig()
     if options:
+        unknown = sorted(set(options) - set(cfg.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"rescorer options {unknown}: unknown; expected some of {', '.join(cfg.__dataclass_fields__)}")
         cfg = RescorerTrainConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, **options})
     if cfg.steps < 1:
         raise ConfigError(f"rescorer steps {cfg.steps}: must be >= 1 to train one")
