@@ -275,15 +275,21 @@ def dense_points_far(volume_hu: np.ndarray, label: np.ndarray, spacing_mm: Seque
 
 @torch.no_grad()
 def unet_probabilities(net: torch.nn.Module, image: np.ndarray, offsets: np.ndarray, *, batch_size: int = 4) -> np.ndarray:
-    """The U-Net's ``(D, H, W)`` float32 probabilities of a store case's slices (2.5D context by ``offsets``)."""
+    """The U-Net's ``(D, H, W)`` float32 probabilities of a store case's slices (2.5D context by ``offsets``),
+    on the CPU in bfloat16 autocast where it is native, as ``predict`` runs it (so the false positives mined
+    are those inference makes)."""
+    from contextlib import nullcontext
+
+    from lungtumor.model.device import bf16_native
     from lungtumor.preprocessing.grid import context_stack
 
     net.eval()
     out = np.empty(image.shape, dtype=np.float32)
-    for start in range(0, image.shape[0], batch_size):
-        idx = np.arange(start, min(image.shape[0], start + batch_size))
-        x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, offsets), dtype=np.float32))
-        out[idx] = torch.sigmoid(net(x).float())[:, 0].numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16_native("cpu") else nullcontext():
+        for start in range(0, image.shape[0], batch_size):
+            idx = np.arange(start, min(image.shape[0], start + batch_size))
+            x = torch.from_numpy(np.ascontiguousarray(context_stack(image, idx, offsets), dtype=np.float32))
+            out[idx] = torch.sigmoid(net(x).float())[:, 0].numpy()
     return out
 
 
