@@ -335,9 +335,16 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         if not resume and last.exists():  # another run finished here while this one was setting up
             raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
         summary = _fit(cfg, run_dir, dm, module, resume_from)
-        if cfg.rescorer_steps:
+        if cfg.rescorer_steps and _global_zero():  # one process writes the checkpoints (DDP runs this on every rank)
             summary["rescorer"] = _add_run_rescorer(cfg, summary)
         return summary
+
+
+def _global_zero() -> bool:
+    """True in the process of rank 0 (the only one in a single-device run)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
 
 
 def _add_run_rescorer(cfg: TrainConfig, summary: dict[str, Any]) -> dict[str, Any]:
