@@ -8,6 +8,10 @@ cut from the model slices (``PreparedScan.slices``: HU / ``hu_scale`` on the sli
 store's ``image.npy`` that the re-scorer was trained on) at the grid's spacing. For a large tumour
 the centroid patch lies inside it, which the training's positives (centred on whole labelled
 lesions) cover. An ensemble's re-scorers are averaged.
+
+Cost, measured on an AMD EPYC core (one torch thread, load average 3.7 on 2 cores): 20 lesions of a
+150 x 220 x 180 slice stack take 9 ms to cut and 40 ms through the default network, against the
+seconds to tens of seconds of the U-Net's pass over the scan.
 """
 
 from __future__ import annotations
