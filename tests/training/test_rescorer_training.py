@@ -265,6 +265,14 @@ def test_the_command_adds_a_rescorer_to_a_new_checkpoint(world, tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["checkpoint"] == str(out)
     assert world["ckpt"].read_bytes() == before
     assert load_model(out).rescorer is not None
+    # predict with it: the lesion table names the re-scorer's score.
+    from lungtumor.lesions.score import RESCORER_SCORE_TEXT
+
+    scan = world["root"] / "task" / "imagesTr" / "lung_000.nii.gz"
+    pred = tmp_path / "pred" / "lung_000.nii.gz"
+    assert main(["predict", str(out), str(scan), str(pred), "--report", "--min-lesion-score", "0.5"]) == 0
+    doc = json.loads((tmp_path / "pred" / "lung_000_report" / "lesions.json").read_text())
+    assert doc["conventions"]["score"] == RESCORER_SCORE_TEXT
 
 
 class _ThresholdNet(torch.nn.Module):
