@@ -19,6 +19,8 @@ of the full path's pixels), projected from the measured full-path model time.
 Quality (``--quality CKPT DATA``): per case of an MSD-style folder (imagesTr/ + labelsTr/), Dice
 and lesion detection (26-connected, any overlap) of ``segment(mode="full")`` and
 ``segment(mode="fast")`` with the same model and ``--tta flip``, and the fast path's fine fraction.
+``--quality-loso WORK``: the same on real CT, every held-out scan of a ``bench_nodules.py --part loso``
+work folder with the fold's own model (which never saw that scan).
 
 Run: ``python benchmarks/bench_cpu_predict.py --time [--ct FILE] [--avx2]`` and
 ``python benchmarks/bench_cpu_predict.py --quality RUN/best.ckpt HELDOUT_DIR``.
@@ -51,6 +53,11 @@ import json, sys, time
 T = {"t_spawn": float(sys.argv[5])}
 def tick(name):
     T[name] = time.time()
+PREFETCH = sys.argv[6] == "prefetch"  # as `lungtumor predict` does for one NIfTI file
+STOP_AT_FIRST = sys.argv[7] == "stop"  # --startup: the clock stops when the first slice reaches the model
+if PREFETCH:
+    from lungtumor.io import prefetch
+    prefetch.start(sys.argv[2])
 import numpy as np
 from lungtumor.inference import predictor
 from lungtumor.inference import fast as fastmod
@@ -83,6 +90,10 @@ first = []
 def predict(stack, centres, flip):
     if not first:
         first.append(time.time())
+        if STOP_AT_FIRST:
+            T["first_slice"] = first[0]
+            print(json.dumps({"times": T}))
+            sys.exit(0)
     return predictor.predict_slices(model, stack, device="cpu", tta="flip" if flip else "none", offsets=offsets, centres=centres)
 stats = None
 if mode == "fast":
@@ -142,12 +153,20 @@ def child_env(avx2: bool) -> dict:
     return env
 
 
-def run_split(ckpt: Path, ct: Path, out: Path, mode: str, avx2: bool) -> dict:
+def run_split(ckpt: Path, ct: Path, out: Path, mode: str, avx2: bool, *, prefetch: bool = True, stop_at_first: bool = False) -> dict:
     t0 = time.time()
-    res = subprocess.run([sys.executable, "-c", SPLIT_CHILD, str(ckpt), str(ct), str(out), mode, repr(t0)],
+    res = subprocess.run([sys.executable, "-c", SPLIT_CHILD, str(ckpt), str(ct), str(out), mode, repr(t0),
+                          "prefetch" if prefetch else "serial", "stop" if stop_at_first else "all"],
                          check=True, capture_output=True, text=True, env=child_env(avx2))
     rec = json.loads(res.stdout.strip().splitlines()[-1])
     t = rec["times"]
+    if stop_at_first:
+        prev, split = t["t_spawn"], {}
+        for name in ("imports", "checkpoint", "read", "lungs", "grid"):
+            split[name] = t[name] - prev
+            prev = t[name]
+        split["first_slice_s"] = t["first_slice"] - t["t_spawn"]
+        return split
     prev, split = t["t_spawn"], {}
     for name in STAGES:
         split[name] = t[name] - prev
@@ -162,6 +181,28 @@ def run_cli(ckpt: Path, ct: Path, out: Path, mode: str, avx2: bool) -> float:
     subprocess.run([sys.executable, "-m", "lungtumor.cli", "predict", str(ckpt), str(ct), str(out), "--tta", "flip", "--device", "cpu",
                     "--mode", mode], check=True, capture_output=True, text=True, env=child_env(avx2))
     return time.perf_counter() - t0
+
+
+def startup_main(a: argparse.Namespace) -> dict:
+    """Process start to the first slice entering the model, fast mode, with and without the prefetched
+    read (io/prefetch.py, what ``lungtumor predict`` does for one NIfTI file), alternating, ``--startup`` pairs."""
+    from lungtumor.io.nifti import write_nifti
+
+    work = Path(tempfile.mkdtemp(prefix="bench_cpu_startup_"))
+    ct_path = Path(a.ct) if a.ct else work / "ct.nii.gz"
+    if not a.ct:
+        write_nifti(make_ct(a.slices), ct_path)
+    ckpt = work / f"w{a.width}_none.ckpt"
+    make_checkpoint(ckpt, a.width, -30.0)
+    runs: dict[str, list[dict]] = {"prefetch": [], "serial": []}
+    for _ in range(a.startup):
+        for kind in ("serial", "prefetch"):
+            runs[kind].append(run_split(ckpt, ct_path, work / "out.nii.gz", "fast", a.avx2, prefetch=kind == "prefetch", stop_at_first=True))
+    out: dict = {"machine": machine(), "load": os.getloadavg(), "avx2_emulation": a.avx2, "ct": str(ct_path), "pairs": a.startup}
+    for kind, rows in runs.items():
+        out[kind] = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
+        out[kind]["first_slice_all"] = [round(r["first_slice_s"], 3) for r in rows]
+    return out
 
 
 def time_main(a: argparse.Namespace) -> dict:
@@ -206,14 +247,35 @@ def time_main(a: argparse.Namespace) -> dict:
     return result
 
 
-def quality_main(ckpt: str, data: str, cases: int | None) -> dict:
+def quality_cases(ckpt: str, data: str, cases: int | None) -> list[tuple[str, Path, Path]]:
+    """(checkpoint, CT, label) of an MSD-style folder's ``imagesTr/`` + ``labelsTr/`` cases, one model."""
+    paths = sorted((Path(data) / "imagesTr").glob("*.nii.gz"))[:cases]
+    return [(ckpt, p, Path(data) / "labelsTr" / p.name) for p in paths]
+
+
+def loso_cases(work: str) -> list[tuple[str, Path, Path]]:
+    """(checkpoint, CT, label) of every finished fold of a ``bench_nodules.py --part loso`` work folder:
+    each held-out real scan with the model that never saw it (``WORK/loso/SCAN/train/last.ckpt``)."""
+    w = Path(work)
+    out = []
+    for res in sorted((w / "loso").glob("*/result.json")):
+        held_out = res.parent.name
+        out.append((str(res.parent / "train" / "last.ckpt"), w / "pairs" / f"{held_out}_ct.nii.gz", w / "pairs" / f"{held_out}_label.nii.gz"))
+    if not out:
+        raise SystemExit(f"{w}: no finished leave-one-scan-out fold (WORK/loso/*/result.json); run bench_nodules.py --part loso --work {w} first")
+    return out
+
+
+def quality_main(items: list[tuple[str, Path, Path]]) -> dict:
+    """Per (checkpoint, CT, label): Dice, lesions found and false-positive lesions of ``segment`` full
+    and fast (same model, ``--tta flip``, the CPU), their masks' agreement, the fast path's fine fraction
+    and both paths' seconds in this process."""
+    import logging
+
     from lungtumor.evaluation.metrics import dice, lesion_detection
     from lungtumor.inference import segment
     from lungtumor.io.readers import read_volume
     from lungtumor.model.checkpoint import load_model
-
-    model = load_model(ckpt)
-    import logging
 
     records: list[str] = []
 
@@ -225,11 +287,11 @@ def quality_main(ckpt: str, data: str, cases: int | None) -> dict:
     log.addHandler(Grab())
     log.setLevel(logging.INFO)
     rows = []
-    paths = sorted((Path(data) / "imagesTr").glob("*.nii.gz"))[:cases]
-    for p in paths:
+    for ckpt, p, label in items:
+        model = load_model(ckpt)
         ct = read_volume(p)
-        ref = read_volume(Path(data) / "labelsTr" / p.name).array > 0
-        row: dict = {"case": p.name}
+        ref = read_volume(label).array > 0
+        row: dict = {"case": p.name, "checkpoint": ckpt}
         for mode in ("full", "fast"):
             t0 = time.perf_counter()
             mask = segment(ct, model, mode=mode, tta="flip", device="cpu").array > 0
@@ -237,6 +299,7 @@ def quality_main(ckpt: str, data: str, cases: int | None) -> dict:
             row[f"{mode}_dice"] = dice(mask, ref)
             det = lesion_detection(mask, ref)
             row[f"{mode}_found"], row["lesions"], row[f"{mode}_fp"] = det["lesions_found"], det["lesions_ref"], det["false_positive_lesions"]
+            row[f"{mode}_ml"] = float(mask.sum() * ct.voxel_volume_ml)
             row[mode] = mask
         row["fast_vs_full_dice"] = dice(row.pop("fast"), row.pop("full"))
         msg = next((m for m in reversed(records) if m.startswith("fast mode")), "")
@@ -248,6 +311,7 @@ def quality_main(ckpt: str, data: str, cases: int | None) -> dict:
         vals = [r[key] for r in rows if r[key] == r[key]]  # NaN (both empty) excluded
         return float(np.mean(vals)) if vals else float("nan")
 
+    fines = [r["fine_fraction"] for r in rows if r["fine_fraction"] is not None]
     summary = {
         "cases": len(rows),
         "dice_full": mean("full_dice"), "dice_fast": mean("fast_dice"),
@@ -256,7 +320,7 @@ def quality_main(ckpt: str, data: str, cases: int | None) -> dict:
         "fp_per_scan_full": sum(r["full_fp"] for r in rows) / max(1, len(rows)),
         "fp_per_scan_fast": sum(r["fast_fp"] for r in rows) / max(1, len(rows)),
         "fast_vs_full_dice_mean": mean("fast_vs_full_dice"),
-        "fine_fraction_mean": float(np.mean([r["fine_fraction"] for r in rows if r["fine_fraction"] is not None])),
+        "fine_fraction_mean": float(np.mean(fines)) if fines else None,
         "seconds_full": sum(r["full_s"] for r in rows), "seconds_fast": sum(r["fast_s"] for r in rows),
     }
     return {"machine": machine(), "load": os.getloadavg(), "rows": rows, "summary": summary}
@@ -274,13 +338,21 @@ def main() -> None:
     ap.add_argument("--project-fractions", type=float, nargs="*", default=[0.05, 0.15, 0.3])
     ap.add_argument("--avx2", action="store_true", help="children as on a Zen 3 (an emulation)")
     ap.add_argument("--quality", nargs=2, metavar=("CKPT", "DATA"), default=None)
+    ap.add_argument("--quality-loso", default=None, metavar="WORK", help="quality on every finished fold of a bench_nodules.py --part loso WORK folder")
+    ap.add_argument("--startup", type=int, default=0, metavar="N", help="N alternating pairs: start-up to the first slice with and without the prefetched read")
     ap.add_argument("--cases", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args()
     res = {}
     if a.quality:
-        res["quality"] = quality_main(*a.quality, a.cases)
+        res["quality"] = quality_main(quality_cases(*a.quality, a.cases))
         print(json.dumps(res["quality"]["summary"], indent=2))
+    if a.quality_loso:
+        res["quality_loso"] = quality_main(loso_cases(a.quality_loso))
+        print(json.dumps(res["quality_loso"]["summary"], indent=2))
+    if a.startup:
+        res["startup"] = startup_main(a)
+        print(json.dumps(res["startup"], indent=2))
     if a.time:
         res["time"] = time_main(a)
         print(json.dumps(res["time"], indent=2))

@@ -453,6 +453,45 @@ def real_cases(pairs: Path) -> list[str]:
     return sorted(p.name[: -len("_ct.nii.gz")] for p in pairs.glob("*_ct.nii.gz") if not p.name.startswith("zz_"))
 
 
+#: The checkpoints each fold predicts with: the last one (the recipe's fixed schedule) and the best one on the
+#: fold's validation case (a phantom: the held-out scan takes no part in the choice).
+LOSO_CHECKPOINTS = ("last", "best")
+
+
+def predict_fold(run: Path, pairs: Path, held_out: str, kind: str) -> float:
+    """Predict ``held_out`` with the fold's ``kind`` checkpoint (``train/last.ckpt`` or ``train/best.ckpt``)
+    into ``run/pred`` (last) or ``run/pred_best`` with probabilities; returns the seconds."""
+    from lungtumor.predict import predict_path
+
+    out = run / ("pred" if kind == "last" else f"pred_{kind}")
+    t0 = time.perf_counter()
+    predict_path(run / "train" / f"{kind}.ckpt", (pairs / f"{held_out}_ct.nii.gz").resolve(), out / f"{held_out}.nii.gz", probabilities=True, progress=False)
+    return time.perf_counter() - t0
+
+
+def evaluate_loso(work: Path, done: Sequence[str], kind: str) -> dict[str, Any]:
+    """Every held-out prediction of checkpoint ``kind`` scored together with ``evaluate_folder``: spread,
+    pooled, size bands, FP per scan, lesion FROC."""
+    from lungtumor.evaluation.evaluate import evaluate_folder
+
+    sub = "pred" if kind == "last" else f"pred_{kind}"
+    keep = work / "loso" / ("eval_pred" if kind == "last" else f"eval_{sub}")
+    if keep.exists():
+        shutil.rmtree(keep)
+    keep.mkdir()
+    for h in done:
+        (keep / f"{h}.nii.gz").symlink_to((work / "loso" / h / sub / f"{h}.nii.gz").resolve())
+        (keep / f"{h}_prob.nii.gz").symlink_to((work / "loso" / h / sub / f"{h}_prob.nii.gz").resolve())
+    res = evaluate_folder(keep, work / "loso" / "labels", work / "loso" / ("eval" if kind == "last" else f"eval_{kind}"), progress=False, prob_dir=keep)
+    s = res.summary
+    out = {k: s.get(k) for k in ("cases", "dice_mean", "dice_median", "dice_q10", "dice_pooled", "dice_pooled_label", "lesions_ref",
+                                 "lesions_found", "lesion_sensitivity", "false_positive_lesions_per_scan", "lesion_size_bands")}
+    out["lesion_froc"] = {k: s["lesion_froc"].get(k) for k in ("fp_rates", "sensitivity_at_fp_rates", "cpm", "candidates")} if "lesion_froc" in s else None
+    out["per_case"] = [{k: r.get(k) for k in ("case", "dice", "lesions_found", "lesions_ref", "false_positive_lesions", "volume_pred_ml", "volume_ref_ml")}
+                       for r in res.rows]
+    return out
+
+
 def run_loso(
     work: Path, recipe: Path, overrides: dict[str, Any], *, real: Path | None = None, pairs_dir: Path | None = None, crops_dir: Path | None,
     held_outs: Sequence[str] | None = None, seed: int = 0, n_phantoms: int = LOSO_PHANTOMS, phantom_size: str = "FULL",
@@ -539,20 +578,15 @@ def run_loso(
         if on_fold is not None:
             on_fold(report)
     done = [f["held_out"] for f in folds]
+    for h in done:  # the validation-selected checkpoint too (folds cached before it was measured get it here)
+        run = work / "loso" / h
+        if (run / "train" / "best.ckpt").exists() and not (run / "pred_best" / f"{h}_prob.nii.gz").exists():
+            predict_fold(run, pairs, h, "best")
     if done:
         # Every held-out prediction scored together: spread, pooled, size bands, FP per scan, lesion FROC.
-        keep = work / "loso" / "eval_pred"
-        if keep.exists():
-            shutil.rmtree(keep)
-        keep.mkdir()
-        for h in done:
-            (keep / f"{h}.nii.gz").symlink_to((pred_all / f"{h}.nii.gz").resolve())
-            (keep / f"{h}_prob.nii.gz").symlink_to((prob_all / f"{h}_prob.nii.gz").resolve())
-        res = evaluate_folder(keep, label_all, work / "loso" / "eval", progress=False, prob_dir=keep)
-        s = res.summary
-        report["summary"] = {k: s.get(k) for k in ("cases", "dice_mean", "dice_median", "dice_q10", "dice_pooled", "dice_pooled_label", "lesions_ref",
-                                                   "lesions_found", "lesion_sensitivity", "false_positive_lesions_per_scan", "lesion_size_bands")}
-        report["summary"]["lesion_froc"] = {k: s["lesion_froc"].get(k) for k in ("fp_rates", "sensitivity_at_fp_rates", "cpm", "candidates")} if "lesion_froc" in s else None
+        report["summary"] = evaluate_loso(work, done, "last")
+        if all((work / "loso" / h / "pred_best" / f"{h}_prob.nii.gz").exists() for h in done):
+            report["summary_best"] = evaluate_loso(work, done, "best")
     report["total_s"] = time.perf_counter() - t_all
     return report
 
@@ -563,9 +597,15 @@ def loso_table(rep: dict[str, Any]) -> str:
     for f in rep["folds"]:
         lines.append(f"| {f['held_out']} | {f['dice']:.3f} | {f['lesions_found']}/{f['lesions_ref']} | {f['false_positive_lesions']} | "
                      f"{f['volume_pred_ml']:.1f} / {f['volume_ref_ml']:.1f} | {f['slices_seen']} | {f['width']} | {f['train_s']:.0f} |")
-    s = rep.get("summary")
-    if s:
-        lines += ["", f"Dice per case: mean {s['dice_mean']:.3f}, median {s['dice_median']:.3f}, 10th percentile {s['dice_q10']:.3f} ({s['cases']} scans)",
+    for key, title in (("summary", "last checkpoint"), ("summary_best", "best checkpoint on the validation case")):
+        s = rep.get(key)
+        if not s:
+            continue
+        lines += ["", f"**{title}**"]
+        if key != "summary":
+            lines += [f"  {c['case']}: Dice {c['dice']:.3f}, found {c['lesions_found']}/{c['lesions_ref']}, FP {c['false_positive_lesions']}, "
+                      f"pred / ref {c['volume_pred_ml']:.1f} / {c['volume_ref_ml']:.1f} ml" for c in s.get("per_case") or []]
+        lines += [f"Dice per case: mean {s['dice_mean']:.3f}, median {s['dice_median']:.3f}, 10th percentile {s['dice_q10']:.3f} ({s['cases']} scans)",
                   f"Dice pooled: {s['dice_pooled']:.3f} ({s['dice_pooled_label']})",
                   f"lesions: sensitivity {s['lesion_sensitivity']:.2f} ({s['lesions_found']}/{s['lesions_ref']}), FP per scan {s['false_positive_lesions_per_scan']:.1f}"]
         for b in s.get("lesion_size_bands") or []:

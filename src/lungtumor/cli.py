@@ -272,6 +272,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(a: argparse.Namespace) -> None:
+    from lungtumor.io import prefetch
+
+    if a.series_uid is None:  # one NIfTI file: read it while torch is imported below (start-up, io/prefetch.py)
+        prefetch.start(a.input)
     from lungtumor.config import check_batch_size, check_threshold, parse_list
 
     # One path may hold a comma (a folder named so): only a value that is not an existing path is a list.

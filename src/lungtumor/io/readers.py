@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from lungtumor.errors import ConfigError, InputError
+from lungtumor.io import prefetch
 from lungtumor.io.nifti import is_nifti, read_nifti
 from lungtumor.io.volume import Volume
 
@@ -22,7 +23,8 @@ def read_volume(path: str | os.PathLike[str], *, series_uid: str | None = None) 
     if is_nifti(p):
         if series_uid is not None:
             raise ConfigError(f"{p}: --series-uid chooses a series in a DICOM folder, but this input is a NIfTI file; drop --series-uid")
-        return read_nifti(p)
+        ahead = prefetch.take(p)  # read in a thread while predict imported torch (io/prefetch.py)
+        return ahead if ahead is not None else read_nifti(p)
     raise InputError(f"{p}: unknown input type; pass a .nii/.nii.gz file or a DICOM series folder")
 
 
