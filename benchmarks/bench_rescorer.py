@@ -21,7 +21,7 @@ lesions per scan with every candidate and with the candidates scoring >= 0.5, th
 found count with every candidate is the same for the three scores), and the AUC of the score, true
 against false-positive candidates. The re-scorer never adds a lesion; it can only rank them.
 
-Run: ``python benchmarks/bench_rescorer.py WORK [--steps 600] [--crops DIR]``. ``--tiny`` makes its own
+Run: ``python benchmarks/bench_rescorer.py WORK [--steps 600] [--crops DIR] [--checkpoint last|best]``. ``--tiny`` makes its own
 tiny work folder first (``bench_nodules.py``'s loso on two SMALL phantom scans and synthetic crops, width
 4, a few steps) and trains the re-scorer a few steps: a check of the plumbing, not a measurement.
 """
@@ -51,12 +51,12 @@ SMALL_MM = 30.0
 CUT = 0.5
 
 
-def finished_folds(work: Path) -> list[str]:
-    """The held-out scans of ``WORK/loso`` whose U-Net, fold store and scan are all there."""
+def finished_folds(work: Path, checkpoint: str = "last") -> list[str]:
+    """The held-out scans of ``WORK/loso`` whose U-Net (``train/<checkpoint>.ckpt``), fold store and scan are all there."""
     out = []
     for run in sorted((work / "loso").glob("*")):
         held = run.name
-        if (run / "train" / "last.ckpt").is_file() and (work / "folds" / held / "store.json").is_file() and (work / "pairs" / f"{held}_ct.nii.gz").exists():
+        if (run / "train" / f"{checkpoint}.ckpt").is_file() and (work / "folds" / held / "store.json").is_file() and (work / "pairs" / f"{held}_ct.nii.gz").exists():
             out.append(held)
     return out
 
@@ -117,23 +117,26 @@ def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run(work: Path, crops: Path | None, *, steps: int, batch: int, seed: int, held_outs: list[str] | None = None) -> dict[str, Any]:
-    """Every finished fold of ``work``: re-scorer trained, held-out scan predicted, scores compared."""
+def run(
+    work: Path, crops: Path | None, *, steps: int, batch: int, seed: int, held_outs: list[str] | None = None, checkpoint: str = "last",
+) -> dict[str, Any]:
+    """Every finished fold of ``work``: re-scorer trained for its ``checkpoint`` (``last`` or ``best``), held-out scan
+    predicted, scores compared."""
     from lungtumor.predict import predict_path
     from lungtumor.training.rescorer import add_rescorer, train_rescorer
 
-    folds = held_outs or finished_folds(work)
+    folds = held_outs or finished_folds(work, checkpoint)
     if not folds:
         raise SystemExit(f"{work}: no finished leave-one-scan-out fold (loso/<scan>/train/last.ckpt with folds/<scan> and pairs/<scan>_ct.nii.gz)")
     rows, cases = [], {k: [] for k in SCORES}
     for held in folds:
-        out = work / "rescorer" / held
+        out = work / "rescorer" / held if checkpoint == "last" else work / f"rescorer_{checkpoint}" / held
         out.mkdir(parents=True, exist_ok=True)
         ckpt = out / "rescored.ckpt"
+        unet = work / "loso" / held / "train" / f"{checkpoint}.ckpt"
         t0 = time.perf_counter()
-        net, info = train_rescorer(work / "loso" / held / "train" / "last.ckpt", work / "folds" / held, lesion_dir=crops, crop_exclude=held,
-                                   steps=steps, batch=batch, seed=seed)
-        add_rescorer(work / "loso" / held / "train" / "last.ckpt", ckpt, net, info)
+        net, info = train_rescorer(unet, work / "folds" / held, lesion_dir=crops, crop_exclude=held, steps=steps, batch=batch, seed=seed)
+        add_rescorer(unet, ckpt, net, info)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pred = out / "pred" / f"{held}.nii.gz"
@@ -152,7 +155,7 @@ def run(work: Path, crops: Path | None, *, steps: int, batch: int, seed: int, he
               f"(found {row['rescorer'][f'found_at_{CUT:g}']}); AUC prob_max {row['prob_max']['auc_true_vs_false']}, rescorer {row['rescorer']['auc_true_vs_false']}",
               flush=True)
     return {"folds": rows, "pooled": {kind: summarise(cases[kind]) for kind in SCORES}, "steps": steps, "batch": batch, "seed": seed,
-            "crops": str(crops) if crops else None}
+            "crops": str(crops) if crops else None, "checkpoint": checkpoint}
 
 
 def table(rep: dict[str, Any]) -> str:
@@ -185,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--held-out", default=None, help="only these folds, comma-separated")
+    ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="the fold's U-Net: train/last.ckpt (default) or train/best.ckpt")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
     ap.add_argument("--tiny", action="store_true", help="a tiny synthetic work folder first, a few steps (plumbing only)")
     ap.add_argument("--json", default=None, help="also write the results here")
@@ -202,12 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         crops = None if a.crops == "none" else Path(a.crops) if a.crops else REAL / CROPS_DIR
         steps, batch = a.steps, a.batch
-    report.update(run(work, crops, steps=steps, batch=batch, seed=a.seed, held_outs=a.held_out.split(",") if a.held_out else None))
+    report.update(run(work, crops, steps=steps, batch=batch, seed=a.seed, held_outs=a.held_out.split(",") if a.held_out else None, checkpoint=a.checkpoint))
     report["load_average_end"] = os.getloadavg()
     report["total_s"] = time.perf_counter() - t0
     print(table(report), flush=True)
     text = json.dumps(report, indent=2, default=str)
-    (work / "rescorer" / "results.json").write_text(text)
+    (work / ("rescorer" if a.checkpoint == "last" else f"rescorer_{a.checkpoint}") / "results.json").write_text(text)
     if a.json:
         Path(a.json).write_text(text)
     return 0
