@@ -253,14 +253,14 @@ def quality_cases(ckpt: str, data: str, cases: int | None) -> list[tuple[str, Pa
     return [(ckpt, p, Path(data) / "labelsTr" / p.name) for p in paths]
 
 
-def loso_cases(work: str) -> list[tuple[str, Path, Path]]:
+def loso_cases(work: str, kind: str = "best") -> list[tuple[str, Path, Path]]:
     """(checkpoint, CT, label) of every finished fold of a ``bench_nodules.py --part loso`` work folder:
-    each held-out real scan with the model that never saw it (``WORK/loso/SCAN/train/last.ckpt``)."""
+    each held-out real scan with the model that never saw it (``WORK/loso/SCAN/train/KIND.ckpt``)."""
     w = Path(work)
     out = []
     for res in sorted((w / "loso").glob("*/result.json")):
         held_out = res.parent.name
-        out.append((str(res.parent / "train" / "last.ckpt"), w / "pairs" / f"{held_out}_ct.nii.gz", w / "pairs" / f"{held_out}_label.nii.gz"))
+        out.append((str(res.parent / "train" / f"{kind}.ckpt"), w / "pairs" / f"{held_out}_ct.nii.gz", w / "pairs" / f"{held_out}_label.nii.gz"))
     if not out:
         raise SystemExit(f"{w}: no finished leave-one-scan-out fold (WORK/loso/*/result.json); run bench_nodules.py --part loso --work {w} first")
     return out
@@ -339,6 +339,7 @@ def main() -> None:
     ap.add_argument("--avx2", action="store_true", help="children as on a Zen 3 (an emulation)")
     ap.add_argument("--quality", nargs=2, metavar=("CKPT", "DATA"), default=None)
     ap.add_argument("--quality-loso", default=None, metavar="WORK", help="quality on every finished fold of a bench_nodules.py --part loso WORK folder")
+    ap.add_argument("--loso-checkpoint", default="best", choices=["best", "last"], help="--quality-loso: each fold's best (validation) or last checkpoint")
     ap.add_argument("--startup", type=int, default=0, metavar="N", help="N alternating pairs: start-up to the first slice with and without the prefetched read")
     ap.add_argument("--cases", type=int, default=None)
     ap.add_argument("--out", default=None, help="also write the JSON here")
@@ -348,7 +349,7 @@ def main() -> None:
         res["quality"] = quality_main(quality_cases(*a.quality, a.cases))
         print(json.dumps(res["quality"]["summary"], indent=2))
     if a.quality_loso:
-        res["quality_loso"] = quality_main(loso_cases(a.quality_loso))
+        res["quality_loso"] = quality_main(loso_cases(a.quality_loso, a.loso_checkpoint))
         print(json.dumps(res["quality_loso"]["summary"], indent=2))
     if a.startup:
         res["startup"] = startup_main(a)
