@@ -26,7 +26,8 @@ that with ``--tta flip``: 45-90 s of arithmetic alone on two AVX2 cores. Tumour 
 
 Where every tumour voxel lies inside the boxes and the network's output on a crop equals its output
 on the whole slice (a pointwise model; the tests use one), fast and full give the same mask. With a
-real U-Net the crop's context differs beyond the halo: BENCHMARKS.md measures the difference.
+real U-Net the crop's context differs beyond the halo, and a small lesion may not be a candidate at
+all on the coarse grid (one real nodule of 25 mm was not): BENCHMARKS.md measures the difference.
 
 This module plans (grids, slice choice, boxes) and assembles; the model is run by the caller's
 ``predict`` function (:func:`lungtumor.inference.predictor.segment` passes its own), so this file
@@ -49,9 +50,10 @@ from lungtumor.preprocessing.grid import SliceGrid
 
 log = logging.getLogger(__name__)
 
-#: ``--mode``: ``full`` is the default until the fast path's quality margin is measured on real CT (BENCHMARKS.md,
-#: "Fast CPU path"); ``auto`` is fast on a CPU and full on CUDA (a GPU runs the full path in well under a
-#: second of model time, so there is nothing to win there).
+#: ``--mode``: ``full`` is the default. Measured on real CT (BENCHMARKS.md, "Fast CPU path"), the coarse pass
+#: of a model trained at 1.5 mm missed a 25 mm nodule that the full path found, while a width-16 model on
+#: the full path answers in 7-11 s on two CPU cores: so a CPU user trains narrow, and ``fast`` stays opt-in.
+#: ``auto`` is fast on a CPU and full on CUDA (a GPU runs the full path in well under a second of model time).
 MODES = ("auto", "fast", "full")
 #: Coarse pixel = this many model pixels per in-plane axis (1.5 mm -> 3 mm: 1/4 of the arithmetic).
 COARSE_FACTOR = 2.0
