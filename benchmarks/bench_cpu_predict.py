@@ -55,9 +55,10 @@ def tick(name):
     T[name] = time.time()
 PREFETCH = sys.argv[6] == "prefetch"  # as `lungtumor predict` does for one NIfTI file
 STOP_AT_FIRST = sys.argv[7] == "stop"  # --startup: the clock stops when the first slice reaches the model
+from lungtumor.io import prefetch
 if PREFETCH:
-    from lungtumor.io import prefetch
-    prefetch.start(sys.argv[2])
+    from lungtumor.cli import _lung_region_ahead
+    prefetch.start(sys.argv[2], then=_lung_region_ahead)
 import numpy as np
 from lungtumor.inference import predictor
 from lungtumor.inference import fast as fastmod
@@ -76,8 +77,12 @@ tick("read")
 from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
 cfg = model.preprocess
 canonical = to_canonical(ct, cfg.axcodes)
-found, _ = lung_region_or_whole_scan(canonical, fallback="whole scan")
-region = found.mask if found.found else None
+ahead = prefetch.after(ct)  # as prepare() takes it
+if ahead is not None:
+    region = ahead[0][1]
+else:
+    found, _ = lung_region_or_whole_scan(canonical, fallback="whole scan")
+    region = found.mask if found.found else None
 tick("lungs")
 grid = fit_grid(canonical, region, cfg)
 slices = grid.image_to_slices(canonical)

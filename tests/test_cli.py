@@ -119,3 +119,45 @@ def test_file_system_errors_are_one_line(tmp_path, capsys) -> None:
     blocker.write_text("not a folder")
     rc, _, err = _run(capsys, "phantom", str(blocker / "out"), "--cases", "1", "--test-cases", "0")
     assert rc == 2 and "a_file" in err and "Traceback" not in err and err.strip().count("\n") == 0
+
+
+def test_predict_of_one_file_finds_the_lungs_ahead_and_writes_what_the_api_writes(tmp_path, capsys) -> None:
+    """The command line reads the CT and finds its lungs while torch is imported (io/prefetch.py); the
+    mask is the API's, which does neither ahead."""
+    import torch
+
+    from lungtumor.config import PreprocessConfig
+    from lungtumor.io import prefetch
+    from lungtumor.io.nifti import read_nifti
+    from lungtumor.model.checkpoint import checkpoint_metadata
+    from lungtumor.model.unet import ModelConfig, UNet
+    from lungtumor.phantom.dataset import write_phantom_dataset
+    from lungtumor.predict import predict_path
+
+    task = write_phantom_dataset(tmp_path / "task", cases=1, test_cases=0, size="SMALL", seed=3)
+    ct = next((task / "imagesTr").glob("*.nii.gz"))
+    torch.manual_seed(0)
+    cfg = ModelConfig(width=2, depth=2)
+    net = UNet(cfg)
+    with torch.no_grad():
+        net.head.bias.fill_(2.0)  # every voxel over 0.5: the mask is what the lung region keeps
+    ckpt = tmp_path / "lung.ckpt"
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()},
+                "lungtumor": checkpoint_metadata(cfg.__dict__, PreprocessConfig(preset="lung").to_dict(), 0, threshold=0.5)}, ckpt)
+    used = []
+    original = prefetch.after
+
+    def spy(volume):
+        got = original(volume)
+        used.append(got is not None)
+        return got
+
+    prefetch.after = spy
+    try:
+        rc, _, err = _run(capsys, "predict", str(ckpt), str(ct), str(tmp_path / "cli.nii.gz"), "--device", "cpu")
+    finally:
+        prefetch.after = original
+    assert rc == 0, err
+    assert used == [True]  # the region found ahead was used
+    predict_path(ckpt, ct, tmp_path / "api.nii.gz", device="cpu", progress=False)
+    np.testing.assert_array_equal(read_nifti(tmp_path / "cli.nii.gz").array, read_nifti(tmp_path / "api.nii.gz").array)

@@ -271,11 +271,20 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _lung_region_ahead(volume: Any) -> Any:
+    """``predict``'s lung region of a CT it has not checked yet, in the prefetch thread (nothing for a CT
+    ``check_ct`` refuses: predict then raises its own error)."""
+    from lungtumor.io.readers import check_ct
+    from lungtumor.preprocessing.lungs import prediction_region_ahead
+
+    return prediction_region_ahead(check_ct(volume))
+
+
 def _cmd_predict(a: argparse.Namespace) -> None:
     from lungtumor.io import prefetch
 
-    if a.series_uid is None:  # one NIfTI file: read it while torch is imported below (start-up, io/prefetch.py)
-        prefetch.start(a.input)
+    if a.series_uid is None:  # one NIfTI file: read it and find its lungs while torch is imported below (io/prefetch.py)
+        prefetch.start(a.input, then=_lung_region_ahead)
     from lungtumor.config import check_batch_size, check_threshold, parse_list
 
     # One path may hold a comma (a folder named so): only a value that is not an existing path is a list.

@@ -77,3 +77,22 @@ def test_starting_a_read_imports_nothing_heavy():
     code = "import sys; from lungtumor.io import prefetch; print(sorted(m for m in ('numpy', 'nibabel', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_then_runs_after_the_read_and_is_given_once_for_that_volume(ct_file):
+    seen = []
+    assert prefetch.start(ct_file, then=lambda v: seen.append(v) or "region")
+    vol = read_volume(ct_file)
+    assert seen == [vol]
+    assert prefetch.after(read_nifti(ct_file)) is None  # another Volume object: not its result
+    assert prefetch.after(vol) == ("region",)
+    assert prefetch.after(vol) is None  # once
+
+
+def test_a_failing_then_leaves_nothing_for_the_caller(ct_file):
+    def boom(volume):
+        raise RuntimeError("no")
+
+    assert prefetch.start(ct_file, then=boom)
+    vol = read_volume(ct_file)
+    assert vol is not None and prefetch.after(vol) is None

@@ -541,3 +541,23 @@ def test_real_dicom_hemithorax_crop(real_data: Path) -> None:
     cropped, crop_label = _crop(ct, box), _crop(label, box)
     region = find_lung_region(cropped)
     assert region.found and _check_region(region, cropped)[crop_label.array > 0].all()
+
+
+def test_prediction_region_ahead_is_predicts_region_and_holds_back_its_warnings(caplog) -> None:
+    from lungtumor.io.volume import to_canonical
+    from lungtumor.preprocessing.lungs import prediction_region, prediction_region_ahead
+
+    ct, _, _ = _chest()
+    rps, _ = reorient(ct, ("R", "P", "S"))
+    axcodes, region, held = prediction_region_ahead(rps)
+    assert axcodes == ("L", "A", "S") and not held
+    expected = prediction_region(to_canonical(rps, axcodes))
+    assert region is not None and np.array_equal(region.array, expected.array) and np.allclose(region.affine, expected.affine)
+
+    no_lungs, _, _ = _chest(lungs=False, masses=False)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        axcodes, region, held = prediction_region_ahead(no_lungs)
+    assert region is None
+    assert any("no lungs found" in r.getMessage() for r in held)
+    assert not [r for r in caplog.records if r.name == "lungtumor.preprocessing.lungs"]  # held back, not logged

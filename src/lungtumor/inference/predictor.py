@@ -38,6 +38,7 @@ import torch
 from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, PreprocessConfig, check_batch_size, check_threshold
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.inference.fast import check_mode, coarse_config, fast_probabilities, fast_supported, resolve_mode
+from lungtumor.io import prefetch
 from lungtumor.io.volume import Volume, to_canonical
 from lungtumor.lesions.components import postprocess_mask
 from lungtumor.lesions.score import check_min_lesion_score, remove_low_score_lesions
@@ -216,12 +217,18 @@ def prepare(
     seconds = {"lungs": 0.0, "grid": 0.0}
     canonical = to_canonical(volume, preprocess.axcodes)  # the one reorientation: the lung finder, the fit and the slicing share it
     if region is None and preset_for(preprocess).needs_lung_region:
-        from lungtumor.preprocessing.lungs import lung_region_or_whole_scan
+        from lungtumor.preprocessing.lungs import prediction_region
 
         t0 = time.perf_counter()
-        # No lungs found: the whole scan is segmented and no lesion is dropped for lying outside.
-        found, _ = lung_region_or_whole_scan(canonical, fallback="segmenting the whole field of view")
-        region = found.mask if found.found else None
+        # Found while torch was imported (predict of one NIfTI file: io/prefetch.py), else here. No lungs
+        # found: None, the whole scan is segmented and no lesion is dropped for lying outside.
+        ahead = prefetch.after(volume)
+        if ahead is not None and tuple(ahead[0][0]) == tuple(preprocess.axcodes):
+            _, region, held = ahead[0]
+            for record in held:  # its warnings, now that the region is used
+                logging.getLogger(record.name).handle(record)
+        else:
+            region = prediction_region(canonical)
         seconds["lungs"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     grid: SliceGrid = fit_grid(canonical, region, preprocess)

@@ -42,6 +42,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -308,6 +309,49 @@ def include_label(region: LungRegion, label: Volume) -> tuple[LungRegion, int]:
         ),
         n_outside,
     )
+
+
+#: What ``predict`` does where no lungs are found (the end of its warning).
+PREDICT_FALLBACK = "segmenting the whole field of view"
+
+
+def prediction_region(ct: Volume | CanonicalVolume) -> Volume | None:
+    """The lung region ``predict`` crops to (:func:`lung_region_or_whole_scan`), or None where no lungs
+    are found: the whole scan is then segmented and no lesion is dropped for lying outside."""
+    found, _ = lung_region_or_whole_scan(ct, fallback=PREDICT_FALLBACK)
+    return found.mask if found.found else None
+
+
+class _HoldThisThread(logging.Filter):
+    """Holds back (and keeps) the records that the current thread logs through one logger."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.thread == self.thread:
+            self.records.append(record)
+            return False
+        return True
+
+
+def prediction_region_ahead(volume: Volume, axcodes: tuple[str, str, str] = CANONICAL_AXCODES) -> tuple[tuple[str, str, str], Volume | None, list[logging.LogRecord]]:
+    """:func:`prediction_region` of ``volume`` reoriented to ``axcodes``, computed ahead in a background
+    thread (``predict``'s start-up, :mod:`lungtumor.io.prefetch`): its warnings are held back and
+    returned, so that they are logged when (and only if) the region is used.
+
+    Returns:
+        ``(axcodes, region or None, the held log records)``.
+    """
+    hold = _HoldThisThread()
+    log.addFilter(hold)
+    try:
+        region = prediction_region(to_canonical(volume, axcodes))
+    finally:
+        log.removeFilter(hold)
+    return tuple(axcodes), region, hold.records  # type: ignore[return-value]
 
 
 def lung_region_or_whole_scan(ct: Volume | CanonicalVolume, label: Volume | None = None, *, fallback: str) -> tuple[LungRegion, int]:
