@@ -67,7 +67,7 @@ def test_the_patch_is_centred_on_each_lesion_in_any_orientation(codes) -> None:
     model = _model(None)
     prepared = prepare(ct, PRE)
     mask = finish(prepared, run_models(prepared, [model]), threshold=0.5)
-    inst, scores = rescore_lesions(mask.array, prepared.slices, prepared.grid, [CentreRescorer(PATCH).eval()])
+    inst, scores = rescore_lesions(mask, prepared.slices, prepared.grid, [CentreRescorer(PATCH).eval()])
     assert inst.count == 2
     assert np.all(scores > 0.99), scores  # a wrong axis or a flipped one would centre the small lesion's patch on lung
 
@@ -78,7 +78,7 @@ def test_the_lesion_score_is_the_rescorers() -> None:
     probs = run_models(prepared, [_model(None)])
     rescorer = SizeRescorer(PATCH).eval()
     mask, prob = finish(prepared, probs, threshold=0.5, return_probabilities=True)
-    inst, scores = rescore_lesions(mask.array, prepared.slices, prepared.grid, [rescorer])
+    inst, scores = rescore_lesions(mask, prepared.slices, prepared.grid, [rescorer])
     assert inst.count == 2 and scores[0] > scores[1]  # id 1 is the bigger lesion
     cut = float(np.mean(scores))
     # By the U-Net's prob_max both lesions stay (1.0 each); by the re-scorer's the small one goes.
@@ -114,7 +114,7 @@ def test_predict_report_carries_the_rescorers_score_and_its_definition(tmp_path)
         else:
             prepared = prepare(_ct(), PRE)
             mask = finish(prepared, run_models(prepared, [_model(None)]), threshold=0.5)
-            _, expected = rescore_lesions(mask.array, prepared.slices, prepared.grid, [rescorer])
+            _, expected = rescore_lesions(mask, prepared.slices, prepared.grid, [rescorer])
             assert scores == pytest.approx(expected.tolist(), abs=1e-6)
     # --min-lesion-score through predict: the re-scorer's score decides.
     out = tmp_path / "cut" / "ct.nii.gz"

@@ -60,18 +60,17 @@ def rescore_at(slices: np.ndarray, grid: SliceGrid, centres_slice: np.ndarray, r
     return total / max(1, len(rescorers))
 
 
-def rescore_lesions(mask: np.ndarray, slices: np.ndarray, grid: SliceGrid, rescorers: Sequence[Rescorer]) -> tuple[LabelledInstances, np.ndarray]:
-    """The lesions of ``mask`` (input grid) and their re-scorer probabilities (by instance id 1..count)."""
-    inst = label_cropped(np.asarray(mask) != 0)
+def rescore_lesions(mask: Volume, slices: np.ndarray, grid: SliceGrid, rescorers: Sequence[Rescorer]) -> tuple[LabelledInstances, np.ndarray]:
+    """The lesions of ``mask`` (on the input grid) and their re-scorer probabilities (by instance id 1..count)."""
+    inst = label_cropped(np.asarray(mask.array) != 0)
     if inst.count == 0 or not rescorers:
         return inst, np.zeros(inst.count, dtype=np.float64)
-    spacing = tuple(float(s) for s in np.linalg.norm(np.asarray(grid.input_affine, dtype=np.float64)[:3, :3], axis=0))
-    centres = input_to_slice_coords(grid, instance_centres(inst, spacing))  # type: ignore[arg-type]
+    centres = input_to_slice_coords(grid, instance_centres(inst, mask.spacing_mm))
     return inst, rescore_at(slices, grid, centres, rescorers)
 
 
 def lesion_score_volume(mask: Volume, slices: np.ndarray, grid: SliceGrid, rescorers: Sequence[Rescorer]) -> Volume:
     """A Volume on ``mask``'s grid holding each lesion's re-scorer probability on its voxels
     (:func:`~lungtumor.lesions.score.score_map`; scored by ``prob_max`` it gives the re-scores back)."""
-    inst, scores = rescore_lesions(mask.array, slices, grid, rescorers)
+    inst, scores = rescore_lesions(mask, slices, grid, rescorers)
     return Volume(score_map(inst, scores, mask.shape), mask.affine, {**mask.meta, "path": None})
