@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -238,6 +239,13 @@ def test_a_store_refuses_a_case_from_another_source_and_a_changed_split(tmp_path
         preprocess_task(b, store, cfg, split, progress=False)
     with pytest.raises(ConfigError, match="train STORE --fold"):
         preprocess_task(a, store, cfg, SplitConfig(folds=2, fold=1), progress=False)
+    # The same file rewritten in place (same name and size, a new time): said as such, not as another file.
+    first = sorted((a / "imagesTr").glob("*.nii.gz"))[0]
+    st = first.stat()
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 5 * 10**9))
+    with pytest.raises(ConfigError, match=r"lung_000's image .* was modified after it was preprocessed \(.* UTC, now .* UTC\)"):
+        preprocess_task(a, store, cfg, split, progress=False)
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns))
     # A truncated cached array is detected and the case rebuilt, identical to before.
     image = store / "cases" / "lung_001" / "image.npy"
     good = image.read_bytes()

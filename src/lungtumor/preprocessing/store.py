@@ -426,10 +426,25 @@ def check_same_source(meta: dict[str, Any], case: CaseFiles, store: Path) -> Non
     for role in ("image", "label"):
         if recorded.get(role) != now.get(role):
             was, is_ = recorded.get(role) or {}, now.get(role) or {}
+            if (was.get("path"), was.get("size")) == (is_.get("path"), is_.get("size")):
+                # The same file name and size: the file was rewritten or copied again in place since.
+                raise ConfigError(
+                    f"{store}: case {case.case_id}'s {role} {is_.get('path')} was modified after it was preprocessed "
+                    f"({_when(was.get('mtime_ns'))}, now {_when(is_.get('mtime_ns'))}); use a new STORE_DIR (or delete the store) for this dataset"
+                )
             raise ConfigError(
                 f"{store}: case {case.case_id} was preprocessed from {was.get('path')} ({was.get('size')} bytes) but the dataset's "
                 f"{role} is now {is_.get('path')} ({is_.get('size')} bytes); use a new STORE_DIR (or delete the store) for this dataset"
             )
+
+
+def _when(mtime_ns: Any) -> str:
+    """A modification time in ns as UTC, to the second ('?' when not recorded)."""
+    import datetime
+
+    if mtime_ns is None:
+        return "?"
+    return datetime.datetime.fromtimestamp(int(mtime_ns) / 1e9, tz=datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def cached_arrays_ok(case_dir: Path, meta: dict[str, Any]) -> bool:
