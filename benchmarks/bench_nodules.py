@@ -439,6 +439,9 @@ def build_pairs(work: Path, real: Path | None, pairs_dir: Path | None, n_phantom
     phantoms = work / "phantoms"
     if n_phantoms and not (phantoms / "dataset.json").exists():
         write_phantom_dataset(phantoms, cases=n_phantoms, test_cases=0, size=phantom_size, seed=7)
+    have = len(list((phantoms / "imagesTr").glob("*.nii.gz"))) if n_phantoms else 0
+    if n_phantoms and have != n_phantoms:
+        raise SystemExit(f"{phantoms} holds {have} phantoms, not --phantoms {n_phantoms}; use another --work")
     for img in sorted((phantoms / "imagesTr").glob("*.nii.gz")) if n_phantoms else ():
         case = "zz_" + img.name[: -len(".nii.gz")]  # sorted after every real scan: the validation case
         for kind, src in (("ct", img), ("label", phantoms / "labelsTr" / img.name)):
@@ -529,8 +532,9 @@ def run_loso(
         res_path = run / "result.json"
         if res_path.exists():
             cached = json.loads(res_path.read_text())
-            if "recipe" in cached and (cached["recipe"], cached.get("overrides")) != (str(recipe), overrides):
-                raise SystemExit(f"{run} holds a fold of another recipe or --set ({cached.get('recipe')}, {cached.get('overrides')}); use another --work")
+            if "recipe" in cached and (cached["recipe"], cached.get("overrides"), cached.get("phantoms", 1)) != (str(recipe), overrides, n_phantoms):
+                raise SystemExit(f"{run} holds a fold of another recipe, --set or --phantoms ({cached.get('recipe')}, {cached.get('overrides')}, "
+                                 f"{cached.get('phantoms', 1)} phantoms); use another --work")
             folds.append(cached)
             continue
         # Not started when it would not finish: the time left is shorter than the last fold took.
@@ -566,7 +570,7 @@ def run_loso(
         (run / "labels").mkdir(exist_ok=True)
         (run / "labels" / name).symlink_to((pairs / f"{held_out}_label.nii.gz").resolve())
         row = evaluate_folder(run / "pred", run / "labels", None, progress=False, prob_dir=run / "pred").rows[0]
-        rec = {"held_out": held_out, "recipe": str(recipe), "overrides": overrides, "dice": row["dice"], "lesions_found": row["lesions_found"], "lesions_ref": row["lesions_ref"],
+        rec = {"held_out": held_out, "recipe": str(recipe), "overrides": overrides, "phantoms": n_phantoms, "dice": row["dice"], "lesions_found": row["lesions_found"], "lesions_ref": row["lesions_ref"],
                "false_positive_lesions": row["false_positive_lesions"], "volume_pred_ml": row["volume_pred_ml"], "volume_ref_ml": row["volume_ref_ml"],
                "steps": summary["global_step"], "batch": cfg.batch_size, "slices_seen": summary["global_step"] * cfg.batch_size, "width": cfg.width,
                "train_s": train_s, "predict_s": predict_s, "crops_excluded": [held_out] if crops_dir is not None else None,
@@ -684,6 +688,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2000, help="crops: training steps per fold")
     ap.add_argument("--batch", type=int, default=32, help="crops: slices per step")
     ap.add_argument("--held-out", default=None, help="loso: scans to hold out, comma-separated (default every real scan)")
+    ap.add_argument("--phantoms", type=int, default=LOSO_PHANTOMS, help="loso: FULL phantom scans in every fold's store; the last validates, "
+                    "the others train (default 1: the validation case only)")
     ap.add_argument("--no-crops-in-loso", action="store_true", help="loso: train without --lesion-dir")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
@@ -701,7 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     real = Path(a.real)
     crops_dir = Path(a.crops) if a.crops else real / CROPS_DIR
     pairs_dir = Path(a.pairs) if a.pairs else None
-    steps, batch, n_phantoms, phantom_size, limit = a.steps, a.batch, LOSO_PHANTOMS, "FULL", None
+    steps, batch, n_phantoms, phantom_size, limit = a.steps, a.batch, a.phantoms, "FULL", None
     if a.tiny:
         crops_dir = write_tiny_crops(work / "tiny_crops")
         pairs_dir = write_tiny_scans(work / "tiny_pairs")
