@@ -515,6 +515,8 @@ def test_postprocess_matches_labelling_the_whole_mask(path: str, order: str, mon
 
     if path == "dense":
         monkeypatch.setattr(seg, "SPARSE_LESION_VOXELS", 0)
+    else:  # these masks fill a third of their box: the graph path only when told to take it
+        monkeypatch.setattr(seg, "SPARSE_MAX_FILL", 1.0)
     rng = np.random.default_rng(5)
     full = np.ones((3, 3, 3), bool)
     for trial in range(6):
@@ -531,6 +533,21 @@ def test_postprocess_matches_labelling_the_whole_mask(path: str, order: str, mon
         sizes = np.bincount(labels.ravel())
         small = postprocess_mask(mask, region, voxel_ml=0.001, min_lesion_ml=0.02)
         np.testing.assert_array_equal(small, (keep & (sizes * 0.001 >= 0.02))[labels].astype(np.uint8))
+
+
+def test_postprocess_takes_the_voxel_graph_for_a_few_lesions_and_the_box_for_a_filled_one(monkeypatch) -> None:
+    from lungtumor.lesions import components as seg
+
+    calls: list[int] = []
+    real = seg._sparse_components
+    monkeypatch.setattr(seg, "_sparse_components", lambda lin, shape: calls.append(lin.size) or real(lin, shape))
+    few = np.zeros((60, 120, 120), np.uint8)
+    few[5:8, 5:8, 5:8] = 1
+    few[50:53, 100:104, 100:103] = 1  # two small lesions far apart: 0.05 % of their box
+    assert seg.postprocess_mask(few, None, 0.001).sum() == 27 + 36 and calls == [63]
+    filled = np.zeros((60, 120, 120), np.uint8)
+    filled[::2] = 1  # half of the box: labelled as a box, no graph
+    assert seg.postprocess_mask(filled, None, 0.001).sum() == filled.sum() and calls == [63]
 
 
 @pytest.mark.parametrize("clip_hu", [None, (-1000.0, 500.0)])
