@@ -548,6 +548,35 @@ class SliceStore:
         self.preprocess = PreprocessConfig.from_dict(self.summary["preprocess"])
         self._maps: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._metas: dict[str, dict[str, Any]] = {}
+        self._case_dirs: dict[str, Path] = {}  # cases of another store joined to this one (:meth:`joined`)
+
+    def case_dir(self, case: str) -> Path:
+        """The folder of ``case``'s arrays and meta.json."""
+        return self._case_dirs.get(case) or self.root / "cases" / case
+
+    def joined(self, other: SliceStore, prefix: str) -> SliceStore:
+        """This store with ``other``'s cases added as ``prefix + id`` (e.g. phantom scans for training).
+
+        The split, summary and preprocessing stay this store's; ``other`` must have been preprocessed
+        the same way (its slices are then the same kind of input for the model).
+
+        Raises:
+            ConfigError: the two stores' preprocessing differs, or a prefixed id is already a case here.
+        """
+        mine, theirs = self.preprocess.to_dict(), other.preprocess.to_dict()
+        if mine != theirs:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ConfigError(f"{other.root}: preprocessed otherwise than {self.root} ({', '.join(diff)}); build it with the store's options")
+        added = {prefix + c: v for c, v in other.manifest["cases"].items()}
+        clash = sorted(set(added) & set(self.manifest["cases"]))
+        if clash:
+            raise ConfigError(f"{self.root}: already holds a case named {clash[0]}; rename the case or use another prefix")
+        out = SliceStore.__new__(SliceStore)
+        out.__dict__.update(self.__dict__)
+        out.manifest = {**self.manifest, "cases": {**self.manifest["cases"], **added}}
+        out._case_dirs = {**self._case_dirs, **{prefix + c: other.case_dir(c) for c in other.manifest["cases"]}}
+        out._maps, out._metas = OrderedDict(), {}
+        return out
 
     @property
     def splits(self) -> dict[str, list[str]]:
@@ -566,7 +595,7 @@ class SliceStore:
         """The case's ``meta.json`` (read once)."""
         meta = self._metas.get(case)
         if meta is None:
-            meta = read_json(self.root / "cases" / case / "meta.json", "case metadata")
+            meta = read_json(self.case_dir(case) / "meta.json", "case metadata")
             self._metas[case] = meta
         return meta
 
@@ -581,7 +610,7 @@ class SliceStore:
             return np.arange(-int(context), int(context) + 1, dtype=np.float64)
         grid = self.grid(case)
         if grid is None:
-            raise InputError(f"{self.root / 'cases' / case / 'meta.json'}: no slice grid recorded; re-run `lungtumor preprocess` into a new store")
+            raise InputError(f"{self.case_dir(case) / 'meta.json'}: no slice grid recorded; re-run `lungtumor preprocess` into a new store")
         return grid.context_offsets(context)
 
     def arrays(self, case: str) -> tuple[np.ndarray, np.ndarray]:
@@ -590,7 +619,7 @@ class SliceStore:
         if maps is not None:
             self._maps.move_to_end(case)
             return maps
-        d = self.root / "cases" / case
+        d = self.case_dir(case)
         try:
             maps = (np.load(d / "image.npy", mmap_mode="r"), np.load(d / "mask.npy", mmap_mode="r"))
         except (OSError, ValueError, EOFError) as exc:

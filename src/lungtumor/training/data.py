@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -224,6 +225,8 @@ class DataConfig:
         crop_items: items of every training batch that are lesion crops (added on the device,
             :mod:`lungtumor.training.crops`): the loader draws ``batch_size - crop_items`` slices per
             batch and proportionally fewer slices per epoch, so the steps per epoch stay the same.
+        phantom_store: a store of phantom scans preprocessed as this one
+            (:func:`lungtumor.training.phantoms.phantom_store`), its cases added to the training split; None = none.
     """
 
     context: int = 0
@@ -235,6 +238,7 @@ class DataConfig:
     splits: dict[str, list[str]] | None = None
     crop_items: int = 0
     negative_weighting: str = "uniform"
+    phantom_store: str | None = None
 
     @property
     def slice_batch_size(self) -> int:
@@ -265,6 +269,10 @@ class SliceDataModule(L.LightningDataModule):
         if missing:
             raise InputError(f"{store_dir}: the split names cases the store does not hold ({', '.join(missing[:5])}); re-run preprocess or fix the split")
         self.splits = {"train": list(splits.get("train", [])), "val": list(splits.get("val", []))}
+        if cfg.phantom_store is not None:  # synthetic scans, training cases only
+            from lungtumor.training.phantoms import join_phantoms
+
+            self.store, self.splits["train"] = join_phantoms(self.store, Path(cfg.phantom_store), self.splits["train"])
         self.train_set = SliceDataset(self.store, self.splits["train"], cfg.context)
         self.val_set = SliceDataset(self.store, self.splits["val"], cfg.context)
         if len(self.train_set) == 0:

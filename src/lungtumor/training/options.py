@@ -117,6 +117,14 @@ class TrainConfig:
         "stored in best.ckpt and last.ckpt (default 0 = off; see `lungtumor train-rescorer`)",
         type_=int,
     )
+    phantoms: int = _opt(
+        0,
+        "add this many synthetic phantom chest CTs with tumours to the training cases, preprocessed as the store (built once "
+        "into RUN/phantoms; never validation cases; default 0 = off). With few real scans they teach what a tumour is "
+        "(BENCHMARKS.md, 'Nodule benchmark')",
+        type_=int,
+    )
+    phantom_size: str = _opt("FULL", "--phantoms: FULL (default: 512-pixel scans, as a chest CT) or SMALL (quick checks)")
     crop_overlap: str = _opt("refuse", "a crop whose patient is a training or validation case of the store: refuse (default) or exclude")
     tumour_fraction: float | None = _opt(None, "target fraction of tumour slices per batch (default: the seed's n_neg/n_pos weights)", type_=float)
     samples_per_epoch: int | None = _opt(None, "draws per epoch (default: number of training slices)", type_=int)
@@ -216,6 +224,8 @@ class TrainConfig:
             raise ConfigError(f"--copy-paste-rate {self.copy_paste_rate}: must be a probability in [0, 1]")
         if not (isinstance(self.crop_rate, (int, float)) and not isinstance(self.crop_rate, bool) and 0.0 <= self.crop_rate < 1.0):
             raise ConfigError(f"--crop-rate {self.crop_rate}: must be a fraction of the batch in [0, 1)")
+        non_negative("phantoms")
+        choice("phantom_size", ("FULL", "SMALL"))
         if isinstance(self.rescorer_steps, bool) or not isinstance(self.rescorer_steps, int) or self.rescorer_steps < 0:
             raise ConfigError(f"--rescorer-steps {self.rescorer_steps}: must be a whole number of steps >= 0 (0 = no re-scorer)")
         choice("crop_overlap", CROP_OVERLAPS)

@@ -176,7 +176,7 @@ def check_resume_matches(last: Path, hparams: Any) -> None:
 
 
 #: Options a resumed run must share with the run it continues (recorded in its ``config.yaml``).
-RUN_MUST_MATCH = ("width", "depth", "norm", "upsample", "context", "loss", "size", "fold", "folds", "split_seed", "val_cases")
+RUN_MUST_MATCH = ("width", "depth", "norm", "upsample", "context", "loss", "size", "fold", "folds", "split_seed", "val_cases", "phantoms", "phantom_size")
 
 
 def resume_checkpoint(run_dir: Path) -> Path:
@@ -243,9 +243,22 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if not resume and last.exists():
         raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
     resume_from = resume_checkpoint(run_dir) if resume else None
+    from lungtumor.runstate import check_recorded_config
+
+    if resume_from is not None:
+        check_recorded_config(  # the phantoms the run folder records, before other ones are built
+            run_dir, "config.yaml", dataclasses.asdict(cfg), ("phantoms", "phantom_size"), what="training run",
+            fix="drop the changed options to resume it, or start a new run with another --out",
+        )
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, split_record = run_split(cfg)
+    phantoms = None
+    if cfg.phantoms:  # built once into the run folder (a resumed run reuses it), before the store's split is read
+        from lungtumor.preprocessing.store import SliceStore
+        from lungtumor.training.phantoms import phantom_store
+
+        phantoms = str(phantom_store(run_dir, cfg.phantoms, SliceStore(cfg.store).preprocess, size=cfg.phantom_size, progress=cfg.progress))
     crop_items = crop_items_per_batch(cfg.crop_rate, cfg.batch_size) if cfg.lesion_dir else 0
     if cfg.crop_rate and not cfg.lesion_dir:
         log.warning("crop samples off: --crop-rate %g without --lesion-dir, so real lesion crops are left out (training on the store's slices alone)", cfg.crop_rate)
@@ -261,6 +274,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             splits=splits,
             crop_items=crop_items,
             negative_weighting=cfg.negative_weighting,
+            phantom_store=phantoms,
         ),
     )
     if not dm.val_set.cases:
@@ -321,8 +335,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     )
     module.crop_bank = crop_bank
     if resume_from is not None:
-        from lungtumor.runstate import check_recorded_config
-
         check_resume_matches(resume_from, module.hparams)  # what the checkpoint records
         check_recorded_config(  # and the options the run folder records
             run_dir, "config.yaml", dataclasses.asdict(cfg), RUN_MUST_MATCH, what="training run",
