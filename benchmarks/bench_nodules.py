@@ -20,7 +20,9 @@ not the detector.
 LIDC-IDRI-0001): train with ``lungtumor train STORE --out RUN --config RECIPE --lesion-dir CROPS``'s own
 code (``training.trainer.train`` on the recipe file's options, the recipe's schedule unless
 ``--set`` changes it) on a store of the other two scans plus phantoms (the last phantom validates;
-the held-out scan takes no part in training or model selection), the crops of every patient but the
+the held-out scan takes no part in training or model selection; a recipe's own ``phantoms`` train
+beside them, and the benchmark's are drawn with another seed, so the validation case is never one
+of them), the crops of every patient but the
 held-out one in the copy-paste bank (``copy_paste_options.exclude``); predict the held-out scan with
 ``predict_path`` (no recipe-specific options) and evaluate all held-out predictions together with
 ``evaluate_folder``: per-case Dice mean / median / 10th percentile, pooled Dice, size-band
@@ -76,6 +78,9 @@ DIVISOR = 8
 THRESHOLD = 0.5
 #: Phantom scans added to every leave-one-scan-out fold (the last one validates).
 LOSO_PHANTOMS = 1
+#: Their dataset seed: not the recipe's ``--phantoms`` seed (training.phantoms.PHANTOM_SEED, 7), so that the
+#: validation phantom is no training scan. Work folders of earlier sessions were written with seed 7.
+LOSO_PHANTOM_SEED = 11
 
 
 def log(msg: str) -> None:
@@ -438,7 +443,7 @@ def build_pairs(work: Path, real: Path | None, pairs_dir: Path | None, n_phantom
         link_real_pairs(real, work, pairs)
     phantoms = work / "phantoms"
     if n_phantoms and not (phantoms / "dataset.json").exists():
-        write_phantom_dataset(phantoms, cases=n_phantoms, test_cases=0, size=phantom_size, seed=7)
+        write_phantom_dataset(phantoms, cases=n_phantoms, test_cases=0, size=phantom_size, seed=LOSO_PHANTOM_SEED)
     have = len(list((phantoms / "imagesTr").glob("*.nii.gz"))) if n_phantoms else 0
     if n_phantoms and have != n_phantoms:
         raise SystemExit(f"{phantoms} holds {have} phantoms, not --phantoms {n_phantoms}; use another --work")

@@ -173,3 +173,21 @@ def test_report_gives_the_per_case_spread_and_pooled_dice(tmp_path: Path) -> Non
     assert summary["dice_pooled"] == pytest.approx(2 * sum(10 * d for d in dices) / 80)
     text = format_report(summary)
     assert "10th percentile" in text and "Dice pooled:" in text
+
+
+def test_cv_builds_the_phantoms_once_for_all_its_folds(tmp_path, monkeypatch) -> None:
+    import lungtumor.cv as cv
+    from lungtumor.errors import LungTumorError
+
+    store = make_store(tmp_path, n=4, val_cases=1)
+    seen: list[str | None] = []
+
+    def fold_stub(base, store, fold_dir, fold, folds, seed, tta):  # type: ignore[no-untyped-def]
+        seen.append(base.phantom_dir)
+        raise LungTumorError("stopped here")
+
+    monkeypatch.setattr(cv, "run_fold", fold_stub)
+    base = TrainConfig(store=str(store), out=str(tmp_path), phantoms=1, phantom_size="SMALL", **FAST)
+    summary = cross_validate(store, tmp_path / "cv", base, folds=2)
+    assert seen == [str(tmp_path / "cv" / "phantoms")] * 2 and len(summary["failed"]) == 2
+    assert len(list((tmp_path / "cv" / "phantoms").glob("store-small-1-*/store.json"))) == 1

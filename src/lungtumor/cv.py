@@ -233,6 +233,12 @@ def cross_validate(
         preprocess_task(src, store, PreprocessConfig.from_preset("lung"), SplitConfig(folds=folds))  # `preprocess`'s default
     if not (out / CONFIG_JSON).exists():
         record_config(out, CONFIG_JSON, options)
+    if base.phantoms and not base.phantom_dir:  # built once here for every fold (parallel folds would race for it)
+        from lungtumor.preprocessing.store import SliceStore
+        from lungtumor.training.phantoms import phantom_store
+
+        phantom_store(out / "phantoms", base.phantoms, SliceStore(store).preprocess, size=base.phantom_size)
+        base = dataclasses.replace(base, phantom_dir=str(out / "phantoms"))
     records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     jobs: list[tuple[int, int, Path]] = []

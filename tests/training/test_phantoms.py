@@ -20,9 +20,11 @@ FAST = dict(width=4, batch_size=4, num_workers=0, progress=False, image_every_n_
 def test_phantom_cases_are_read_from_their_own_store_and_join_training_only(tmp_path) -> None:
     store = make_store(tmp_path, n=3)
     pre = SliceStore(store).preprocess
-    ph = phantom_store(tmp_path / "run", 2, pre, size="SMALL")
-    assert ph.parent == tmp_path / "run" / "phantoms" and not (ph.parent / "dataset").exists()  # the NIfTI files are gone
-    assert phantom_store(tmp_path / "run", 2, pre, size="SMALL") == ph  # built once
+    ph = phantom_store(tmp_path / "ph", 2, pre, size="SMALL")
+    assert ph.parent == tmp_path / "ph" and not (ph.parent / "dataset").exists()  # the NIfTI files are gone
+    assert phantom_store(tmp_path / "ph", 2, pre, size="SMALL") == ph  # built once
+    other = phantom_store(tmp_path / "ph", 2, PreprocessConfig(preset="seed", size=48), size="SMALL")
+    assert other != ph and SliceStore(ph).preprocess == pre  # one store per preprocessing in a shared folder
     dm = make_datamodule(store, DataConfig(batch_size=2, num_workers=0, phantom_store=str(ph)))
     real = SliceStore(store)
     extra = SliceStore(ph)
@@ -68,14 +70,14 @@ def test_a_run_with_phantoms_records_them_as_training_cases_and_resumes_with_the
     opts = dict(store=str(store), out=str(run), epochs=1, samples_per_epoch=8, phantoms=2, phantom_size="SMALL", limit_val_batches=1, **FAST)
     train(TrainConfig(**opts))
     split = read_checkpoint(run / "last.ckpt")["lungtumor"]["split"]
-    (ph,) = (run / "phantoms").glob("store-small-2")
+    (ph,) = (run / "phantoms").glob("store-small-2-*")
     assert [c for c in split["train"] if c.startswith(PHANTOM_PREFIX)] == [PHANTOM_PREFIX + c for c in sorted(SliceStore(ph).manifest["cases"])]
     assert len(SliceStore(ph).manifest["cases"]) == 2
     assert not any(c.startswith(PHANTOM_PREFIX) for c in split["val"])
     built = sorted(p.stat().st_mtime_ns for p in (run / "phantoms").rglob("*.npy"))
     with pytest.raises(ConfigError, match="--phantoms 2 -> 3"):
         train(TrainConfig(**{**opts, "epochs": 2, "phantoms": 3}), resume=True)
-    assert [p.name for p in (run / "phantoms").glob("store-*")] == ["store-small-2"]  # refused before building another
+    assert [p.name for p in (run / "phantoms").glob("store-*")] == [ph.name]  # refused before building another
     summary = train(TrainConfig(**{**opts, "epochs": 2}), resume=True)
     assert summary["epochs"] == 2
     assert sorted(p.stat().st_mtime_ns for p in (run / "phantoms").rglob("*.npy")) == built  # reused, not rebuilt

@@ -125,6 +125,7 @@ class TrainConfig:
         type_=int,
     )
     phantom_size: str = _opt("FULL", "--phantoms: FULL (default: 512-pixel scans, as a chest CT) or SMALL (quick checks)")
+    phantom_dir: str | None = _opt(None, "--phantoms: build and reuse the phantom stores in this folder (default RUN/phantoms; cv shares one between its folds)")
     crop_overlap: str = _opt("refuse", "a crop whose patient is a training or validation case of the store: refuse (default) or exclude")
     tumour_fraction: float | None = _opt(None, "target fraction of tumour slices per batch (default: the seed's n_neg/n_pos weights)", type_=float)
     samples_per_epoch: int | None = _opt(None, "draws per epoch (default: number of training slices)", type_=int)

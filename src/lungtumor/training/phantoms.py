@@ -8,8 +8,10 @@ leave-one-scan-out on the three shared real scans at the CPU recipe's budget (BE
 benchmark" (f)): seven phantoms in training against none took the held-out nodule scan from Dice 0.00
 to 0.75 with the last checkpoint.
 
-The phantoms are generated once per run (``RUN/phantoms/store``: :data:`PHANTOM_SEED`, so every run
-gets the same scans), preprocessed exactly as the run's store (its :class:`~lungtumor.config.PreprocessConfig`),
+The phantoms are generated once (:data:`PHANTOM_SEED`, so every run gets the same scans) into
+``RUN/phantoms`` (or ``--phantom-dir``: ``cv`` builds them once for all its folds), preprocessed exactly
+as the run's store (its :class:`~lungtumor.config.PreprocessConfig`; one store per size, count and
+preprocessing, so a shared folder serves several stores),
 and joined to it as training cases named ``phantom-<id>`` (:meth:`~lungtumor.preprocessing.store.SliceStore.joined`):
 never validation cases, so the validation Dice and the best checkpoint stay the real cases' own. The
 generated NIfTI files are deleted once the store holds them; a resumed run, or a second run with the
@@ -18,6 +20,8 @@ same ``--out``, reuses the store.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -48,8 +52,9 @@ def _complete(store: Path, n: int, preprocess: PreprocessConfig) -> bool:
     return len(s.manifest["cases"]) == n and s.preprocess.to_dict() == preprocess.to_dict()
 
 
-def phantom_store(run_dir: str | Path, n: int, preprocess: PreprocessConfig, *, size: str = "FULL", progress: bool = False) -> Path:
-    """``RUN/phantoms/store``: ``n`` phantom scans preprocessed with ``preprocess``, built unless already there.
+def phantom_store(root: str | Path, n: int, preprocess: PreprocessConfig, *, size: str = "FULL", progress: bool = False) -> Path:
+    """``root/store-<size>-<n>-<preprocessing hash>``: ``n`` phantom scans preprocessed with ``preprocess``, built
+    unless already there (``root``: ``RUN/phantoms`` or ``--phantom-dir``).
 
     Raises:
         ConfigError: ``n`` < 1, an unknown ``size``, or another ``train`` is building the same folder now.
@@ -60,8 +65,9 @@ def phantom_store(run_dir: str | Path, n: int, preprocess: PreprocessConfig, *, 
         raise ConfigError(f"--phantoms {n}: must be a whole number >= 1 here (0 = off)")
     if size not in PHANTOM_SIZES:
         raise ConfigError(f"--phantom-size {size!r}: expected one of {', '.join(PHANTOM_SIZES)}")
-    root = Path(run_dir) / "phantoms"
-    store = root / f"store-{size.lower()}-{n}"
+    root = Path(root)
+    key = hashlib.sha256(json.dumps(preprocess.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:8]
+    store = root / f"store-{size.lower()}-{n}-{key}"
     if _complete(store, n, preprocess):
         return store
     with exclusive_folder_lock(root, command="lungtumor train", what="phantom folder"):

@@ -258,7 +258,8 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         from lungtumor.preprocessing.store import SliceStore
         from lungtumor.training.phantoms import phantom_store
 
-        phantoms = str(phantom_store(run_dir, cfg.phantoms, SliceStore(cfg.store).preprocess, size=cfg.phantom_size, progress=cfg.progress))
+        root = Path(cfg.phantom_dir) if cfg.phantom_dir else run_dir / "phantoms"
+        phantoms = str(phantom_store(root, cfg.phantoms, SliceStore(cfg.store).preprocess, size=cfg.phantom_size, progress=cfg.progress))
     crop_items = crop_items_per_batch(cfg.crop_rate, cfg.batch_size) if cfg.lesion_dir else 0
     if cfg.crop_rate and not cfg.lesion_dir:
         log.warning("crop samples off: --crop-rate %g without --lesion-dir, so real lesion crops are left out (training on the store's slices alone)", cfg.crop_rate)
