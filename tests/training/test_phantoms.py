@@ -25,7 +25,8 @@ def test_phantom_cases_are_read_from_their_own_store_and_join_training_only(tmp_
     assert phantom_store(tmp_path / "ph", 2, pre, size="SMALL") == ph  # built once
     other = phantom_store(tmp_path / "ph", 2, PreprocessConfig(preset="seed", size=48), size="SMALL")
     assert other != ph and SliceStore(ph).preprocess == pre  # one store per preprocessing in a shared folder
-    dm = make_datamodule(store, DataConfig(batch_size=2, num_workers=0, phantom_store=str(ph)))
+    dm = make_datamodule(store, DataConfig(batch_size=2, num_workers=0))
+    dm.join_phantoms(ph)
     real = SliceStore(store)
     extra = SliceStore(ph)
     names = [PHANTOM_PREFIX + c for c in sorted(extra.manifest["cases"])]

@@ -225,8 +225,6 @@ class DataConfig:
         crop_items: items of every training batch that are lesion crops (added on the device,
             :mod:`lungtumor.training.crops`): the loader draws ``batch_size - crop_items`` slices per
             batch and proportionally fewer slices per epoch, so the steps per epoch stay the same.
-        phantom_store: a store of phantom scans preprocessed as this one
-            (:func:`lungtumor.training.phantoms.phantom_store`), its cases added to the training split; None = none.
     """
 
     context: int = 0
@@ -238,7 +236,6 @@ class DataConfig:
     splits: dict[str, list[str]] | None = None
     crop_items: int = 0
     negative_weighting: str = "uniform"
-    phantom_store: str | None = None
 
     @property
     def slice_batch_size(self) -> int:
@@ -269,10 +266,19 @@ class SliceDataModule(L.LightningDataModule):
         if missing:
             raise InputError(f"{store_dir}: the split names cases the store does not hold ({', '.join(missing[:5])}); re-run preprocess or fix the split")
         self.splits = {"train": list(splits.get("train", [])), "val": list(splits.get("val", []))}
-        if cfg.phantom_store is not None:  # synthetic scans, training cases only
-            from lungtumor.training.phantoms import join_phantoms
+        self._store_dir = store_dir
+        self._make_sets()
 
-            self.store, self.splits["train"] = join_phantoms(self.store, Path(cfg.phantom_store), self.splits["train"])
+    def join_phantoms(self, phantom_store: str | os.PathLike[str]) -> None:
+        """Add the cases of a phantom store preprocessed as this one (:func:`lungtumor.training.phantoms.phantom_store`)
+        to the training split, as ``phantom-<id>``; the validation split stays the store's."""
+        from lungtumor.training.phantoms import join_phantoms
+
+        self.store, self.splits["train"] = join_phantoms(self.store, Path(phantom_store), self.splits["train"])
+        self._make_sets()
+
+    def _make_sets(self) -> None:
+        cfg, store_dir = self.cfg, self._store_dir
         self.train_set = SliceDataset(self.store, self.splits["train"], cfg.context)
         self.val_set = SliceDataset(self.store, self.splits["val"], cfg.context)
         if len(self.train_set) == 0:

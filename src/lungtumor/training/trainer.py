@@ -253,13 +253,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     splits, split_record = run_split(cfg)
-    phantoms = None
-    if cfg.phantoms:  # built once into the run folder (a resumed run reuses it), before the store's split is read
-        from lungtumor.preprocessing.store import SliceStore
-        from lungtumor.training.phantoms import phantom_store
-
-        root = Path(cfg.phantom_dir) if cfg.phantom_dir else run_dir / "phantoms"
-        phantoms = str(phantom_store(root, cfg.phantoms, SliceStore(cfg.store).preprocess, size=cfg.phantom_size, progress=cfg.progress))
     crop_items = crop_items_per_batch(cfg.crop_rate, cfg.batch_size) if cfg.lesion_dir else 0
     if cfg.crop_rate and not cfg.lesion_dir:
         log.warning("crop samples off: --crop-rate %g without --lesion-dir, so real lesion crops are left out (training on the store's slices alone)", cfg.crop_rate)
@@ -275,7 +268,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             splits=splits,
             crop_items=crop_items,
             negative_weighting=cfg.negative_weighting,
-            phantom_store=phantoms,
         ),
     )
     if not dm.val_set.cases:
@@ -314,6 +306,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     model_cfg = ModelConfig(in_channels=2 * cfg.context + 1, width=cfg.width, depth=cfg.depth, norm=cfg.norm, upsample=cfg.upsample)
     if preset.fixed_size and size % (2**cfg.depth):
         raise ConfigError(f"--size {size} is not divisible by 2**depth = {2**cfg.depth}; use --size {size - size % 2**cfg.depth + 2**cfg.depth}")
+    if cfg.phantoms:  # after every check of the options and inputs: built once (a resumed run reuses them)
+        from lungtumor.training.phantoms import phantom_store
+
+        root = Path(cfg.phantom_dir) if cfg.phantom_dir else run_dir / "phantoms"
+        dm.join_phantoms(phantom_store(root, cfg.phantoms, store_pre, size=cfg.phantom_size, progress=cfg.progress))
     module = SegmentationModule(
         model=model_cfg.to_dict(),
         preprocess=pre.to_dict(),
