@@ -560,6 +560,8 @@ def run_loso(
             fold_opts["crop_exclude"] = held_out
             fold_opts["crop_overlap"] = "exclude"
         fold_opts.update(seed=seed, progress=False, image_every_n_steps=0)
+        if fold_opts.get("phantoms"):  # the recipe's training phantoms: built once for every fold
+            fold_opts.setdefault("phantom_dir", str(work / "phantom_stores"))
         cfg = TrainConfig.from_dict({**fold_opts, "store": str(fstore), "out": str(run / "train")})
         t0 = time.perf_counter()
         summary = train(cfg)
@@ -676,7 +678,8 @@ def write_tiny_scans(out: Path, n: int = 2, seed: int = 3) -> Path:
 
 
 #: Options that make any recipe tiny (``--tiny``): width 4, a few steps.
-TINY_OVERRIDES = {"width": 4, "epochs": 1, "samples_per_epoch": 16, "batch_size": 4, "num_workers": 0, "limit_val_batches": 1, "val_every_n_epochs": 1}
+TINY_OVERRIDES = {"width": 4, "epochs": 1, "samples_per_epoch": 16, "batch_size": 4, "num_workers": 0, "limit_val_batches": 1, "val_every_n_epochs": 1,
+                  "phantoms": 1, "phantom_size": "SMALL"}
 
 
 def main(argv: list[str] | None = None) -> int:

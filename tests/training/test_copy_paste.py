@@ -425,7 +425,7 @@ def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.Captu
         # The crops folder is the only extra argument of the recipe (the rest: a tiny, one-batch run).
         return ["train", str(tmp_path / "store"), "--out", str(tmp_path / run), "--config", str(REPO / "configs" / recipe),
                 "--lesion-dir", str(lesions), "--epochs", "1", "--samples-per-epoch", "2", "--limit-val-batches", "1", "--width", "4", "--batch-size", "2",
-                "--num-workers", "0", "--no-progress"]
+                "--num-workers", "0", "--no-progress", "--phantoms", "1", "--phantom-size", "SMALL"]
 
     assert main(argv("run", crops)) == 0
     summary = json.loads(capsys.readouterr().out)
