@@ -335,7 +335,7 @@ def test_real_ct_recipes_load_validate_and_state_their_budget(name: str) -> None
     # Crop samples on, so that `--lesion-dir CROPS` is the one extra argument; copy-paste off, as measured
     # (BENCHMARKS.md: 25 false-positive lesions per scan with it, 7 without).
     assert cfg.crop_rate > 0 and not config_from_train_options(cfg.copy_paste_rate, cfg.lesion_dir, cfg.copy_paste_options).enabled
-    assert aug.uses_intensity and cfg.loss == "bce+dice" and cfg.norm == "batch"
+    assert aug.uses_intensity and cfg.loss == "bce+dice" and cfg.norm == "batch" and cfg.phantoms == 7 and cfg.phantom_size == "FULL"
     # A fixed schedule, never a time cap; the header states the budget the schedule is.
     width, slices = RECIPES[name]
     assert cfg.max_minutes is None and cfg.width == width and cfg.epochs * cfg.samples_per_epoch == slices
