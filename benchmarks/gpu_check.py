@@ -42,7 +42,7 @@ Peak GPU memory (``torch.cuda.max_memory_allocated``) is recorded per stage.
 Optional, with ``--real-ct DIR`` (``DIR`` from ``benchmarks/make_gpu_data.py``: ``pairs/`` with the real
 scans cut to their lungs + 12 mm, ``crops/`` with nodule crops): ``real_ct``, the leave-one-scan-out
 benchmark of ``benchmarks/bench_nodules.py`` with ``configs/real_ct.yaml`` at its GPU budget (64,000
-slices at width 64 per fold) and the crops in training, under ``REAL_CT_BUDGET_S``; its results (per
+slices at width 64 per fold) with the crops and the recipe's 7 phantom scans in training (built once), under ``REAL_CT_BUDGET_S``; its results (per
 held-out scan, per-case Dice mean / median / 10th percentile, pooled Dice, size-band sensitivity, FP
 per scan, lesion FROC / CPM) go into the same JSON under ``stages.real_ct``. A fold is not started
 when the time left is shorter than the last fold took. ``--tiny --real-ct synthetic`` runs the stage on
