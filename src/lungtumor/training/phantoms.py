@@ -77,7 +77,7 @@ def phantom_store(root: str | Path, n: int, preprocess: PreprocessConfig, *, siz
             shutil.rmtree(store)
         data = root / "dataset"
         log.info("phantoms: writing %d %s phantom scans and preprocessing them as the store (once per run folder)", n, size)
-        write_phantom_dataset(data, cases=n, test_cases=0, size=size, seed=PHANTOM_SEED)
+        write_phantom_dataset(data, cases=n, test_cases=0, size=size, seed=PHANTOM_SEED, progress=progress)
         preprocess_task(data, store, preprocess, SplitConfig(val_cases=0), progress=progress, layout="msd")
         shutil.rmtree(data)
     return store
