@@ -193,6 +193,11 @@ ROWS = [
     ("train-lr-neg", "train {store} --out {root}/r5 --lr -1", ["--lr"], ["r5"]),
     ("train-lesion-dir-without-copy-paste", "train {store} --out {root}/r5b --lesion-dir {root}", ["--copy-paste-rate"], ["r5b"]),
     ("train-crop-rate-1", "train {store} --out {root}/r5c --crop-rate 1 --lesion-dir {crops_255}", ["--crop-rate 1.0", "[0, 1)"], ["r5c"]),
+    ("train-phantoms-negative", "train {store} --out {root}/r5p --phantoms -1", ["--phantoms -1", ">= 0"], ["r5p"]),
+    ("train-phantom-size", "train {store} --out {root}/r5q --phantoms 1 --phantom-size HUGE", ["--phantom-size 'HUGE'", "FULL, SMALL"], ["r5q"]),
+    # Phantoms are built after every check: a bad crop folder leaves no run folder (and no phantoms in it).
+    ("train-phantoms-bad-crops", "train {store} --out {root}/r5r --phantoms 1 --phantom-size SMALL --crop-rate 0.25 --lesion-dir {crops_255}",
+     ["A_R_1_label.nii.gz", "0/1"], ["r5r"]),
     ("train-crops-unpaired", "train {store} --out {root}/r5d --crop-rate 0.25 --lesion-dir {crops_unpaired}", ["A_R_1_ct.nii.gz", "has no mask"], ["r5d"]),
     ("train-crops-label-255", "train {store} --out {root}/r5e --crop-rate 0.25 --lesion-dir {crops_255}", ["A_R_1_label.nii.gz", "0/1"], ["r5e"]),
     ("train-crops-no-spacing", "train {store} --out {root}/r5f --crop-rate 0.25 --lesion-dir {crops_nospacing}", ["A_R_1_ct.nii.gz", "no spacing"], ["r5f"]),
