@@ -191,3 +191,7 @@ def test_cv_builds_the_phantoms_once_for_all_its_folds(tmp_path, monkeypatch) ->
     summary = cross_validate(store, tmp_path / "cv", base, folds=2)
     assert seen == [str(tmp_path / "cv" / "phantoms")] * 2 and len(summary["failed"]) == 2
     assert len(list((tmp_path / "cv" / "phantoms").glob("store-small-1-*/store.json"))) == 1
+    # A --phantom-dir of the user's is built here too, once, before any fold (parallel folds would race for it).
+    seen.clear()
+    cross_validate(store, tmp_path / "cv2", TrainConfig(**{**base.to_dict(), "phantom_dir": str(tmp_path / "mine")}), folds=2)
+    assert seen == [str(tmp_path / "mine")] * 2 and len(list((tmp_path / "mine").glob("store-small-1-*/store.json"))) == 1

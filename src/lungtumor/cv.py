@@ -233,12 +233,13 @@ def cross_validate(
         preprocess_task(src, store, PreprocessConfig.from_preset("lung"), SplitConfig(folds=folds))  # `preprocess`'s default
     if not (out / CONFIG_JSON).exists():
         record_config(out, CONFIG_JSON, options)
-    if base.phantoms and not base.phantom_dir:  # built once here for every fold (parallel folds would race for it)
+    if base.phantoms:  # built once here for every fold (parallel folds would race for it), in --phantom-dir if given
         from lungtumor.preprocessing.store import SliceStore
         from lungtumor.training.phantoms import phantom_store
 
-        phantom_store(out / "phantoms", base.phantoms, SliceStore(store).preprocess, size=base.phantom_size)
-        base = dataclasses.replace(base, phantom_dir=str(out / "phantoms"))
+        phantom_root = Path(base.phantom_dir) if base.phantom_dir else out / "phantoms"
+        phantom_store(phantom_root, base.phantoms, SliceStore(store).preprocess, size=base.phantom_size)
+        base = dataclasses.replace(base, phantom_dir=str(phantom_root))
     records: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     jobs: list[tuple[int, int, Path]] = []

@@ -286,9 +286,10 @@ def postprocess_mask(mask: np.ndarray, region: np.ndarray | None, voxel_ml: floa
     count = int(np.count_nonzero(view))
     if count == 0:
         return out
-    lin = np.flatnonzero(view) if count <= SPARSE_LESION_VOXELS else None
-    coords = np.unravel_index(lin, view.shape) if lin is not None else None
-    if lin is not None and coords is not None and count <= SPARSE_MAX_FILL * float(np.prod([int(c.max()) - int(c.min()) + 1 for c in coords])):
+    lin = np.flatnonzero(view) if count <= SPARSE_LESION_VOXELS else np.zeros(0, dtype=np.intp)
+    coords = np.unravel_index(lin, view.shape)
+    box_voxels = float(np.prod([int(c.max()) - int(c.min()) + 1 for c in coords])) if lin.size else 0.0
+    if lin.size and count <= SPARSE_MAX_FILL * box_voxels:
         n, comp = _sparse_components(lin, view.shape)
         keep = np.ones(n, dtype=bool)
         if region is not None:

@@ -32,6 +32,8 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 CROP_OVERLAPS = ("refuse", "exclude")
 #: ``--negative-weighting``: how tumour-free slices are drawn (``training/data.py``).
 NEGATIVE_WEIGHTINGS = ("uniform", "lung")
+#: ``--phantom-size``: the phantom scans' size (:func:`lungtumor.phantom.dataset.write_phantom_dataset`).
+PHANTOM_SIZES = ("FULL", "SMALL")
 #: ``--compile`` / ``--fused-adam``: ``auto`` turns the lever on where it pays (a CUDA device), off elsewhere.
 SWITCHES = ("auto", "on", "off")
 #: Fields that are positional arguments or folders of the command, not ``--flags``.
@@ -226,7 +228,7 @@ class TrainConfig:
         if not (isinstance(self.crop_rate, (int, float)) and not isinstance(self.crop_rate, bool) and 0.0 <= self.crop_rate < 1.0):
             raise ConfigError(f"--crop-rate {self.crop_rate}: must be a fraction of the batch in [0, 1)")
         non_negative("phantoms")
-        choice("phantom_size", ("FULL", "SMALL"))
+        choice("phantom_size", PHANTOM_SIZES)
         if isinstance(self.rescorer_steps, bool) or not isinstance(self.rescorer_steps, int) or self.rescorer_steps < 0:
             raise ConfigError(f"--rescorer-steps {self.rescorer_steps}: must be a whole number of steps >= 0 (0 = no re-scorer)")
         choice("crop_overlap", CROP_OVERLAPS)

@@ -30,6 +30,7 @@ from lungtumor.config import PreprocessConfig, SplitConfig
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.preprocessing.store import SliceStore, preprocess_task
 from lungtumor.runstate import exclusive_folder_lock
+from lungtumor.training.options import PHANTOM_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,6 @@ log = logging.getLogger(__name__)
 PHANTOM_PREFIX = "phantom-"
 #: Seed of the phantom dataset: every run with ``--phantoms N`` trains on the same N scans.
 PHANTOM_SEED = 7
-#: ``--phantom-size`` choices (:func:`lungtumor.phantom.dataset.write_phantom_dataset`).
-PHANTOM_SIZES = ("FULL", "SMALL")
 
 
 def _complete(store: Path, n: int, preprocess: PreprocessConfig) -> bool:

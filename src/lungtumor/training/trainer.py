@@ -20,6 +20,7 @@ from lungtumor.errors import ConfigError, InputError
 from lungtumor.model.device import bf16_native
 from lungtumor.model.unet import ModelConfig
 from lungtumor.preprocessing.presets import preset_for
+from lungtumor.runstate import check_recorded_config, exclusive_folder_lock
 from lungtumor.training.augment import AugmentConfig, combined_clip
 from lungtumor.training.copy_paste import config_from_train_options
 from lungtumor.training.crops import CropBank, crop_items_per_batch, store_pixel_mm
@@ -243,8 +244,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
     if not resume and last.exists():
         raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
     resume_from = resume_checkpoint(run_dir) if resume else None
-    from lungtumor.runstate import check_recorded_config
-
     if resume_from is not None:
         check_recorded_config(  # the phantoms the run folder records, before other ones are built
             run_dir, "config.yaml", dataclasses.asdict(cfg), ("phantoms", "phantom_size"), what="training run",
@@ -339,8 +338,6 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
             fix="drop the changed options to resume it, or start a new run with another --out",
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    from lungtumor.runstate import exclusive_folder_lock
-
     with exclusive_folder_lock(run_dir, command="lungtumor train", what="run folder"):
         if not resume and last.exists():  # another run finished here while this one was setting up
             raise ConfigError(f"{run_dir}: already holds a run (last.ckpt); use --resume {run_dir} or a new --out folder")
