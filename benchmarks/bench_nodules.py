@@ -679,7 +679,7 @@ def write_tiny_scans(out: Path, n: int = 2, seed: int = 3) -> Path:
 
 #: Options that make any recipe tiny (``--tiny``): width 4, a few steps.
 TINY_OVERRIDES = {"width": 4, "epochs": 1, "samples_per_epoch": 16, "batch_size": 4, "num_workers": 0, "limit_val_batches": 1, "val_every_n_epochs": 1,
-                  "phantoms": 1, "phantom_size": "SMALL"}
+                  "phantoms": 1, "phantom_size": "SMALL", "rescorer_steps": 2}
 
 
 def main(argv: list[str] | None = None) -> int:

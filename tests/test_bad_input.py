@@ -246,7 +246,6 @@ ROWS = [
     ("cv-only-folds-empty", "cv {store} --out {root}/cv2 --only-folds ,", ["--only-folds ','", "empty list"], ["cv2"]),
     ("cv-out-is-the-store", "cv {store} --out {store}", ["overwrite"], []),
     ("train-out-is-the-store", "train {store} --out {store}", ["overwrite"], []),
-    ("cv-rescorer-steps", "cv {store} --out {root}/cv3 --rescorer-steps 5", ["--rescorer-steps 5", "train-rescorer"], ["cv3"]),
     ("cv-parallel-0", "cv {store} --out {root}/cv1 --parallel 0", ["--parallel 0"], ["cv1"]),
     ("cv-other-folds", "cv {store} --out {root}/cvdone --folds 3", ["cvdone", "--folds 2 -> 3", "new --out"], ["cvdone/seed-0"]),
     ("cv-other-training-options", "cv {store} --out {root}/cvdone --folds 2 --lr 0.01 --width 8", ["cvdone", "--lr 0.0001 -> 0.01", "--width 64 -> 8"], ["cvdone/seed-0"]),

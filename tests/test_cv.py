@@ -195,3 +195,55 @@ def test_cv_builds_the_phantoms_once_for_all_its_folds(tmp_path, monkeypatch) ->
     seen.clear()
     cross_validate(store, tmp_path / "cv2", TrainConfig(**{**base.to_dict(), "phantom_dir": str(tmp_path / "mine")}), folds=2)
     assert seen == [str(tmp_path / "mine")] * 2 and len(list((tmp_path / "mine").glob("store-small-1-*/store.json"))) == 1
+
+
+def _fold_folders(out: Path) -> list[dict]:
+    """Two finished folds' predictions, references and probability maps: a found lesion and a small false one each."""
+    import numpy as np
+
+    from lungtumor.io.nifti import write_nifti
+    from lungtumor.io.volume import Volume
+
+    records = []
+    for fold in (0, 1):
+        d = out / "seed-0" / f"fold-{fold}"
+        label = np.zeros((24, 24, 12), dtype=np.uint8)
+        label[4:12, 4:12, 3:9] = 1
+        pred = label.copy()
+        pred[15:21, 15:21, 4:9] = 1  # a false positive of 1.4 ml: larger than any minimum volume cv tries
+        prob = pred * np.float32(0.9)
+        prob[15:21, 15:21, 4:9] = 0.6
+        name = f"case_{fold}.nii.gz"
+        affine = np.diag([2.0, 2.0, 2.0, 1.0])
+        write_nifti(Volume(label, affine), d / "references" / name)
+        write_nifti(Volume(pred, affine), d / "predictions" / name)
+        write_nifti(Volume(prob, affine), d / "predictions" / "probabilities" / f"case_{fold}_prob.nii.gz")
+        records.append({"seed": 0, "fold": fold})
+    return records
+
+
+def test_folds_with_rescorers_choose_no_lesion_score_and_cv_trains_them(tmp_path, monkeypatch) -> None:
+    import lungtumor.cv as cv
+    from lungtumor.errors import LungTumorError
+
+    records = _fold_folders(tmp_path / "cv")
+    plain = cv._choose_postprocessing(tmp_path / "cv", records)
+    assert plain["min_lesion_score"] is not None and plain["min_lesion_score_choice"]["false_positive_lesions"] == 2
+    # A score chosen on prob_max would be applied to the re-scorer's scores: none is chosen, and the report says why.
+    rescored = cv._choose_postprocessing(tmp_path / "cv", records, rescored=True)
+    assert rescored["min_lesion_score"] is None and "min_lesion_score_choice" not in rescored
+    assert rescored["min_lesion_ml"] == plain["min_lesion_ml"] and "re-scorers" in rescored["min_lesion_score_error"]
+    summary = {"postprocessing": rescored, "failed": [], "per_fold": [], "per_seed": {}, "dice_over_seeds": {"n": 0, "mean": None, "sd": None}}
+    assert "minimum lesion score not chosen: the folds carry re-scorers" in cv.format_report(summary)
+    # cv trains the folds with their re-scorers (no longer refused) and says so to the chooser.
+    seen = []
+
+    def fold_stub(base, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(base.rescorer_steps)
+        raise LungTumorError("stopped here")
+
+    monkeypatch.setattr(cv, "run_fold", fold_stub)
+    monkeypatch.setattr(cv, "_choose_postprocessing", lambda out, recs, rescored=False: seen.append(("rescored", rescored)))
+    store = make_store(tmp_path, n=4, val_cases=1)
+    cross_validate(store, tmp_path / "cv2", TrainConfig(store=str(store), out=str(tmp_path), rescorer_steps=5, **FAST), folds=2)
+    assert seen == [5, 5, ("rescored", True)]

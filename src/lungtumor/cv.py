@@ -208,13 +208,6 @@ def cross_validate(
         raise ConfigError(f"--folds {folds}: need at least 2 folds")
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds}: need at least 1 seed")
-    if base.rescorer_steps:
-        # The minimum lesion score is chosen on the folds' probability maps (prob_max), while a re-scorer
-        # would make predict CV_DIR apply it to the re-scorer's scores: two scales under one number.
-        raise ConfigError(
-            f"--rescorer-steps {base.rescorer_steps}: cv does not train re-scorers (its minimum lesion score is chosen on the U-Net's "
-            "prob_max); run `lungtumor train-rescorer` on a fold's checkpoint instead"
-        )
     run_now = parse_only_folds(only_folds, folds)
     slots = _worker_slots(base, parallel)  # a bad --parallel is refused before anything is written
     out = Path(out)
@@ -267,14 +260,24 @@ def cross_validate(
             log.info("fold %d (seed %d) failed: %s", fold, seed, error)
             failures.append({"seed": seed, "fold": fold, "error": error})
     records.sort(key=lambda r: (r["seed"], r["fold"]))
-    return write_report(out, records, failures, folds=folds, seeds=seeds, postprocessing=_choose_postprocessing(out, records))
+    return write_report(out, records, failures, folds=folds, seeds=seeds, postprocessing=_choose_postprocessing(out, records, rescored=bool(base.rescorer_steps)))
 
 
-def _choose_postprocessing(out: Path, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+#: Why a cv of folds with re-scorers chooses no minimum lesion score (cv_summary.json, the summary's line).
+RESCORED_NO_SCORE_CHOICE = (
+    "the folds carry re-scorers (--rescorer-steps), so their predictions and predict CV_FOLDER apply the re-scorers' own "
+    "operating point (a score chosen on the U-Net's prob_max would not fit the re-scorer's scale)"
+)
+
+
+def _choose_postprocessing(out: Path, records: list[dict[str, Any]], *, rescored: bool = False) -> dict[str, Any] | None:
     """The minimum lesion volume, then the minimum lesion score, chosen on every finished fold's
     predictions (nnU-Net chooses its post-processing on its cross-validation the same way), and the
     reliability table of the lesion scores over those predictions (``lesion_calibration``);
-    ``predict CV_FOLDER`` applies both choices."""
+    ``predict CV_FOLDER`` applies both choices. ``rescored`` (the folds carry re-scorers): no minimum
+    lesion score is chosen, since it would be chosen on the U-Net's prob_max and applied to the
+    re-scorer's scores; the folds' predictions, and ``predict CV_FOLDER``, apply the re-scorers' own
+    operating point instead."""
     if not records:
         return None
     from lungtumor.evaluation.calibration import candidates_reliability
@@ -287,6 +290,9 @@ def _choose_postprocessing(out: Path, records: list[dict[str, Any]]) -> dict[str
         choice = choose_min_lesion_ml(preds, refs)
     except LungTumorError as exc:
         return {"min_lesion_ml": None, "min_lesion_score": None, "error": " ".join(str(exc).split())}
+    if rescored:
+        choice.update(min_lesion_score=None, min_lesion_score_error=RESCORED_NO_SCORE_CHOICE)
+        return choice
     try:
         candidates = collect_lesion_candidates(preds, refs, min_lesion_ml=choice["min_lesion_ml"])
         by_score = choose_min_lesion_score(candidates)

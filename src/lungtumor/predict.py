@@ -28,7 +28,7 @@ from lungtumor.atomic import refuse_overwriting_inputs
 from lungtumor.config import PreprocessConfig, check_batch_size, check_threshold
 from lungtumor.cvfolder import cv_min_lesion_ml, cv_min_lesion_score, ensemble_checkpoints
 from lungtumor.errors import ConfigError, InputError, LungTumorError
-from lungtumor.inference.predictor import PreparedScan, fast_mode_for, finish, load_ensemble, model_rescorers, prepare, run_models
+from lungtumor.inference.predictor import PreparedScan, fast_mode_for, finish, load_ensemble, model_rescorers, prepare, rescorer_min_lesion_score, run_models
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume
@@ -82,7 +82,8 @@ def predict_path(
     volume its cross-validation chose, unless ``min_lesion_ml`` is given (0 keeps every lesion), and
     likewise the minimum lesion score (``min_lesion_score``, in [0, 1]: lesions scoring below it are
     removed after the other post-processing, so the mask and the lesion table agree; 0 keeps every
-    lesion). ``report`` also writes, per input, the
+    lesion). Without a cv folder's choice, a checkpoint whose re-scorer carries an operating point
+    (``train --rescorer-steps``) brings that one. ``report`` also writes, per input, the
     lesion table and the self-contained HTML report into ``OUTPUT_NAME_report/``
     (:func:`lungtumor.reporting.html.write_lesions_folder`). ``skip_bad`` (folders): a case that fails
     is reported in its result (``error``) and the others go on; without it the first failure stops
@@ -158,6 +159,8 @@ def predict_path(
         min_lesion_ml = cv_min_lesion_ml(checkpoint)
     if min_lesion_score is None:
         min_lesion_score = cv_min_lesion_score(checkpoint)
+    if min_lesion_score is None:  # the operating point a re-scorer was written with
+        min_lesion_score = rescorer_min_lesion_score(models)
 
     rank, world = shard_of_this_process()
     if world > 1:  # torchrun / SLURM / Lightning launchers: each rank predicts every world-th case, none twice
@@ -346,7 +349,7 @@ def _finish_and_write(spec: _WriteSpec, in_path: Path, mask_path: Path, prob_pat
             from lungtumor.inference.rescore import lesion_score_volume
             from lungtumor.lesions.score import RESCORER_SCORE_TEXT
 
-            lesion_scores = lesion_score_volume(mask, read.prepared.slices, read.prepared.grid, spec.rescorers)
+            lesion_scores = lesion_score_volume(mask, prob, read.prepared.slices, read.prepared.grid, spec.rescorers)  # type: ignore[arg-type]
             facts["score_definition"] = RESCORER_SCORE_TEXT
         written = Volume(mask.array, mask.affine, {**mask.meta, "path": str(mask_path)})  # the report names the mask file
         write_lesions_folder(

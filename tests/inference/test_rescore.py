@@ -1,5 +1,6 @@
 """Predicted lesions re-scored by the checkpoint's re-scorer: the patch lands on the lesion whatever the
-input's orientation, the lesion score becomes the re-scorer's, and without one nothing changes."""
+input's orientation, the lesion score becomes the re-scorer's for lesions that fit in its patch (prob_max
+for longer ones), the operating point it carries applies by default, and without one nothing changes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from helpers import affine_for
 from lungtumor.config import HU_SCALE, PreprocessConfig
 from lungtumor.inference.predictor import finish, prepare, run_models, segment
-from lungtumor.inference.rescore import rescore_lesions
+from lungtumor.inference.rescore import lesion_scores, rescore_lesions
 from lungtumor.io.nifti import write_nifti
 from lungtumor.io.volume import Volume
 from lungtumor.lesions.score import LESION_SCORE_TEXT, RESCORER_SCORE_TEXT, remove_low_score_lesions
@@ -113,8 +114,8 @@ def test_predict_report_carries_the_rescorers_score_and_its_definition(tmp_path)
             assert scores == pytest.approx([1.0, 1.0])
         else:
             prepared = prepare(_ct(), PRE)
-            mask = finish(prepared, run_models(prepared, [_model(None)]), threshold=0.5)
-            _, expected = rescore_lesions(mask, prepared.slices, prepared.grid, [rescorer])
+            mask, prob = finish(prepared, run_models(prepared, [_model(None)]), threshold=0.5, return_probabilities=True)
+            _, expected = lesion_scores(mask, prob, prepared.slices, prepared.grid, [rescorer])
             assert scores == pytest.approx(expected.tolist(), abs=1e-6)
     # --min-lesion-score through predict: the re-scorer's score decides.
     out = tmp_path / "cut" / "ct.nii.gz"
@@ -137,3 +138,71 @@ def test_workers_score_lesions_as_one_process_does(tmp_path) -> None:
         assert all(d["conventions"]["score"] == RESCORER_SCORE_TEXT for d in docs)
         scores.append([les["score"] for d in docs for les in d["lesions"]])
     assert len(scores[0]) == 4 and scores[0] == pytest.approx(scores[1], abs=1e-6)
+
+
+def _brute_longest_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    """Longest in-plane distance between the corners of a lesion's voxels on any one slice (edge to edge)."""
+    best = 0.0
+    for k in range(mask.shape[2]):
+        ij = np.argwhere(mask[:, :, k])
+        if not len(ij):
+            continue
+        corners = np.concatenate([(ij + [a, b]) * spacing[:2] for a in (0, 1) for b in (0, 1)])
+        d = np.sqrt(((corners[:, None, :] - corners[None, :, :]) ** 2).sum(-1))
+        best = max(best, float(d.max()))
+    return best
+
+
+@pytest.mark.parametrize("width_px", [10, 20])
+def test_lesions_wider_than_the_patch_keep_the_unets_score(width_px) -> None:
+    ct = _ct()
+    prepared = prepare(ct, PRE)
+    mask, prob = finish(prepared, run_models(prepared, [_model(None)]), threshold=0.5, return_probabilities=True)
+    patch = RescorerConfig(patch_shape=(6, width_px, width_px), patch_spacing_mm=(2.5, 1.0, 1.0), widths=(2, 2, 2))
+    rescorer = SizeRescorer(patch).eval()
+    inst, rescored = rescore_lesions(mask, prepared.slices, prepared.grid, [rescorer])
+    _, scores = lesion_scores(mask, prob, prepared.slices, prepared.grid, [rescorer])
+    spacing = tuple(float(x) for x in mask.spacing_mm)
+    for i in range(inst.count):
+        lesion = np.zeros(mask.shape, dtype=bool)
+        lesion[inst.box] = inst.labels == i + 1
+        longest = _brute_longest_mm(lesion, spacing)  # 12.0 mm (big) and 3.6 mm (small) at 0.8 x 0.9 mm
+        prob_max = float(prob.array[lesion].max())
+        expected = rescored[i] if longest <= width_px else prob_max
+        assert scores[i] == pytest.approx(expected), (i, longest, width_px)
+    assert (scores[0] == rescored[0]) == (width_px == 20) and scores[1] == rescored[1]
+
+
+def test_the_operating_point_travels_with_the_rescorer_and_applies_by_default(tmp_path) -> None:
+    from lungtumor.errors import CheckpointError
+    from lungtumor.inference.predictor import rescorer_min_lesion_score
+    from lungtumor.model.rescorer import rescorer_block, rescorer_from_block
+
+    torch.manual_seed(0)
+    net = SizeRescorer(PATCH).eval()
+    assert "min_lesion_score" not in rescorer_block(net)  # a re-scorer without one: keep every lesion
+    net.min_lesion_score = 0.5
+    block = rescorer_block(net)
+    assert block["min_lesion_score"] == 0.5 and rescorer_from_block(block).min_lesion_score == 0.5
+    with pytest.raises(CheckpointError, match="min_lesion_score"):
+        rescorer_from_block({**block, "min_lesion_score": 1.5})
+    other = SizeRescorer(PATCH).eval()
+    other.min_lesion_score = 0.3
+    assert rescorer_min_lesion_score([_model(net), _model(other)]) == 0.3
+    assert rescorer_min_lesion_score([_model(None), _model(SizeRescorer(PATCH).eval())]) is None
+    # The point applies by default (segment and predict alike); 0 keeps every lesion.
+    ct = _ct()
+    prepared = prepare(ct, PRE)
+    mask, prob = finish(prepared, run_models(prepared, [_model(None)]), threshold=0.5, return_probabilities=True)
+    inst, scores = lesion_scores(mask, prob, prepared.slices, prepared.grid, [net])
+    point = float(np.mean(scores))
+    net.min_lesion_score = point
+    assert scores.min() < point <= scores.max()
+    kept = segment(ct, _model(net))
+    assert 0 < int(kept.array.sum()) < int(mask.array.sum())
+    assert np.array_equal(segment(ct, _model(net), min_lesion_score=0).array, mask.array)
+    src = write_nifti(ct, tmp_path / "ct.nii.gz")
+    predict_path(_model(net), src, tmp_path / "out.nii.gz", progress=False)
+    from lungtumor.io.nifti import read_nifti
+
+    assert np.array_equal(read_nifti(tmp_path / "out.nii.gz").array, kept.array)

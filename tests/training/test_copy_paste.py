@@ -336,6 +336,8 @@ def test_real_ct_recipes_load_validate_and_state_their_budget(name: str) -> None
     # (BENCHMARKS.md: 25 false-positive lesions per scan with it, 7 without).
     assert cfg.crop_rate > 0 and not config_from_train_options(cfg.copy_paste_rate, cfg.lesion_dir, cfg.copy_paste_options).enabled
     assert aug.uses_intensity and cfg.loss == "bce+dice" and cfg.norm == "batch" and cfg.phantoms == 7 and cfg.phantom_size == "FULL"
+    # The re-scorer, measured at the CPU budget (BENCHMARKS.md, "Nodule benchmark" (g)): trained after the U-Net.
+    assert cfg.rescorer_steps == 600
     # A fixed schedule, never a time cap; the header states the budget the schedule is.
     width, slices = RECIPES[name]
     assert cfg.max_minutes is None and cfg.width == width and cfg.epochs * cfg.samples_per_epoch == slices
@@ -425,11 +427,16 @@ def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.Captu
         # The crops folder is the only extra argument of the recipe (the rest: a tiny, one-batch run).
         return ["train", str(tmp_path / "store"), "--out", str(tmp_path / run), "--config", str(REPO / "configs" / recipe),
                 "--lesion-dir", str(lesions), "--epochs", "1", "--samples-per-epoch", "2", "--limit-val-batches", "1", "--width", "4", "--batch-size", "2",
-                "--num-workers", "0", "--no-progress", "--phantoms", "1", "--phantom-size", "SMALL"]
+                "--num-workers", "0", "--no-progress", "--phantoms", "1", "--phantom-size", "SMALL", "--rescorer-steps", "2"]
 
     assert main(argv("run", crops)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["global_step"] == 1
+    # The checkpoint carries the re-scorer and the operating point predict applies by default.
+    from lungtumor.model.checkpoint import read_checkpoint
+
+    block = read_checkpoint(summary["last_checkpoint"])["rescorer"]
+    assert block["min_lesion_score"] == 0.5 and block["summary"]["steps"] == 2
     # predict with the checkpoint needs no recipe-specific flags.
     ct = task / "imagesTr" / "lung_000.nii.gz"
     assert main(["predict", summary["last_checkpoint"], str(ct), str(tmp_path / "pred.nii.gz")]) == 0

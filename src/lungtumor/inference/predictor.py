@@ -317,12 +317,13 @@ def finish(
         return_probabilities, postprocess, min_lesion_ml, min_lesion_score: see :func:`segment`.
         rescorers: the models' second-stage re-scorers (``LoadedModel.rescorer``); when any, the
             lesion score of ``min_lesion_score`` is their mean probability at each lesion's centroid
-            (:mod:`lungtumor.inference.rescore`) instead of the U-Net's ``prob_max``.
+            for lesions that fit in their patch, ``prob_max`` for larger ones
+            (:func:`lungtumor.inference.rescore.lesion_scores`).
     """
     grid, region, meta = prepared.grid, prepared.region, prepared.meta
     thr = threshold
     by_score = bool(postprocess and min_lesion_score)
-    if not (return_probabilities or (by_score and not rescorers)):
+    if not (return_probabilities or by_score):
         # Thresholded chunk by chunk: no full-size float copy of the scan is ever made.
         mask_vol = grid.slices_to_volume(probs, threshold=thr, meta=meta)
         prob_vol = None
@@ -336,7 +337,7 @@ def finish(
         if rescorers:
             from lungtumor.inference.rescore import lesion_score_volume
 
-            scores = lesion_score_volume(mask_vol, prepared.slices, grid, rescorers).array
+            scores = lesion_score_volume(mask_vol, prob_vol, prepared.slices, grid, rescorers).array  # type: ignore[arg-type]
         else:
             scores = prob_vol.array  # type: ignore[union-attr]
         kept = remove_low_score_lesions(mask_vol.array, scores, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[arg-type]
@@ -383,8 +384,9 @@ def segment(
         min_lesion_ml: with ``postprocess``, drop lesions smaller than this many ml (None = keep all).
         min_lesion_score: with ``postprocess``, then drop lesions whose score
             (:data:`~lungtumor.lesions.score.LESION_SCORE`, from the probabilities; the re-scorer's
-            probability when the checkpoint carries one, :mod:`lungtumor.inference.rescore`) is below
-            this, a number in [0, 1] (None or 0 = keep all).
+            when the checkpoint carries one, :func:`lungtumor.inference.rescore.lesion_scores`) is below
+            this, a number in [0, 1] (0 = keep all; None = the operating point the checkpoint's
+            re-scorer carries, :func:`rescorer_min_lesion_score`, else keep all).
         region: the lung region mask on ``volume``'s grid (e.g. ``find_lung_region(ct).mask``, as
             ``lungtumor lungs`` writes it); None = found here for the lung preset.
         mode: ``fast`` (coarse-to-fine: candidates on a 2x coarser grid, then only their
@@ -407,6 +409,8 @@ def segment(
     loaded = models[0]
     thr = check_threshold(threshold if threshold is not None else loaded.info.get("threshold", 0.5))
     check_finish_options(min_lesion_ml, min_lesion_score)
+    if min_lesion_score is None:
+        min_lesion_score = rescorer_min_lesion_score(models)
     run_mode = fast_mode_for(mode, loaded.preprocess, device)
     prepared = prepare(volume, loaded.preprocess, region=region, coarse=run_mode == "fast")
     probs = run_models(prepared, models, batch_size=batch_size, device=device, tta=tta, precision=precision)
@@ -419,6 +423,13 @@ def segment(
 def model_rescorers(models: Sequence[LoadedModel]) -> list[Rescorer]:
     """The second-stage re-scorers the models carry (none for checkpoints without one)."""
     return [m.rescorer for m in models if m.rescorer is not None]  # type: ignore[misc]
+
+
+def rescorer_min_lesion_score(models: Sequence[LoadedModel]) -> float | None:
+    """The operating point the models' re-scorers carry (the lowest where an ensemble's differ: it
+    removes no lesion that a member's own point would keep); None when no re-scorer carries one."""
+    points = [r.min_lesion_score for r in model_rescorers(models) if r.min_lesion_score is not None]
+    return min(points) if points else None
 
 
 #: A CT in Hounsfield units spans about -1024 (air) to 3071 (dense bone, the 12-bit top); scanners

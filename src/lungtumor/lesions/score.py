@@ -8,8 +8,9 @@ scoring below it are removed from the mask), and the lesion-level FROC, the cali
 the operating point chosen on validation cases (:mod:`lungtumor.evaluation`).
 
 A checkpoint that carries a second-stage re-scorer (:mod:`lungtumor.model.rescorer`) replaces the
-score of ``predict`` (its lesion table and ``--min-lesion-score``) with the re-scorer's probability
-(:data:`RESCORER_SCORE_TEXT`); such scores travel as a map of the lesions (:func:`score_map`), so the
+score of ``predict`` (its lesion table and ``--min-lesion-score``) with the re-scorer's probability for
+lesions that fit in its patch (:data:`RESCORER_SCORE_TEXT`), and carries the operating point that
+``predict`` then applies by default; such scores travel as a map of the lesions (:func:`score_map`), so the
 functions here read them unchanged. ``evaluate`` and ``lesions``, which see files, keep ``prob_max``.
 """
 
@@ -63,8 +64,9 @@ LESION_SCORE = "prob_max"
 LESION_SCORE_TEXT = f"{LESION_SCORE}: {LESION_SCORE_KINDS[LESION_SCORE]} (from the probability map; in [0, 1])"
 #: The score's definition when the checkpoint carries a second-stage re-scorer (:mod:`lungtumor.model.rescorer`).
 RESCORER_SCORE_TEXT = (
-    "rescorer: the second-stage 3D re-scorer's probability for a fixed-size patch (about 30 mm) centred on the "
-    "lesion's centroid (mean over the ensemble's re-scorers; in [0, 1]); the U-Net's maximum probability is prob_max"
+    "rescorer: for a lesion whose longest axial diameter fits in the re-scorer's patch (about 30 mm), the second-stage "
+    "3D re-scorer's probability for that patch centred on the lesion's centroid (mean over the ensemble's re-scorers); "
+    "for a longer lesion, prob_max: the U-Net's highest probability inside it (in [0, 1]; prob_max is also given beside it)"
 )
 
 
