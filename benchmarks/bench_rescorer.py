@@ -10,10 +10,14 @@ re-scorer scores come from the report's ``lesions.json`` and ``instances.nii.gz`
 same predicted lesions three ways:
 
 - ``prob_max``: the U-Net's maximum probability inside the lesion (today's score, without a re-scorer);
-- ``rescorer``: the re-scorer's probability (the score with a re-scorer);
+- ``rescorer``: the re-scorer's own probability for every lesion (computed here beside the product);
 - ``geomean``: sqrt(prob_max * rescorer), a combination measured alongside;
 - ``rescorer_small``: the re-scorer's for lesions whose longest axial diameter is at most the patch's
-  30 mm, ``prob_max`` for larger ones (a larger tumour is seen from inside by the patch).
+  30 mm, ``prob_max`` for larger ones (a larger tumour is seen from inside by the patch): the product's
+  score with a re-scorer since 2026-12-05 (lesions.json's ``score``, checked against it here).
+
+The held-out scan is predicted with ``min_lesion_score=0`` (every candidate kept, not the checkpoint's
+operating point), so that the four scores rank the same candidates.
 
 Reported per fold and pooled over the folds: reference lesions found (every candidate kept), false-positive
 lesions per scan with every candidate and with the candidates scoring >= 0.5, the lesion FROC and CPM
@@ -69,8 +73,31 @@ def auc(scores: np.ndarray, true: np.ndarray) -> float | None:
     return float(np.mean(pos[:, None] > neg[None, :]) + 0.5 * np.mean(pos[:, None] == neg[None, :]))
 
 
-def fold_candidates(report_dir: Path, label_path: Path) -> dict[str, dict[str, Any]]:
-    """Per score kind, :func:`lesion_candidates` of one predicted scan, from its report folder."""
+def raw_rescores(checkpoint: Path, ct_path: Path, report_dir: Path) -> dict[int, float]:
+    """The re-scorer's own probability for every lesion of a report (by its id), whatever its size: the
+    product's score (lesions.json) is the re-scorer's only for lesions that fit in the patch."""
+    from lungtumor.inference.predictor import load_ensemble, model_rescorers, prepare
+    from lungtumor.inference.rescore import rescore_lesions
+    from lungtumor.io.nifti import read_nifti
+    from lungtumor.io.readers import read_volume
+    from lungtumor.io.volume import Volume
+
+    models = load_ensemble(checkpoint)
+    prepared = prepare(read_volume(ct_path), models[0].preprocess)
+    ids = read_nifti(report_dir / "instances.nii.gz")
+    ids_arr = np.asarray(ids.array)
+    inst, raw = rescore_lesions(Volume((ids_arr > 0).astype(np.uint8), ids.affine), prepared.slices, prepared.grid, model_rescorers(models))
+    out = {}
+    for i, obj in enumerate(inst.objects):
+        report_id = ids_arr[inst.box][obj][inst.labels[obj] == i + 1]
+        out[int(report_id[0])] = float(raw[i])
+    return out
+
+
+def fold_candidates(report_dir: Path, label_path: Path, raw: dict[int, float]) -> dict[str, dict[str, Any]]:
+    """Per score kind, :func:`lesion_candidates` of one predicted scan, from its report folder and the
+    re-scorer's own probabilities ``raw`` (:func:`raw_rescores`); checks that the report's score is
+    ``rescorer_small`` (the product's rule)."""
     from lungtumor.evaluation.lesion_froc import lesion_candidates
     from lungtumor.io.nifti import read_nifti
 
@@ -83,8 +110,10 @@ def fold_candidates(report_dir: Path, label_path: Path) -> dict[str, dict[str, A
     for kind in SCORES:
         values = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.float32)
         for les in doc["lesions"]:
-            pm, rs = float(les["prob_max"]), float(les["score"])
+            pm, rs = float(les["prob_max"]), raw[int(les["id"])]
             small = rs if float(les["longest_diameter_mm"]) <= SMALL_MM else pm
+            if abs(small - float(les["score"])) > 1e-4:
+                raise SystemExit(f"{report_dir}: lesion {les['id']} scores {les['score']} in lesions.json, not the rule's {small}")
             values[int(les["id"])] = {"prob_max": pm, "rescorer": rs, "geomean": float(np.sqrt(pm * rs)), "rescorer_small": small}[kind]
         out[kind] = lesion_candidates(pred, values[labels], ref, inst.voxel_volume_ml)
     out["score_definition"] = doc["conventions"]["score"]  # type: ignore[assignment]
@@ -140,9 +169,12 @@ def run(
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pred = out / "pred" / f"{held}.nii.gz"
-        predict_path(ckpt, (work / "pairs" / f"{held}_ct.nii.gz").resolve(), pred, probabilities=True, report=True, progress=False)
+        # Every candidate kept (min_lesion_score 0, not the checkpoint's operating point): the scores are compared here.
+        ct_path = (work / "pairs" / f"{held}_ct.nii.gz").resolve()
+        predict_path(ckpt, ct_path, pred, probabilities=True, report=True, progress=False, min_lesion_score=0)
         predict_s = time.perf_counter() - t0
-        cand = fold_candidates(out / "pred" / f"{held}_report", (work / "pairs" / f"{held}_label.nii.gz").resolve())
+        raw = raw_rescores(ckpt, ct_path, out / "pred" / f"{held}_report")
+        cand = fold_candidates(out / "pred" / f"{held}_report", (work / "pairs" / f"{held}_label.nii.gz").resolve(), raw)
         row = {"held_out": held, "train_s": train_s, "predict_s": predict_s, "score_definition": cand.pop("score_definition"),
                "rescorer": {k: info[k] for k in ("store_pos", "crops", "store_fp", "store_neg", "crop_neg", "loss_last_50", "mining_s", "train_s")}}
         for kind in SCORES:
