@@ -12,10 +12,10 @@ The lesion score (:func:`lesion_scores`, :data:`~lungtumor.lesions.score.RESCORE
 re-scorer's probability for a lesion whose longest axial diameter fits in the patch's width (30 mm by
 default), and the U-Net's maximum probability (``prob_max``) for a larger one: a patch centred in a
 large tumour sees tumour tissue from inside, as it sees the mediastinum among its negatives, and
-scored every mass under 0.5. Measured leave-one-scan-out at the CPU recipe's budget, two training
-seeds (BENCHMARKS.md, "Nodule benchmark" (g)): at 0.5 this rule kept every tumour (6 of 6) with 1.2
+scored masses under 0.5. Measured leave-one-scan-out at the CPU recipe's budget, three training
+seeds (BENCHMARKS.md, "Nodule benchmark" (g)): at 0.5 this rule kept every tumour (9 of 9) with 1.1
 false-positive lesions per scan, against 4.2 for ``prob_max``; the re-scorer's probability alone kept
-4 of 6 (0.4 per scan).
+6 of 9 (a mass lost in every seed; 0.2 per scan).
 
 Cost, measured on an AMD EPYC core (one torch thread, load average 3.7 on 2 cores): 20 lesions of a
 150 x 220 x 180 slice stack take 9 ms to cut and 40 ms through the default network, against the
