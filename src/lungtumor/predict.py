@@ -28,7 +28,16 @@ from lungtumor.atomic import refuse_overwriting_inputs
 from lungtumor.config import PreprocessConfig, check_batch_size, check_threshold
 from lungtumor.cvfolder import cv_min_lesion_ml, cv_min_lesion_score, ensemble_checkpoints
 from lungtumor.errors import ConfigError, InputError, LungTumorError
-from lungtumor.inference.predictor import PreparedScan, fast_mode_for, finish, load_ensemble, model_rescorers, prepare, rescorer_min_lesion_score, run_models
+from lungtumor.inference.predictor import (
+    PreparedScan,
+    fast_mode_for,
+    finish,
+    load_ensemble,
+    model_rescorers,
+    prepare,
+    rescorer_min_lesion_score,
+    run_models,
+)
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume

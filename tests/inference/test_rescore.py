@@ -147,7 +147,7 @@ def _brute_longest_mm(mask: np.ndarray, spacing: tuple[float, float, float]) -> 
         ij = np.argwhere(mask[:, :, k])
         if not len(ij):
             continue
-        corners = np.concatenate([(ij + [a, b]) * spacing[:2] for a in (0, 1) for b in (0, 1)])
+        corners = np.concatenate([(ij + np.array([a, b])) * spacing[:2] for a in (0, 1) for b in (0, 1)])
         d = np.sqrt(((corners[:, None, :] - corners[None, :, :]) ** 2).sum(-1))
         best = max(best, float(d.max()))
     return best
@@ -194,7 +194,7 @@ def test_the_operating_point_travels_with_the_rescorer_and_applies_by_default(tm
     ct = _ct()
     prepared = prepare(ct, PRE)
     mask, prob = finish(prepared, run_models(prepared, [_model(None)]), threshold=0.5, return_probabilities=True)
-    inst, scores = lesion_scores(mask, prob, prepared.slices, prepared.grid, [net])
+    _, scores = lesion_scores(mask, prob, prepared.slices, prepared.grid, [net])
     point = float(np.mean(scores))
     net.min_lesion_score = point
     assert scores.min() < point <= scores.max()
