@@ -170,6 +170,8 @@ def predict_path(
         min_lesion_score = cv_min_lesion_score(checkpoint)
     if min_lesion_score is None:  # the operating point a re-scorer was written with
         min_lesion_score = rescorer_min_lesion_score(models)
+        if min_lesion_score is not None:
+            log.info("keeping lesions scoring >= %g, the operating point of the checkpoint's re-scorer (--min-lesion-score 0 keeps every lesion)", min_lesion_score)
 
     rank, world = shard_of_this_process()
     if world > 1:  # torchrun / SLURM / Lightning launchers: each rank predicts every world-th case, none twice
