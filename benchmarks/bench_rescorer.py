@@ -121,7 +121,8 @@ def fold_candidates(report_dir: Path, label_path: Path, raw: dict[int, float]) -
 
 
 def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
-    """Found, false positives (all and at >= CUT), FROC/CPM and AUC of one score over cases."""
+    """Found, false positives (all and at >= CUT), FROC/CPM, AUC and calibration (ECE, reliability bins) of one score over cases."""
+    from lungtumor.evaluation.calibration import candidates_reliability
     from lungtumor.evaluation.lesion_froc import lesion_froc_summary
 
     froc = lesion_froc_summary(per_case)
@@ -143,6 +144,7 @@ def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
         "cpm": froc.get("cpm"),
         "sensitivity_at_fp_rates": froc.get("sensitivity_at_fp_rates"),
         "auc_true_vs_false": auc(scores, true),
+        "calibration": candidates_reliability(per_case) if scores.size else None,
     }
 
 
@@ -192,13 +194,15 @@ def run(
 
 def table(rep: dict[str, Any]) -> str:
     """The pooled comparison as a text table."""
-    lines = [f"{'score':<15} {'found':>7} {'cand.':>6} {'FP/scan':>8} {'found>=' + format(CUT, 'g'):>9} {'FP/scan>=' + format(CUT, 'g'):>12} {'CPM':>6} {'AUC':>6}"]
+    lines = [f"{'score':<15} {'found':>7} {'cand.':>6} {'FP/scan':>8} {'found>=' + format(CUT, 'g'):>9} {'FP/scan>=' + format(CUT, 'g'):>12} {'CPM':>6} {'AUC':>6} {'ECE':>6}"]
     for kind in SCORES:
         s = rep["pooled"][kind]
         a = "n/a" if s["auc_true_vs_false"] is None else f"{s['auc_true_vs_false']:.3f}"
         cpm = "n/a" if s["cpm"] is None or not np.isfinite(s["cpm"]) else f"{s['cpm']:.3f}"
+        ece = (s.get("calibration") or {}).get("ece")
+        e = "n/a" if ece is None or not np.isfinite(ece) else f"{ece:.3f}"
         lines.append(f"{kind:<15} {s['found_all']:>3}/{s['lesions_ref']:<3} {s['candidates']:>6} {s['fp_per_scan_all']:>8.1f} "
-                     f"{s[f'found_at_{CUT:g}']:>9} {s[f'fp_per_scan_at_{CUT:g}']:>12.1f} {cpm:>6} {a:>6}")
+                     f"{s[f'found_at_{CUT:g}']:>9} {s[f'fp_per_scan_at_{CUT:g}']:>12.1f} {cpm:>6} {a:>6} {e:>6}")
     return "\n".join(lines)
 
 
