@@ -173,19 +173,12 @@ def test_lesions_wider_than_the_patch_keep_the_unets_score(width_px) -> None:
     assert (scores[0] == rescored[0]) == (width_px == 20) and scores[1] == rescored[1]
 
 
-def test_the_operating_point_travels_with_the_rescorer_and_applies_by_default(tmp_path) -> None:
-    from lungtumor.errors import CheckpointError
+def test_the_rescorers_operating_point_applies_by_default(tmp_path) -> None:
     from lungtumor.inference.predictor import rescorer_min_lesion_score
-    from lungtumor.model.rescorer import rescorer_block, rescorer_from_block
 
     torch.manual_seed(0)
     net = SizeRescorer(PATCH).eval()
-    assert "min_lesion_score" not in rescorer_block(net)  # a re-scorer without one: keep every lesion
     net.min_lesion_score = 0.5
-    block = rescorer_block(net)
-    assert block["min_lesion_score"] == 0.5 and rescorer_from_block(block).min_lesion_score == 0.5
-    with pytest.raises(CheckpointError, match="min_lesion_score"):
-        rescorer_from_block({**block, "min_lesion_score": 1.5})
     other = SizeRescorer(PATCH).eval()
     other.min_lesion_score = 0.3
     assert rescorer_min_lesion_score([_model(net), _model(other)]) == 0.3

@@ -105,6 +105,18 @@ def test_checkpoint_block_round_trip_weights_only(tmp_path) -> None:
     assert np.array_equal(score_patches(net, patches), score_patches(again, patches))
 
 
+def test_the_operating_point_travels_in_the_block(tmp_path) -> None:
+    net = Rescorer(SMALL)
+    assert net.min_lesion_score is None and "min_lesion_score" not in rescorer_block(net)  # none: keep every lesion
+    net.min_lesion_score = 0.5
+    torch.save({RESCORER_KEY: rescorer_block(net)}, tmp_path / "c.ckpt")
+    block = torch.load(tmp_path / "c.ckpt", weights_only=True)[RESCORER_KEY]
+    assert block["min_lesion_score"] == 0.5 and rescorer_from_block(block).min_lesion_score == 0.5
+    for bad in (1.5, -0.1, "0.5", True):
+        with pytest.raises(CheckpointError, match="min_lesion_score"):
+            rescorer_from_block({**block, "min_lesion_score": bad}, "x.ckpt")
+
+
 def test_malformed_block_is_one_checkpoint_error() -> None:
     with pytest.raises(CheckpointError, match="malformed"):
         rescorer_from_block({"config": SMALL.to_dict()}, "x.ckpt")
