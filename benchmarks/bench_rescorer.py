@@ -148,11 +148,24 @@ def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def reusable(ckpt: Path, unet: Path, steps: int, batch: int, seed: int) -> dict[str, Any] | None:
+    """The training summary of a re-scorer already written to ``ckpt`` for the same U-Net with the same steps,
+    batch and seed (``--reuse``), else None."""
+    from lungtumor.model.checkpoint import read_checkpoint
+
+    if not ckpt.is_file() or ckpt.stat().st_mtime < unet.stat().st_mtime:
+        return None
+    info = dict(read_checkpoint(ckpt).get("rescorer", {}).get("summary") or {})
+    return info if (info.get("steps"), info.get("batch"), info.get("seed")) == (steps, batch, seed) else None
+
+
 def run(
     work: Path, crops: Path | None, *, steps: int, batch: int, seed: int, held_outs: list[str] | None = None, checkpoint: str = "last",
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Every finished fold of ``work``: re-scorer trained for its ``checkpoint`` (``last`` or ``best``), held-out scan
-    predicted, scores compared."""
+    predicted, scores compared. ``reuse``: a fold whose re-scorer was written by an earlier run with the same
+    steps, batch and seed (and after its U-Net) is not trained again."""
     from lungtumor.predict import predict_path
     from lungtumor.training.rescorer import add_rescorer, train_rescorer
 
@@ -166,9 +179,14 @@ def run(
         ckpt = out / "rescored.ckpt"
         unet = work / "loso" / held / "train" / f"{checkpoint}.ckpt"
         t0 = time.perf_counter()
-        net, info = train_rescorer(unet, work / "folds" / held, lesion_dir=crops, crop_exclude=held, steps=steps, batch=batch, seed=seed)
-        add_rescorer(unet, ckpt, net, info)
-        train_s = time.perf_counter() - t0
+        earlier = reusable(ckpt, unet, steps, batch, seed) if reuse else None
+        if earlier is not None:
+            info = earlier
+            train_s = float(info.get("mining_s", 0.0)) + float(info.get("train_s", 0.0))
+        else:
+            net, info = train_rescorer(unet, work / "folds" / held, lesion_dir=crops, crop_exclude=held, steps=steps, batch=batch, seed=seed)
+            add_rescorer(unet, ckpt, net, info)
+            train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pred = out / "pred" / f"{held}.nii.gz"
         # Every candidate kept (min_lesion_score 0, not the checkpoint's operating point): the scores are compared here.
@@ -228,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="the fold's U-Net: train/last.ckpt (default) or train/best.ckpt")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: 2, or the cores if fewer)")
     ap.add_argument("--tiny", action="store_true", help="a tiny synthetic work folder first, a few steps (plumbing only)")
+    ap.add_argument("--reuse", action="store_true", help="keep a fold's re-scorer written by an earlier run with the same --steps, --batch and --seed")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args(argv)
     import torch
@@ -243,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         crops = None if a.crops == "none" else Path(a.crops) if a.crops else REAL / CROPS_DIR
         steps, batch = a.steps, a.batch
-    report.update(run(work, crops, steps=steps, batch=batch, seed=a.seed, held_outs=a.held_out.split(",") if a.held_out else None, checkpoint=a.checkpoint))
+    report.update(run(work, crops, steps=steps, batch=batch, seed=a.seed, held_outs=a.held_out.split(",") if a.held_out else None, checkpoint=a.checkpoint,
+                      reuse=a.reuse))
     report["load_average_end"] = os.getloadavg()
     report["total_s"] = time.perf_counter() - t0
     print(table(report), flush=True)

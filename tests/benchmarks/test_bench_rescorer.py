@@ -35,3 +35,11 @@ def test_tiny_run_end_to_end(tmp_path) -> None:
     assert all(f["score_definition"].startswith("rescorer") for f in rep["folds"])
     # The three scores rank the same candidates: the found count with every candidate is the same.
     assert len({rep["pooled"][k]["found_all"] for k in br.SCORES}) == 1
+    # --reuse keeps a fold's re-scorer only when it was trained with the same steps, batch and seed for its U-Net.
+    held = rep["folds"][0]["held_out"]
+    ckpt, unet = tmp_path / "w" / "rescorer" / held / "rescored.ckpt", tmp_path / "w" / "loso" / held / "train" / "last.ckpt"
+    info = br.reusable(ckpt, unet, 2, 4, 0)
+    assert info is not None and info["steps"] == 2
+    assert br.reusable(ckpt, unet, 3, 4, 0) is None and br.reusable(ckpt, unet, 2, 4, 1) is None
+    unet.touch()  # a U-Net trained again after the re-scorer
+    assert br.reusable(ckpt, unet, 2, 4, 0) is None
