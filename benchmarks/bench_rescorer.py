@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from lungtumor.model.rescorer import RESCORER_MIN_LESION_SCORE
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine
 
@@ -53,6 +55,8 @@ SCORES = ("prob_max", "rescorer", "geomean", "rescorer_small")
 SMALL_MM = 30.0
 #: The operating point reported besides "every candidate".
 CUT = 0.5
+#: The operating point a re-scorer is written with (``predict``'s default for its checkpoint), reported too.
+OPERATING_POINT = RESCORER_MIN_LESION_SCORE
 
 
 def finished_folds(work: Path, checkpoint: str = "last") -> list[str]:
@@ -121,7 +125,7 @@ def fold_candidates(report_dir: Path, label_path: Path, raw: dict[int, float]) -
 
 
 def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
-    """Found, false positives (all and at >= CUT), FROC/CPM, AUC and calibration (ECE, reliability bins) of one score over cases."""
+    """Found, false positives (all, at >= the operating point and at >= CUT), FROC/CPM, AUC and calibration (ECE, reliability bins) of one score over cases."""
     from lungtumor.evaluation.calibration import candidates_reliability
     from lungtumor.evaluation.lesion_froc import lesion_froc_summary
 
@@ -129,18 +133,21 @@ def summarise(per_case: list[dict[str, Any]]) -> dict[str, Any]:
     scores = np.concatenate([np.asarray(c["scores"], float) for c in per_case] + [np.zeros(0)])
     true = np.concatenate([np.asarray(c["true"], bool) for c in per_case] + [np.zeros(0, bool)])
     n = max(1, len(per_case))
-    kept = scores >= CUT
-    found_at_cut = 0
-    for c in per_case:  # candidates are sorted by score: the first k are those >= CUT
-        k = int(np.sum(np.asarray(c["scores"], float) >= CUT))
-        found_at_cut += int(c["found_by_rank"][k])
+    at: dict[str, Any] = {}
+    for cut in (OPERATING_POINT, CUT):
+        kept = scores >= cut
+        found_at_cut = 0
+        for c in per_case:  # candidates are sorted by score: the first k are those >= cut
+            k = int(np.sum(np.asarray(c["scores"], float) >= cut))
+            found_at_cut += int(c["found_by_rank"][k])
+        at[f"found_at_{cut:g}"] = found_at_cut
+        at[f"fp_per_scan_at_{cut:g}"] = float(np.sum(~true & kept)) / n
     return {
         "lesions_ref": froc["lesions_ref"],
         "candidates": int(scores.size),
         "found_all": int(sum(c["found_by_rank"][-1] for c in per_case)),
         "fp_per_scan_all": float(np.sum(~true)) / n,
-        f"found_at_{CUT:g}": found_at_cut,
-        f"fp_per_scan_at_{CUT:g}": float(np.sum(~true & kept)) / n,
+        **at,
         "cpm": froc.get("cpm"),
         "sensitivity_at_fp_rates": froc.get("sensitivity_at_fp_rates"),
         "auc_true_vs_false": auc(scores, true),
@@ -212,7 +219,9 @@ def run(
 
 def table(rep: dict[str, Any]) -> str:
     """The pooled comparison as a text table."""
-    lines = [f"{'score':<15} {'found':>7} {'cand.':>6} {'FP/scan':>8} {'found>=' + format(CUT, 'g'):>9} {'FP/scan>=' + format(CUT, 'g'):>12} {'CPM':>6} {'AUC':>6} {'ECE':>6}"]
+    op = OPERATING_POINT
+    lines = [f"{'score':<15} {'found':>7} {'cand.':>6} {'FP/scan':>8} {'found>=' + format(op, 'g'):>9} {'FP/scan>=' + format(op, 'g'):>12} "
+             f"{'found>=' + format(CUT, 'g'):>9} {'FP/scan>=' + format(CUT, 'g'):>12} {'CPM':>6} {'AUC':>6} {'ECE':>6}"]
     for kind in SCORES:
         s = rep["pooled"][kind]
         a = "n/a" if s["auc_true_vs_false"] is None else f"{s['auc_true_vs_false']:.3f}"
@@ -220,6 +229,7 @@ def table(rep: dict[str, Any]) -> str:
         ece = (s.get("calibration") or {}).get("ece")
         e = "n/a" if ece is None or not np.isfinite(ece) else f"{ece:.3f}"
         lines.append(f"{kind:<15} {s['found_all']:>3}/{s['lesions_ref']:<3} {s['candidates']:>6} {s['fp_per_scan_all']:>8.1f} "
+                     f"{s[f'found_at_{op:g}']:>9} {s[f'fp_per_scan_at_{op:g}']:>12.1f} "
                      f"{s[f'found_at_{CUT:g}']:>9} {s[f'fp_per_scan_at_{CUT:g}']:>12.1f} {cpm:>6} {a:>6} {e:>6}")
     return "\n".join(lines)
 

@@ -240,7 +240,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--min-lesion-score", type=float, default=None,
         help="drop predicted lesions whose score (max probability inside; the re-scorer's for a checkpoint with one) is below "
         "this, in [0, 1] (default keep all, or for a `lungtumor cv` folder the score its folds chose, or for a checkpoint "
-        "with a re-scorer the operating point it carries, 0.5; 0 keeps all)",
+        "with a re-scorer the operating point it carries, 0.1; 0 keeps all)",
     )
     p.add_argument("--skip-bad", action="store_true", help="folder input: warn about a case that fails and go on with the others")
     p.add_argument(

@@ -21,6 +21,7 @@ def test_summary_counts_false_positives_at_the_cut() -> None:
     s = br.summarise([case])
     assert s["found_all"] == 2 and s["fp_per_scan_all"] == 2.0
     assert s["found_at_0.5"] == 1 and s["fp_per_scan_at_0.5"] == 1.0
+    assert br.OPERATING_POINT == 0.1 and s["found_at_0.1"] == 2 and s["fp_per_scan_at_0.1"] == 2.0
     assert s["auc_true_vs_false"] == pytest.approx(0.75)
     # Calibration over the four candidates: bins 0.9, 0.6, 0.4, 0.2 hold one each (true 1, 0, 1, 0).
     expected = (abs(1 - 0.9) + abs(0 - 0.6) + abs(1 - 0.4) + abs(0 - 0.2)) / 4

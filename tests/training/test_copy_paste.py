@@ -436,7 +436,7 @@ def test_cli_trains_with_the_real_ct_recipe(tmp_path: Path, capsys: pytest.Captu
     from lungtumor.model.checkpoint import read_checkpoint
 
     block = read_checkpoint(summary["last_checkpoint"])["rescorer"]
-    assert block["min_lesion_score"] == 0.5 and block["summary"]["steps"] == 2
+    assert block["min_lesion_score"] == 0.1 and block["summary"]["steps"] == 2
     # predict with the checkpoint needs no recipe-specific flags.
     ct = task / "imagesTr" / "lung_000.nii.gz"
     assert main(["predict", summary["last_checkpoint"], str(ct), str(tmp_path / "pred.nii.gz")]) == 0

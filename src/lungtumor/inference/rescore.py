@@ -15,7 +15,8 @@ large tumour sees tumour tissue from inside, as it sees the mediastinum among it
 scored masses under 0.5. Measured leave-one-scan-out at the CPU recipe's budget, three training
 seeds (BENCHMARKS.md, "Nodule benchmark" (g)): at 0.5 this rule kept every tumour (9 of 9) with 1.1
 false-positive lesions per scan, against 4.2 for ``prob_max``; the re-scorer's probability alone kept
-6 of 9 (a mass lost in every seed; 0.2 per scan).
+6 of 9 (a mass lost in every seed; 0.2 per scan). A fourth run scored the 25 mm nodule 0.17, hence the
+operating point 0.1 (:data:`~lungtumor.model.rescorer.RESCORER_MIN_LESION_SCORE`: 1.6 per scan).
 
 Cost, measured on an AMD EPYC core (one torch thread, load average 3.7 on 2 cores): 20 lesions of a
 150 x 220 x 180 slice stack take 9 ms to cut and 40 ms through the default network, against the
