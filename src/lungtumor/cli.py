@@ -300,7 +300,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     if a.threshold is not None:
         check_threshold(a.threshold)
     if a.min_lesion_score is not None:
-        from lungtumor.lesions.score import check_min_lesion_score
+        from lungtumor.config import check_min_lesion_score
 
         check_min_lesion_score(a.min_lesion_score)
     from lungtumor.predict import predict_path

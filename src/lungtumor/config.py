@@ -60,6 +60,21 @@ def check_threshold(value: Any, flag: str = "--threshold") -> float:
     return float(value)
 
 
+def check_min_lesion_score(value: Any, flag: str = "--min-lesion-score") -> float:
+    """The minimum lesion score ``value`` as a float; the one check of that option.
+
+    Args:
+        value: a real number in [0, 1] (0 keeps every lesion).
+        flag: the option's name in the error message.
+
+    Raises:
+        ConfigError: not a real number in [0, 1] (NaN included).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
+        raise _config_error(f"{flag} {value}: must be a lesion score between 0 and 1 (0 keeps every lesion)")
+    return float(value)
+
+
 def check_batch_size(value: Any, flag: str = "--batch-size") -> int:
     """The batch size ``value`` (slices per batch or forward pass) as an int; the one check of every batch size.
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lungtumor.atomic import refuse_overwriting_inputs
-from lungtumor.config import PreprocessConfig, check_batch_size, check_threshold
+from lungtumor.config import PreprocessConfig, check_batch_size, check_min_lesion_score, check_threshold
 from lungtumor.cvfolder import cv_min_lesion_ml, cv_min_lesion_score, ensemble_checkpoints
 from lungtumor.errors import ConfigError, InputError, LungTumorError
 from lungtumor.inference.predictor import (
@@ -41,7 +41,6 @@ from lungtumor.inference.predictor import (
 from lungtumor.io.nifti import check_nifti_affine, is_nifti, nifti_stem, write_nifti
 from lungtumor.io.readers import read_volume
 from lungtumor.io.volume import Volume
-from lungtumor.lesions.score import check_min_lesion_score
 from lungtumor.model.checkpoint import LoadedModel
 from lungtumor.model.device import resolve_device
 from lungtumor.workers import pool_context, single_threaded

@@ -23,7 +23,7 @@ from lungtumor.evaluation.postprocessing import choose_min_lesion_score, collect
 from lungtumor.io.nifti import read_nifti, write_nifti
 from lungtumor.io.volume import Volume
 from lungtumor.lesions.components import CONNECTIVITY_STRUCTURE
-from lungtumor.lesions.score import check_min_lesion_score, remove_low_score_lesions
+from lungtumor.lesions.score import remove_low_score_lesions
 from lungtumor.model.checkpoint import LoadedModel
 
 SHAPE = (12, 12, 14)
@@ -217,12 +217,6 @@ def test_candidates_from_folders_apply_the_minimum_volume_first(tmp_path: Path) 
     assert big[0]["scores"] == pytest.approx([0.9])
     with pytest.raises(InputError, match="probabilit"):
         collect_lesion_candidates(tmp_path / "pred", tmp_path / "ref", prob_dir=tmp_path / "ref" / "none")
-
-
-@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), float("inf"), True, "0.5"])
-def test_min_lesion_score_outside_0_1_is_refused(value) -> None:
-    with pytest.raises(ConfigError, match="--min-lesion-score"):
-        check_min_lesion_score(value)
 
 
 # --------------------------------------------------------------------------------------------

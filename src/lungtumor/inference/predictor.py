@@ -35,13 +35,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from lungtumor.config import AIR_TISSUE_HU, LEFT_RIGHT_AXIS, PreprocessConfig, check_batch_size, check_threshold
+from lungtumor.config import (
+    AIR_TISSUE_HU,
+    LEFT_RIGHT_AXIS,
+    PreprocessConfig,
+    check_batch_size,
+    check_min_lesion_score,
+    check_threshold,
+)
 from lungtumor.errors import ConfigError, InputError
 from lungtumor.inference.fast import check_mode, coarse_config, fast_probabilities, fast_supported, resolve_mode
 from lungtumor.io import prefetch
 from lungtumor.io.volume import Volume, to_canonical
 from lungtumor.lesions.components import postprocess_mask
-from lungtumor.lesions.score import check_min_lesion_score, remove_low_score_lesions
+from lungtumor.lesions.score import remove_low_score_lesions
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, resolve_device
 from lungtumor.model.rescorer import Rescorer

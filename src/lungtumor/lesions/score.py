@@ -16,13 +16,10 @@ functions here read them unchanged. ``evaluate`` and ``lesions``, which see file
 
 from __future__ import annotations
 
-import math
-import numbers
-from typing import Any
-
 import numpy as np
 from scipy import ndimage
 
+from lungtumor.config import check_min_lesion_score
 from lungtumor.errors import ConfigError
 from lungtumor.lesions.components import LabelledInstances, label_cropped
 
@@ -82,21 +79,6 @@ def score_map(inst: LabelledInstances, scores: np.ndarray, shape: tuple[int, ...
         values = np.concatenate([[0.0], np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)]).astype(np.float32)
         out[inst.box] = values[inst.labels]
     return out
-
-
-def check_min_lesion_score(value: Any, flag: str = "--min-lesion-score") -> float:
-    """The minimum lesion score ``value`` as a float; the one check of that option.
-
-    Args:
-        value: a real number in [0, 1] (0 keeps every lesion).
-        flag: the option's name in the error message.
-
-    Raises:
-        ConfigError: not a real number in [0, 1] (NaN included).
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or not 0.0 <= float(value) <= 1.0:
-        raise ConfigError(f"{flag} {value}: must be a lesion score between 0 and 1 (0 keeps every lesion)")
-    return float(value)
 
 
 def _check_kind(kind: str) -> None:

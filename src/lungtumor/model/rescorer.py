@@ -36,7 +36,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from lungtumor.config import HU_AIR
+from lungtumor.config import HU_AIR, check_min_lesion_score
 from lungtumor.errors import CheckpointError, ConfigError
 
 #: The checkpoint key of the re-scorer block (its config dict and state dict).
@@ -259,7 +259,8 @@ def rescorer_from_block(block: Any, where: str = "checkpoint") -> Rescorer:
         raise CheckpointError(f"{where}: the re-scorer's weights are not finite; re-run `lungtumor train-rescorer`")
     point = block.get("min_lesion_score")
     if point is not None:
-        if isinstance(point, bool) or not isinstance(point, (int, float)) or not 0.0 <= float(point) <= 1.0:
-            raise CheckpointError(f"{where}: the re-scorer's min_lesion_score {point!r} is not a score in [0, 1]; re-run `lungtumor train-rescorer`")
-        net.min_lesion_score = float(point)
+        try:
+            net.min_lesion_score = check_min_lesion_score(point, flag="the re-scorer's min_lesion_score")
+        except ConfigError as exc:
+            raise CheckpointError(f"{where}: {exc}; re-run `lungtumor train-rescorer`") from exc
     return net.eval()
