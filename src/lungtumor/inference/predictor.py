@@ -48,7 +48,7 @@ from lungtumor.inference.fast import check_mode, coarse_config, fast_probabiliti
 from lungtumor.io import prefetch
 from lungtumor.io.volume import Volume, to_canonical
 from lungtumor.lesions.components import postprocess_mask
-from lungtumor.lesions.score import remove_low_score_lesions
+from lungtumor.lesions.score import keep_scored_lesions, remove_low_score_lesions
 from lungtumor.model.checkpoint import LoadedModel, load_model
 from lungtumor.model.device import bf16_native, resolve_device
 from lungtumor.model.rescorer import Rescorer
@@ -341,13 +341,13 @@ def finish(
         kept = postprocess_mask(mask_vol.array, None if region is None else region.array, mask_vol.voxel_volume_ml, min_lesion_ml)
         mask_vol = Volume(kept, mask_vol.affine, dict(meta))
     if by_score:  # after the other post-processing: the lesions that remain are scored
-        if rescorers:
-            from lungtumor.inference.rescore import lesion_score_volume
+        if rescorers:  # the lesions' scores as the re-scorers give them: no score map to label and read again
+            from lungtumor.inference.rescore import lesion_scores
 
-            scores = lesion_score_volume(mask_vol, prob_vol, prepared.slices, grid, rescorers).array  # type: ignore[arg-type]
+            inst, scores = lesion_scores(mask_vol, prob_vol, prepared.slices, grid, rescorers)  # type: ignore[arg-type]
+            kept = keep_scored_lesions(np.asarray(mask_vol.array) != 0, inst, scores, float(min_lesion_score))
         else:
-            scores = prob_vol.array  # type: ignore[union-attr]
-        kept = remove_low_score_lesions(mask_vol.array, scores, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[arg-type]
+            kept = remove_low_score_lesions(mask_vol.array, prob_vol.array, float(min_lesion_score), mask_vol.voxel_volume_ml)  # type: ignore[union-attr]
         mask_vol = Volume(kept, mask_vol.affine, dict(meta))
     if not return_probabilities:
         prob_vol = None

@@ -128,11 +128,18 @@ def remove_low_score_lesions(mask: np.ndarray, prob: np.ndarray, min_score: floa
     """
     check_min_lesion_score(min_score)
     fg = np.asarray(mask) != 0
-    out = fg.astype(np.uint8)
     inst = label_cropped(fg)
     if inst.count == 0 or not min_score:
+        return fg.astype(np.uint8)
+    return keep_scored_lesions(fg, inst, instance_scores(inst, prob, voxel_ml, kind), min_score)
+
+
+def keep_scored_lesions(fg: np.ndarray, inst: LabelledInstances, scores: np.ndarray, min_score: float) -> np.ndarray:
+    """The boolean mask ``fg`` as uint8 {0, 1} without the instances of ``inst`` (its labelling) whose
+    ``scores`` (by id 1..count) are below ``min_score``."""
+    out = np.asarray(fg).astype(np.uint8)
+    if inst.count == 0 or not min_score:
         return out
-    scores = instance_scores(inst, prob, voxel_ml, kind)
-    drop = np.concatenate([[False], scores < float(min_score)])
+    drop = np.concatenate([[False], np.asarray(scores, dtype=np.float64) < float(min_score)])
     out[inst.box][drop[inst.labels]] = 0
     return out
