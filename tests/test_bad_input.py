@@ -47,6 +47,12 @@ def world(tmp_path_factory) -> dict[str, Path]:
     meta = checkpoint_metadata(ModelConfig(width=4).to_dict(), {"size": 32, "skip_inferior_slices": 30}, 0, threshold=0.5)
     w["ckpt"] = root / "model.ckpt"
     torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in net.state_dict().items()}}, w["ckpt"])
+    # The same U-Net made silent (its output bias -1000: no voxel above any threshold), so that what it would
+    # mine as false positives never depends on the random weights the test process happens to draw.
+    silent = {k: v.clone() for k, v in net.state_dict().items()}
+    silent["head.bias"].fill_(-1000.0)
+    w["silent_ckpt"] = root / "silent.ckpt"
+    torch.save({"lungtumor": meta, "state_dict": {NET_PREFIX + k: v for k, v in silent.items()}}, w["silent_ckpt"])
     w["nonet_ckpt"] = root / "nonet.ckpt"  # lungtumor's metadata but no U-Net weights
     torch.save({"lungtumor": meta, "state_dict": {}}, w["nonet_ckpt"])
     w["text_ckpt"] = root / "notes.ckpt"
@@ -225,7 +231,7 @@ ROWS = [
     ("rescorer-out-in-the-store", "train-rescorer {ckpt} {store} --out {store}/r.ckpt", ["overwrite"], []),
     ("rescorer-steps-0", "train-rescorer {ckpt} {store} --out {root}/rs5.ckpt --steps 0", ["steps 0"], ["rs5.ckpt"]),
     ("rescorer-no-crops-folder", "train-rescorer {ckpt} {store} --out {root}/rs6.ckpt --steps 1 --lesion-dir {root}/nocrops", ["nocrops", "lesion folder not found"], ["rs6.ckpt"]),
-    ("rescorer-no-negatives", "train-rescorer {ckpt} {store} --out {root}/rs7.ckpt --steps 1 --no-progress", ["no negative"], ["rs7.ckpt"]),
+    ("rescorer-no-negatives", "train-rescorer {silent_ckpt} {store} --out {root}/rs7.ckpt --steps 1 --no-progress", ["no negative"], ["rs7.ckpt"]),
     # lesions: the threshold it records is checked like predict's
     ("lesions-threshold-0", "lesions {mask} {ct} --out {root}/l1 --threshold 0", ["--threshold 0", "strictly between 0 and 1"], ["l1"]),
     ("lesions-threshold-1", "lesions {mask} {ct} --out {root}/l2 --threshold 1", ["--threshold 1", "strictly between 0 and 1"], ["l2"]),
